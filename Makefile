@@ -1,0 +1,37 @@
+# The two commands of a fresh machine: `make demo` and `make test`. Both set up what they need
+# (Debian packages, the virtual environment in the cache dir, the Kafka jars) and are safe to re-run.
+VENV := .venv
+BIN := $(VENV)/bin
+export INTENTSTREAM_WITH_COMPOSE ?= 0
+
+.PHONY: setup up down demo test test-unit bench compose-check clean
+
+setup:
+	bash infra/bootstrap.sh
+
+up: setup
+	$(BIN)/intentstream up
+
+down:
+	$(BIN)/intentstream down
+
+demo: setup
+	$(BIN)/intentstream demo
+
+test: setup
+	$(BIN)/intentstream up
+	$(BIN)/python -m pytest
+
+test-unit: setup
+	$(BIN)/python -m pytest -m "not integration"
+
+bench: setup
+	$(BIN)/intentstream up
+	$(BIN)/intentstream bench ingest --events 200000 --json --out benchmarks/results/ingest.json
+
+compose-check:
+	docker-compose -f docker-compose.yml config -q
+	docker-compose -f docker-compose.yml --profile gpu config -q
+
+clean:
+	rm -rf .pytest_cache */__pycache__

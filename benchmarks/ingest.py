@@ -1,0 +1,220 @@
+"""Ingest benchmark: events through Kafka and one running worker into Feast/Redis.
+
+    intentstream bench ingest --events 200000 --json
+
+Phases, each on fresh topics, consumer groups and Redis key prefixes:
+1. fill: N synthetic events (Zipf-distributed items over a catalog, uniform users) are written
+   to a topic with aiokafka's batch API;
+2. ceiling: a plain aiokafka consumer drains that topic (`getmany`, no processing), which bounds
+   what any consumer on this machine can do;
+3. throughput: a worker (`intentstream worker` in a child process) consumes the same topic;
+   events/s is worker-side (first batch start to last batch end, from its metrics);
+4. freshness: with a second, caught-up worker, events are offered at a fixed rate and the worker
+   records, per event, the time from the broker timestamp (producer send) to the end of the
+   Feast push that made its user's features readable; a sample of users is also read back from
+   the online store to check the features are there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import subprocess
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from intentstream.settings import Settings
+from intentstream.worker_process import WorkerProcess
+from stream.producer import delete_topics, ensure_topics
+
+CATEGORIES = [f"dept{d}.cat{c}" for d in range(20) for c in range(10)]
+
+
+def machine() -> dict[str, Any]:
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor()
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"cpus": os.cpu_count(), "cpu": cpu, "memory_gib": round(mem_gib, 1),
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def synthetic_events(n: int, users: int, items: int, seed: int, run: str, ts_now: bool) -> list[tuple[bytes, bytes]]:
+    rng = np.random.default_rng(seed)
+    user_ids = rng.integers(0, users, n)
+    item_ids = np.minimum(rng.zipf(1.3, n), items) - 1
+    kinds = rng.choice(["view", "click", "cart", "fav", "purchase"], n, p=[0.85, 0.05, 0.05, 0.03, 0.02])
+    base = int(time.time() * 1000)
+    out = []
+    for i in range(n):
+        user = f"{run}u{user_ids[i]}"
+        item = int(item_ids[i])
+        event = {"event_id": f"{run}{i}", "user_id": user, "item_id": str(item), "type": str(kinds[i]),
+                 "ts": base if ts_now else base + i,
+                 "context": {"category": CATEGORIES[item % len(CATEGORIES)]}}
+        out.append((user.encode(), orjson.dumps(event)))
+    return out
+
+
+async def _fill(bootstrap: str, topic: str, payloads: list[tuple[bytes, bytes]]) -> float:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
+                                max_batch_size=512 * 1024)
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        futures = [await producer.send(topic, value=v, key=k) for k, v in payloads]
+        await producer.flush()
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return time.perf_counter() - started
+
+
+async def _offer(bootstrap: str, topic: str, payloads: list[tuple[bytes, bytes]], rate: float) -> float:
+    """Send at `rate` events/s in 10 ms ticks; event ts is the send time."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    await producer.start()
+    started = time.perf_counter()
+    per_tick = max(1, int(rate / 100))
+    try:
+        for i in range(0, len(payloads), per_tick):
+            for k, v in payloads[i:i + per_tick]:
+                await producer.send(topic, value=v, key=k)
+            ahead = (i + per_tick) / rate - (time.perf_counter() - started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return time.perf_counter() - started
+
+
+async def _drain(bootstrap: str, topic: str, n: int) -> float:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"ceiling-{uuid.uuid4().hex[:8]}",
+                                auto_offset_reset="earliest", enable_auto_commit=False,
+                                max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
+    await consumer.start()
+    seen, started = 0, None
+    try:
+        while seen < n:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            for records in batch.values():
+                if started is None:
+                    started = time.perf_counter()
+                for record in records:
+                    orjson.loads(record.value)  # a consumer that does nothing at all is no ceiling
+                seen += len(records)
+    finally:
+        await consumer.stop()
+    return time.perf_counter() - (started or time.perf_counter())
+
+
+def _scoped(settings: Settings, run: str, topic: str) -> Settings:
+    return settings.model_copy(update={
+        "key_prefix": f"bench:{run}:",
+        "kafka": settings.kafka.model_copy(update={"events_topic": topic, "dead_letter_topic": f"{topic}.dlq"}),
+        "worker": settings.worker.model_copy(update={"app_id": f"bench-{run}"}),
+    })
+
+
+def _say(console, text: str) -> None:
+    if console is not None:
+        console.print(text)
+
+
+def run_ingest_benchmark(settings: Settings, events: int, users: int, offered_rate: float,
+                         freshness_seconds: float, console=None) -> dict[str, Any]:
+    from features.feast_store import FeastFeatures
+
+    bootstrap = settings.kafka.bootstrap
+    run = uuid.uuid4().hex[:6]
+    topic = f"bench-{run}"
+    partitions = settings.kafka.partitions
+    log_dir = settings.state_dir / "bench"
+    ensure_topics(bootstrap, [topic, f"{topic}.dlq"], partitions)
+
+    _say(console, f"fill: {events:,} events over {users:,} users into {topic}")
+    payloads = synthetic_events(events, users, 50_000, seed=7, run=f"{run}:", ts_now=False)
+    fill_s = asyncio.run(_fill(bootstrap, topic, payloads))
+
+    _say(console, "ceiling: plain aiokafka consumer")
+    ceiling_s = asyncio.run(_drain(bootstrap, topic, events))
+
+    _say(console, "throughput: one worker")
+    scoped = _scoped(settings, run, topic)
+    worker = WorkerProcess(scoped, log_dir / f"worker-{run}.log")
+    worker.start()
+    try:
+        if not worker.wait_processed(events, timeout_s=max(120.0, events / 500)):
+            raise RuntimeError(f"worker did not finish in time:\n{worker.log_tail()}")
+        metrics = worker.metrics()
+    finally:
+        worker.stop()
+    worker_s = (metrics["last_batch_ms"] - metrics["first_batch_ms"]) / 1000
+
+    _say(console, f"freshness: {offered_rate:.0f} events/s offered for {freshness_seconds:.0f}s")
+    run2 = run + "f"
+    topic2 = f"bench-{run2}"
+    ensure_topics(bootstrap, [topic2, f"{topic2}.dlq"], partitions)
+    fresh_settings = _scoped(settings, run2, topic2)
+    worker2 = WorkerProcess(fresh_settings, log_dir / f"worker-{run2}.log")
+    worker2.start()
+    try:
+        warm = synthetic_events(200, users, 50_000, seed=8, run=f"{run2}:w", ts_now=True)
+        asyncio.run(_fill(bootstrap, topic2, warm))
+        if not worker2.wait_processed(len(warm), timeout_s=120):
+            raise RuntimeError(f"freshness worker did not start:\n{worker2.log_tail()}")
+        worker2.client.delete(worker2.keys.samples("feature_freshness_ms"))
+        n_offered = int(offered_rate * freshness_seconds)
+        offered = synthetic_events(n_offered, users, 50_000, seed=9, run=f"{run2}:", ts_now=True)
+        offer_s = asyncio.run(_offer(bootstrap, topic2, offered, offered_rate))
+        worker2.wait_processed(len(warm) + n_offered, timeout_s=60)
+        fresh = worker2.metrics()["feature_freshness_ms"]
+        sample_users = sorted({orjson.loads(v)["user_id"] for _, v in offered[-200:]})[:50]
+        rows = FeastFeatures(fresh_settings).read_users(sample_users, ["event_count"])
+        readable = sum(1 for r in rows if r["event_count"])
+    finally:
+        worker2.stop()
+    delete_topics(bootstrap, [topic, f"{topic}.dlq", topic2, f"{topic2}.dlq"])
+
+    events_per_s = events / worker_s if worker_s > 0 else 0.0
+    ceiling = events / ceiling_s if ceiling_s > 0 else 0.0
+    return {
+        "command": f"intentstream bench ingest --events {events} --users {users} "
+                   f"--offered-rate {offered_rate:g} --freshness-seconds {freshness_seconds:g} --json",
+        "commit": commit(),
+        "machine": machine(),
+        "events": events,
+        "users": users,
+        "partitions": partitions,
+        "batch_max": settings.worker.batch_max,
+        "fill_events_per_s": round(events / fill_s),
+        "seconds": round(worker_s, 3),
+        "events_per_s": round(events_per_s),
+        "ceiling_events_per_s": round(ceiling),
+        "ratio": round(events_per_s / ceiling, 4) if ceiling else None,
+        "worker_batches": metrics.get("batches"),
+        "refreshes": metrics.get("refreshes"),
+        "freshness_offered_events_per_s": offered_rate,
+        "freshness_achieved_offer_events_per_s": round(n_offered / offer_s),
+        "freshness_p50_ms": fresh["p50"],
+        "freshness_p90_ms": fresh["p90"],
+        "freshness_p99_ms": fresh["p99"],
+        "freshness_samples": fresh["n"],
+        "freshness_readback_users_with_features": f"{readable}/{len(sample_users)}",
+    }

@@ -1,0 +1,13 @@
+"""Errors of the features layer."""
+
+
+class FeaturesError(Exception):
+    """Root of feature errors."""
+
+    retryable: bool = False
+
+
+class FeatureStoreError(FeaturesError):
+    """Feast could not be applied, written or read. Redis being down is worth a retry."""
+
+    retryable = True

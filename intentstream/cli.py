@@ -1,0 +1,206 @@
+"""`intentstream`: the single entry point. Each command builds objects from settings and starts them."""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Optional
+
+import orjson
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from intentstream.settings import Settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks; each prints one JSON object.")
+app.add_typer(bench_app, name="bench")
+console = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def up(feast_only: bool = typer.Option(False, help="Only `feast apply` (Kafka and Redis run elsewhere, e.g. compose)")) -> None:
+    """Start Kafka (KRaft) and Redis, then `feast apply`. Safe to run again."""
+    from features import feast_store
+    from features.errors import FeatureStoreError
+    from infra import services
+    from infra.errors import ServiceError
+
+    try:
+        if feast_only:
+            console.print(f"[green]feast [/green] {feast_store.apply(Settings())}")
+            return
+        for st in services.up(Settings()):
+            console.print(f"[green]{st.name:6}[/green] {st.detail}")
+    except (ServiceError, FeatureStoreError) as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def down() -> None:
+    """Stop the services `up` started; their data stays in the state dir."""
+    from infra import services
+
+    for st in services.down(Settings()):
+        console.print(f"{st.name:6} {st.detail}")
+
+
+@app.command()
+def status() -> None:
+    """Health of Kafka, Redis and Feast; exits 1 when one is down."""
+    from infra import services
+
+    statuses = services.status(Settings())
+    for st in statuses:
+        mark = "[green]up  [/green]" if st.healthy else "[red]down[/red]"
+        console.print(f"{st.name:6} {mark} {st.detail}")
+    if not all(st.healthy for st in statuses):
+        raise typer.Exit(1)
+
+
+@app.command()
+def worker(loglevel: str = typer.Option("info", help="Faust log level")) -> None:
+    """Run the stream worker (Faust) until interrupted."""
+    from stream.app import run_worker
+
+    sys.argv = [sys.argv[0]]  # faust's Worker reads argv; ours are already parsed
+    run_worker(Settings(), loglevel=loglevel)
+
+
+@app.command()
+def emit(
+    json_event: Optional[str] = typer.Option(None, "--json", help="The whole event as JSON"),
+    user: Optional[str] = typer.Option(None, help="user_id"),
+    item: Optional[str] = typer.Option(None, help="item_id"),
+    type_: str = typer.Option("view", "--type", help="view, click, cart, fav or purchase"),
+    price: Optional[float] = typer.Option(None),
+    category: Optional[str] = typer.Option(None, help="context.category"),
+    brand: Optional[str] = typer.Option(None, help="context.brand"),
+) -> None:
+    """Emit one event (validated against the contract first)."""
+    from pydantic import ValidationError
+
+    from stream.producer import EventProducer
+    from stream.schemas import Event
+
+    if json_event:
+        data = orjson.loads(json_event)
+    else:
+        if not user or not item:
+            _fail("give --json or both --user and --item")
+        context = {k: v for k, v in {"category": category, "brand": brand}.items() if v}
+        data = {"user_id": user, "item_id": item, "type": type_, "price": price, "context": context}
+    data.setdefault("event_id", uuid.uuid4().hex)
+    data.setdefault("ts", int(time.time() * 1000))
+    try:
+        event = Event.model_validate(data)
+    except ValidationError as exc:
+        _fail(f"invalid event: {exc}")
+    settings = Settings()
+    with EventProducer.from_settings(settings) as producer:
+        producer.emit(event)
+    console.print(f"emitted {event.event_id} to {settings.kafka.events_topic}")
+
+
+@app.command()
+def replay(
+    dataset: str = typer.Argument(..., help="Dataset folder or name (rees46, taobao)"),
+    fmt: str = typer.Option("auto", "--format", help="generic, rees46, taobao or auto"),
+    rate: float = typer.Option(0.0, help="Events per second (0: as fast as possible)"),
+    limit: int = typer.Option(0, help="Only the first N events (0: all)"),
+    user_prefix: str = typer.Option("", help="Prefix added to every user_id"),
+) -> None:
+    """Replay a dataset's events into Kafka, in time order, with a progress bar."""
+    from stream import datasets
+    from stream.errors import StreamError
+    from stream.producer import EventProducer
+    from stream.replay import replay as run_replay
+
+    settings = Settings()
+    try:
+        data = datasets.load(dataset, settings.data_dir, fmt)
+        if limit:
+            data = data.head(limit)
+        with EventProducer.from_settings(settings) as producer, _progress() as bar:
+            task = bar.add_task("replay", total=len(data.events))
+            sent, seconds = run_replay(data, producer, rate, user_prefix,
+                                       on_progress=lambda n: bar.advance(task, n))
+    except StreamError as exc:
+        _fail(str(exc))
+    console.print(f"replayed {sent} events of {data.name} in {seconds:.1f}s ({sent / max(seconds, 1e-9):,.0f}/s)")
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TimeRemainingColumn(), console=console)
+
+
+@app.command()
+def recs(user: str, as_json: bool = typer.Option(False, "--json", help="Print the stored JSON")) -> None:
+    """Show a user's recommendations from Redis."""
+    from stream.reader import RecommendationReader
+
+    result = RecommendationReader.from_settings(Settings()).get_recommendations(user)
+    if result is None:
+        _fail("no recommendations yet (is the worker running?)")
+    if as_json:
+        print(result.model_dump_json(indent=2))
+        return
+    print_recommendations(result, limit=10)
+
+
+def print_recommendations(result, limit: int = 10) -> None:
+    title = f"user {result.user_id} · trigger {result.trigger} · state v{result.state_version}"
+    if result.fallback_reason:
+        title += f" · fallback: {result.fallback_reason}"
+    table = Table(title=title, show_lines=False)
+    for column in ("#", "item", "score", "route", "why"):
+        table.add_column(column)
+    for rank, item in enumerate(result.items[:limit], 1):
+        table.add_row(str(rank), item.item_id, f"{item.score:.3f}", item.route, item.explanation)
+    Console().print(table)
+
+
+@app.command()
+def demo(
+    rate: float = typer.Option(2000.0, help="Replay rate in events/s (0: as fast as possible)"),
+    dataset: str = typer.Option("rees46", help="Dataset to replay"),
+) -> None:
+    """The main job: services up, worker running, REES46 replayed live, then the summary."""
+    from intentstream.demo import run_demo
+
+    run_demo(Settings(), dataset=dataset, rate=rate, console=console)
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    events: int = typer.Option(200_000, help="Events to drive through the worker"),
+    users: int = typer.Option(20_000, help="Distinct users the events are spread over"),
+    offered_rate: float = typer.Option(2000.0, help="Offered load (events/s) for the freshness phase"),
+    freshness_seconds: float = typer.Option(15.0, help="Length of the freshness phase"),
+    as_json: bool = typer.Option(False, "--json", help="Print only the JSON result"),
+    out: Optional[Path] = typer.Option(None, help="Also write the JSON here"),
+) -> None:
+    """Throughput and feature freshness of one worker against a plain aiokafka consumer."""
+    from benchmarks.ingest import run_ingest_benchmark
+
+    result = run_ingest_benchmark(Settings(), events=events, users=users, offered_rate=offered_rate,
+                                  freshness_seconds=freshness_seconds, console=None if as_json else console)
+    text = orjson.dumps(result, option=orjson.OPT_INDENT_2).decode()
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,160 @@
+"""`intentstream demo`: the main job, end to end on the real services.
+
+Starts Kafka, Redis and Feast (`up`), starts a worker, replays the REES46 events through Kafka at
+a steady rate while showing live progress, then prints a summary (events, events/s, dead letters,
+users refreshed, freshness percentiles) and the recommendations of a few users, read back from
+Redis exactly as a shop would. Each run uses fresh topics and a fresh consumer group, and clears
+the previous run's metrics and behavioural model, so running it again is safe; recommendations
+stay in Redis afterwards (`intentstream recs USER`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import redis
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from infra import services
+from intentstream.settings import Settings
+from intentstream.worker_process import WorkerProcess
+from stream import datasets
+from stream.keys import RedisKeys
+from stream.metrics import read_metrics, reset_metrics
+from stream.producer import EventProducer, delete_topics, ensure_topics
+from stream.reader import RecommendationReader
+from stream.replay import replay
+
+DEMO_TOPIC_PREFIX = "intentstream.demo."
+
+
+def _demo_settings(settings: Settings, run: str) -> Settings:
+    topic = f"{DEMO_TOPIC_PREFIX}{run}"
+    return settings.model_copy(update={
+        "kafka": settings.kafka.model_copy(update={"events_topic": topic, "dead_letter_topic": f"{topic}.dlq"}),
+        "worker": settings.worker.model_copy(update={"app_id": f"intentstream-demo-{run}"}),
+    })
+
+
+def _old_demo_topics(bootstrap: str) -> list[str]:
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        return [t for t in admin.list_topics() if t.startswith(DEMO_TOPIC_PREFIX) or t.startswith("intentstream-demo-")]
+    finally:
+        admin.close()
+
+
+def _progress_table(sent: int, total: int, m: dict, elapsed: float) -> Table:
+    table = Table(title=f"intentstream demo · {elapsed:5.1f}s", show_header=False)
+    processed = m.get("events_valid", 0) + m.get("events_dead", 0) + m.get("duplicates", 0)
+    table.add_row("replayed into Kafka", f"{sent:,} / {total:,}")
+    table.add_row("processed by the worker", f"{processed:,}")
+    table.add_row("dead letters", f"{m.get('events_dead', 0):,}")
+    table.add_row("refreshes / users", f"{m.get('refreshes', 0):,} / {m.get('users_refreshed', 0):,}")
+    return table
+
+
+def run_demo(settings: Settings, dataset: str, rate: float, console: Console) -> None:
+    started = time.monotonic()
+    console.rule("1. services")
+    for st in services.up(settings):
+        console.print(f"[green]{st.name:6}[/green] {st.detail}")
+
+    data = datasets.load(dataset, settings.data_dir)
+    console.print(f"dataset {data.name}: {len(data.events):,} events, {data.events.user_id.nunique():,} users, "
+                  f"{len(data.items):,} items")
+
+    bootstrap = settings.kafka.bootstrap
+    delete_topics(bootstrap, _old_demo_topics(bootstrap))
+    run = uuid.uuid4().hex[:8]
+    demo = _demo_settings(settings, run)
+    keys = RedisKeys(demo.key_prefix)
+    client = redis.Redis(host=demo.redis.host, port=demo.redis.port, db=demo.redis.db)
+    reset_metrics(client, keys)
+    client.delete(keys.behavioural_model, keys.behavioural_model + ":items")
+    ensure_topics(bootstrap, [demo.kafka.events_topic, demo.kafka.dead_letter_topic], demo.kafka.partitions)
+
+    console.rule("2. worker")
+    worker = WorkerProcess(demo, demo.state_dir / "logs" / f"demo-worker-{run}.log")
+    worker.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not client.hexists(keys.metrics, "worker_started_ms"):
+            if not worker.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the worker did not start:\n{worker.log_tail()}")
+            time.sleep(0.2)
+        console.print(f"worker ready (log: {worker.log_path})")
+
+        console.rule(f"3. replay at {rate:,.0f} events/s" if rate else "3. replay")
+        sent_box = {"n": 0}
+        total = len(data.events)
+
+        def produce() -> None:
+            with EventProducer.from_settings(demo) as producer:
+                replay(data, producer, rate, on_progress=lambda n: sent_box.__setitem__("n", sent_box["n"] + n))
+
+        thread = threading.Thread(target=produce, daemon=True)
+        replay_started = time.monotonic()
+        thread.start()
+        with Live(console=console, refresh_per_second=4) as live:
+            while True:
+                m = read_metrics(client, keys)
+                live.update(_progress_table(sent_box["n"], total, m, time.monotonic() - replay_started))
+                processed = m.get("events_valid", 0) + m.get("events_dead", 0) + m.get("duplicates", 0)
+                if not thread.is_alive() and processed >= total:
+                    break
+                if not worker.alive():
+                    raise RuntimeError(f"the worker died:\n{worker.log_tail()}")
+                if time.monotonic() - replay_started > 600:
+                    raise RuntimeError("the demo did not finish within 10 minutes")
+                time.sleep(0.25)
+        time.sleep(demo.trigger.min_interval_s + 0.5)  # debounced refreshes come due
+        m = read_metrics(client, keys)
+    finally:
+        worker.stop()
+
+    console.rule("4. summary")
+    seconds = (m["last_batch_ms"] - m["first_batch_ms"]) / 1000 if m.get("first_batch_ms") else 0.0
+    summary = Table(show_header=False)
+    summary.add_row("events processed", f"{m.get('events_valid', 0):,}")
+    offered = f"replay offered {rate:,.0f}/s" if rate else "replay as fast as possible"
+    summary.add_row("worker events/s", f"{m.get('events_valid', 0) / max(seconds, 1e-9):,.0f} "
+                    f"(first to last batch, {seconds:.1f}s; {offered})")
+    summary.add_row("dead letters", f"{m.get('events_dead', 0):,}")
+    summary.add_row("users refreshed", f"{m.get('users_refreshed', 0):,} ({m.get('refreshes', 0):,} refreshes)")
+    rf, ff = m["recs_freshness_ms"], m["feature_freshness_ms"]
+    summary.add_row("freshness: event → recs in Redis", f"p50 {rf['p50']:.0f} ms · p99 {rf['p99']:.0f} ms"
+                    if rf["n"] else "no samples")
+    summary.add_row("freshness: event → features in Feast", f"p50 {ff['p50']:.0f} ms · p99 {ff['p99']:.0f} ms"
+                    if ff["n"] else "no samples")
+    summary.add_row("wall time", f"{time.monotonic() - started:.0f}s")
+    console.print(summary)
+
+    from intentstream.cli import print_recommendations
+
+    reader = RecommendationReader.from_settings(demo)
+    events = data.events
+    buyers = events[events.type == "purchase"].user_id.value_counts()
+    active = events.user_id.value_counts()
+    shown = list(dict.fromkeys([*buyers.index[:1], *active.index[:2]]))
+    for user in shown:
+        recs = reader.get_recommendations(user)
+        if recs is None:
+            console.print(f"[red]no recommendations for {user}[/red]")
+            continue
+        bought = set(events[(events.user_id == user) & (events.type == "purchase")].item_id)
+        leaked = bought & {i.item_id for i in recs.items}
+        console.print(f"user {user}: {int(active[user])} events, bought {len(bought)} "
+                      f"({'none of them recommended' if not leaked else f'LEAKED {sorted(leaked)}'})")
+        print_recommendations(recs, limit=5)
+    unknown = reader.get_recommendations("no-such-user")
+    if unknown is not None:
+        console.print(f"an unknown user gets fallback_reason={unknown.fallback_reason!r} "
+                      f"({len(unknown.items)} popular items)")
+    console.print("Read any user's recommendations: intentstream recs USER [--json]; stop services: intentstream down")

@@ -1,0 +1,186 @@
+"""Settings of every intentstream process (CLI, worker, benchmarks), read from the environment.
+
+One class, built once at the entry point and passed down. Every field is documented here and
+listed in `.env.example`. Environment variables use the prefix `INTENTSTREAM_` and `__` between
+a group and its field, e.g. `INTENTSTREAM_KAFKA__PORT=9092` or `INTENTSTREAM_TRIGGER__EVERY_N_EVENTS=5`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class KafkaSettings(BaseModel):
+    """The broker: where clients find it and how `intentstream up` runs it."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    host: str = "127.0.0.1"
+    """Host clients connect to (and the embedded broker binds)."""
+    port: int = 9092
+    """Client listener port."""
+    controller_port: int = 9093
+    """KRaft controller listener port of the embedded broker."""
+    version: str = "3.9.1"
+    """Apache Kafka version fetched from Maven Central (org.apache.kafka:kafka_2.13)."""
+    heap: str = "768m"
+    """Java heap (-Xmx) of the embedded broker."""
+    events_topic: str = "intentstream.events"
+    """Topic the shop emits events to, keyed by user_id."""
+    dead_letter_topic: str = "intentstream.dead-letters"
+    """Topic invalid events go to, each with its reason."""
+    partitions: int = Field(default=4, ge=1)
+    """Partitions of topics the project creates (events, dead letters, changelogs)."""
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class RedisSettings(BaseModel):
+    """Redis: Feast's online store and the recommendation cache."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    host: str = "127.0.0.1"
+    """Host of the Redis server (Feast online store and recommendation cache)."""
+    port: int = 6379
+    """Port of the Redis server."""
+    db: int = 0
+    """Redis database number."""
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/{self.db}"
+
+
+class FeastSettings(BaseModel):
+    """The Feast feature store (online store: the Redis above)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    repo_path: Path = REPO_ROOT / "feature_repo"
+    """Folder with feature_store.yaml and the feature declarations."""
+    project: str = "intentstream"
+    """Feast project: namespaces the registry and the online-store keys."""
+
+
+class WorkerSettings(BaseModel):
+    """The Faust stream worker."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    app_id: str = "intentstream-worker"
+    """Faust app id: the consumer group and the prefix of the state-table changelog topic."""
+    batch_max: int = Field(default=2000, ge=1)
+    """Most events folded in one micro-batch."""
+    batch_within_s: float = Field(default=0.05, gt=0)
+    """Longest wait (seconds) to fill a micro-batch; bounds the added latency."""
+    max_event_bytes: int = Field(default=65536, ge=256)
+    """Events larger than this (bytes) are dead-lettered as oversized."""
+    recent_items: int = Field(default=50, ge=1)
+    """Recent interactions kept per user."""
+    dedupe_window: int = Field(default=256, ge=1)
+    """Recent event_ids kept per user to drop redelivered duplicates (at-least-once input)."""
+    top_affinities: int = Field(default=20, ge=1)
+    """Category and brand affinities kept per user."""
+    affinity_half_life_events: float = Field(default=20.0, gt=0)
+    """Affinities decay by half every this many of the user's events."""
+    session_timeout_s: float = Field(default=10.0, gt=0)
+    """Kafka group session timeout (seconds); group joins take about half of it."""
+    item_push_interval_s: float = Field(default=1.0, ge=0)
+    """Item features are pushed to Feast at most this often (seconds), coalescing batches;
+    user features are pushed with every batch."""
+    checkpoint_interval_s: float = Field(default=10.0, gt=0)
+    """How often (seconds) the behavioural model is checkpointed to Redis."""
+    web_enabled: bool = False
+    """Start Faust's web server (it binds 0.0.0.0:web_port)."""
+    web_port: int = 6066
+    """Port of Faust's web server when enabled."""
+
+
+class TriggerSettings(BaseModel):
+    """When a user's state changed enough to refresh recommendations."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    every_n_events: int = Field(default=5, ge=1)
+    """Refresh after this many events since the last refresh."""
+    on_purchase: bool = True
+    """Refresh after a purchase."""
+    category_hysteresis: float = Field(default=0.25, ge=0)
+    """A new dominant category must beat the old one's affinity by this fraction."""
+    min_interval_s: float = Field(default=1.0, ge=0)
+    """Debounce: at most one refresh per user per this many seconds; later triggers wait."""
+
+
+class RecsSettings(BaseModel):
+    """Recommendations written to Redis."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    top_k: int = Field(default=100, ge=1)
+    """Items kept in recs:{user_id}."""
+    covisit_window: int = Field(default=5, ge=1)
+    """A new item is co-visited with this many of the user's preceding items."""
+    covisit_max_neighbors: int = Field(default=200, ge=1)
+    """Neighbours kept per item in the co-visitation model."""
+    popularity_half_life_s: float = Field(default=3600.0, gt=0)
+    """Half-life (seconds of event time) of the popularity counts."""
+    updates_stream_maxlen: int = Field(default=100_000, ge=1)
+    """Approximate length cap of the recs update stream."""
+    model_version: str = "behavioural-1"
+    """Version tag written with every recommendation."""
+
+
+class ServicesSettings(BaseModel):
+    """How `intentstream up` starts the embedded services."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    install_system_packages: bool = True
+    """Let `up` run apt-get to install redis-server when it is missing (needs root)."""
+    start_timeout_s: float = Field(default=90.0, gt=0)
+    """How long to wait for a service to become healthy."""
+
+
+class Settings(BaseSettings):
+    """Every setting of intentstream; env prefix INTENTSTREAM_, nested delimiter __."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="INTENTSTREAM_", env_nested_delimiter="__", env_file=None, extra="ignore",
+        use_attribute_docstrings=True,
+    )
+
+    state_dir: Path = Path.home() / ".local" / "state" / "intentstream"
+    """Data of the embedded services (Kafka log, Redis dump, Feast registry) and their logs."""
+    cache_dir: Path = Path.home() / ".cache" / "intentstream"
+    """Downloads that can be rebuilt (Kafka jars, Maven repository)."""
+    data_dir: Path = REPO_ROOT.parent / "shared" / "data"
+    """Where dataset names (rees46, taobao) are looked up."""
+    key_prefix: str = ""
+    """Prefix of every Redis key the project writes (recs, metrics, models); empty in production."""
+    require_services: bool = False
+    """Tests fail instead of skipping when Kafka, Redis or Feast cannot be started (CI sets it)."""
+
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    feast: FeastSettings = FeastSettings()
+    worker: WorkerSettings = WorkerSettings()
+    trigger: TriggerSettings = TriggerSettings()
+    recs: RecsSettings = RecsSettings()
+    services: ServicesSettings = ServicesSettings()
+
+    @field_validator("state_dir", "cache_dir", "data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def feast_registry_path(self) -> Path:
+        return self.state_dir / "feast" / f"{self.feast.project}-registry.db"

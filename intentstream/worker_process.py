@@ -1,0 +1,87 @@
+"""Run `intentstream worker` as a child process with given settings (demo, benchmarks, tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+from pydantic import BaseModel
+
+from intentstream.settings import Settings
+from stream.keys import RedisKeys
+from stream.metrics import read_metrics
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The INTENTSTREAM_* variables that rebuild `settings` in a child process."""
+    env: dict[str, str] = {}
+    for name, value in settings:
+        if isinstance(value, BaseModel):
+            for sub, sub_value in value:
+                env[f"INTENTSTREAM_{name.upper()}__{sub.upper()}"] = str(sub_value)
+        else:
+            env[f"INTENTSTREAM_{name.upper()}"] = str(value)
+    return env
+
+
+class WorkerProcess:
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+        r = settings.redis
+        self.client = redis.Redis(host=r.host, port=r.port, db=r.db)
+        self.keys = RedisKeys(settings.key_prefix)
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1"}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "intentstream.cli", "worker"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                start_new_session=True,
+            )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, kill: bool = False, timeout_s: float = 30) -> None:
+        if not self.alive():
+            return
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def metrics(self) -> dict:
+        return read_metrics(self.client, self.keys)
+
+    def processed(self) -> int:
+        raw = self.client.hmget(self.keys.metrics, "events_valid", "events_dead", "duplicates")
+        return sum(int(v) for v in raw if v is not None)
+
+    def wait_processed(self, n: int, timeout_s: float) -> bool:
+        """Wait until the worker has consumed at least `n` messages (valid, dead or duplicate)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.processed() >= n:
+                return True
+            if not self.alive():
+                raise RuntimeError(f"the worker exited ({self.proc.returncode}); see {self.log_path}")
+            time.sleep(0.1)
+        return False
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""

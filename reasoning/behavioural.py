@@ -1,0 +1,220 @@
+"""The behavioural route: item-to-item co-visitation plus recent-window popularity.
+
+Both models are learned from the stream by the worker (`BehaviouralModel.observe` per
+micro-batch) and checkpointed to Redis as one compressed blob, so a restarted worker resumes
+from the last checkpoint (what arrived after it is not re-learned: the model is an
+approximation, the user state is exact). The same model class scores users offline in the
+evaluation harness, so the served route and the evaluated one are one piece of code.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import zlib
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+
+import orjson
+
+from features.state import TYPE_WEIGHT
+from reasoning.reasoner import UserView
+from reasoning.schemas import RecsPayload, recommendations_payload
+
+# Forward decay: scores are stored as w * 2^((t - t0) / half_life); renormalised when they grow.
+_MAX_EXPONENT = 60.0
+
+
+class Popularity:
+    """Time-decayed item counts by event time (a recent-window popularity)."""
+
+    def __init__(self, half_life_s: float) -> None:
+        self.half_life_ms = half_life_s * 1000.0
+        self.t0: int | None = None
+        self.scores: dict[str, float] = {}
+
+    def add(self, item_id: str, ts_ms: int, weight: float) -> None:
+        if self.t0 is None:
+            self.t0 = ts_ms
+        exponent = (ts_ms - self.t0) / self.half_life_ms
+        if exponent > _MAX_EXPONENT:
+            shift = 2.0 ** -exponent
+            self.scores = {k: v * shift for k, v in self.scores.items() if v * shift > 1e-12}
+            self.t0, exponent = ts_ms, 0.0
+        self.scores[item_id] = self.scores.get(item_id, 0.0) + weight * 2.0 ** exponent
+
+    def top(self, n: int) -> list[tuple[str, float]]:
+        if not self.scores:
+            return []
+        best = heapq.nlargest(n, self.scores.items(), key=lambda kv: kv[1])
+        norm = best[0][1]
+        return [(item, score / norm) for item, score in best]
+
+
+class CoVisitation:
+    """Weighted counts of items interacted with close together by the same user."""
+
+    def __init__(self, window: int, max_neighbors: int) -> None:
+        self.window = window
+        self.max_neighbors = max_neighbors
+        self.neighbors: dict[str, dict[str, float]] = {}
+
+    def add(self, item_id: str, previous: Sequence[str], weight: float) -> None:
+        seen = {item_id}
+        for rank, other in enumerate(previous):
+            if len(seen) > self.window:
+                break
+            if other in seen:
+                continue
+            seen.add(other)
+            w = weight / (1.0 + rank)  # nearer in the sequence, stronger
+            self._bump(item_id, other, w)
+            self._bump(other, item_id, w)
+
+    def _bump(self, a: str, b: str, w: float) -> None:
+        row = self.neighbors.get(a)
+        if row is None:
+            row = self.neighbors[a] = {}
+        row[b] = row.get(b, 0.0) + w
+        if len(row) > 2 * self.max_neighbors:
+            keep = heapq.nlargest(self.max_neighbors, row.items(), key=lambda kv: kv[1])
+            self.neighbors[a] = dict(keep)
+
+    def similar(self, item_id: str) -> dict[str, float]:
+        return self.neighbors.get(item_id, {})
+
+
+class BehaviouralModel:
+    def __init__(self, covisit_window: int, max_neighbors: int, popularity_half_life_s: float) -> None:
+        self.covisit = CoVisitation(covisit_window, max_neighbors)
+        self.popularity = Popularity(popularity_half_life_s)
+        self.categories: dict[str, str] = {}
+        self.brands: dict[str, str] = {}
+
+    def observe(self, item_id: str, kind: str, ts_ms: int, previous: Sequence[str],
+                category: str | None = None, brand: str | None = None) -> None:
+        """Learn from one applied event; `previous` are the user's items before it, newest first."""
+        weight = TYPE_WEIGHT[kind]
+        self.popularity.add(item_id, ts_ms, weight)
+        self.covisit.add(item_id, previous, weight)
+        if category:
+            self.categories[item_id] = category
+        if brand:
+            self.brands[item_id] = brand
+
+    def label(self, item_id: str) -> str:
+        """A human-readable name for an item from what the stream told us about it."""
+        parts = [self.brands.get(item_id), self.categories.get(item_id)]
+        text = " ".join(p.replace(".", " ").replace("_", " ") for p in parts if p)
+        return text or f"item {item_id}"
+
+    # -- checkpoint -------------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        return zlib.compress(orjson.dumps({
+            "neighbors": self.covisit.neighbors,
+            "pop_t0": self.popularity.t0, "pop_scores": self.popularity.scores,
+            "categories": self.categories, "brands": self.brands,
+        }), 3)
+
+    def load_bytes(self, blob: bytes) -> None:
+        data = orjson.loads(zlib.decompress(blob))
+        self.covisit.neighbors = data["neighbors"]
+        self.popularity.t0 = data["pop_t0"]
+        self.popularity.scores = data["pop_scores"]
+        self.categories = data["categories"]
+        self.brands = data["brands"]
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class BehaviouralReasoner:
+    """Scores co-visitation neighbours of the user's recent items; popularity fills the rest.
+
+    Items the user bought are never recommended. Items they only viewed may come back: shoppers
+    revisit what they viewed, and the evaluation measures both lists.
+    """
+
+    def __init__(self, model: BehaviouralModel, model_version: str, recent_used: int = 20) -> None:
+        self.model = model
+        self.model_version = model_version
+        self.recent_used = recent_used
+        self._popular_cache: tuple[int, list[tuple[str, float]]] | None = None  # (size, ranking)
+
+    def popular(self, n: int) -> list[tuple[str, float]]:
+        # One ranking per batch (the worker calls `invalidate` after learning), not per user;
+        # ranked with headroom so users who bought or hold many items still get n after filtering.
+        if self._popular_cache is None or self._popular_cache[0] < n:
+            size = max(n, 2 * self._popular_cache[0] if self._popular_cache else 512)
+            self._popular_cache = (size, self.model.popularity.top(size))
+        return self._popular_cache[1][:n]
+
+    def invalidate(self) -> None:
+        self._popular_cache = None
+
+    def score(self, recent: Sequence[Sequence], exclude: Iterable[str], k: int) -> list[tuple[str, float, str]]:
+        """Top-k (item, score, anchor item or '') for a history, newest first."""
+        excluded = set(exclude)
+        scores: dict[str, float] = {}
+        anchors: dict[str, tuple[float, str]] = {}
+        for rank, entry in enumerate(recent[: self.recent_used]):
+            anchor, kind = entry[0], entry[1]
+            w_anchor = TYPE_WEIGHT.get(kind, 1.0) * 0.85 ** rank
+            for item, w in self.model.covisit.similar(anchor).items():
+                if item in excluded:
+                    continue
+                contribution = w_anchor * math.log1p(w)
+                scores[item] = scores.get(item, 0.0) + contribution
+                if contribution > anchors.get(item, (0.0, ""))[0]:
+                    anchors[item] = (contribution, anchor)
+        ranked = heapq.nlargest(k, scores.items(), key=lambda kv: kv[1])
+        out = [(item, s, anchors[item][1]) for item, s in ranked]
+        if len(out) < k:
+            have = {item for item, _, _ in out}
+            floor = out[-1][1] if out else 1.0
+            for item, pop in self.popular(k + len(excluded) + len(have)):
+                if len(out) >= k:
+                    break
+                if item in excluded or item in have:
+                    continue
+                out.append((item, floor * 0.01 * pop, ""))
+        return out
+
+    def _explain(self, item: str, anchor: str, cache: dict[str, tuple[str, str]]) -> tuple[str, str]:
+        key = anchor or "@" + item
+        hit = cache.get(key)
+        if hit is None:
+            if anchor:
+                hit = ("covisit", f"Shoppers who looked at {self.model.label(anchor)} (in your history) also viewed this")
+            else:
+                category = self.model.categories.get(item)
+                hit = ("popular", f"Popular right now in {category.replace('.', ' › ')}" if category
+                       else "Popular with shoppers right now")
+            cache[key] = hit
+        return hit
+
+    def _items(self, ranked: list[tuple[str, float, str]], cache: dict) -> list[tuple[str, float, str, None, str]]:
+        out = []
+        for item, s, anchor in ranked:
+            route, text = self._explain(item, anchor, cache)
+            out.append((item, round(s, 6), route, None, text))
+        return out
+
+    def recommend(self, users: Sequence[UserView], top_k: int) -> list[RecsPayload]:
+        generated_at = _now_iso()
+        cache: dict[str, tuple[str, str]] = {}  # explanations repeat across users of a batch
+        results = []
+        for user in users:
+            items = self._items(self.score(user.recent, user.bought, top_k), cache)
+            covisited = any(route == "covisit" for _, _, route, _, _ in items)
+            results.append(recommendations_payload(
+                user.user_id, items, generated_at, user.state_version, user.trigger, self.model_version,
+                fallback_reason=None if covisited else "no_covisitation",
+            ))
+        return results
+
+    def popular_fallback(self, user_id: str, top_k: int, reason: str) -> RecsPayload:
+        items = self._items([(i, s, "") for i, s in self.popular(top_k)], {})
+        return recommendations_payload(user_id, items, _now_iso(), 0, "fallback", self.model_version,
+                                       fallback_reason=reason)

@@ -1,0 +1,81 @@
+"""Typed records of what reasoning produces: the recommendations stored at recs:{user_id}.
+
+`Recommendations` is the contract readers parse. Reasoners build the same shape as plain dicts
+with `recommendations_payload` on the hot path (a refresh writes 100 items per user; building a
+validated model per item costs more than the ranking), and the tests check that every payload
+the worker writes parses as `Recommendations`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class RecItem(BaseModel):
+    item_id: str
+    score: float
+    route: str
+    """Which route proposed it: covisit, popular (later: intent)."""
+    tag: str | None = None
+    """The intent tag that retrieved it (intent route only)."""
+    explanation: str
+    """Why this item, grounded in the user's history or the catalog."""
+
+
+class Intent(BaseModel):
+    persona: str
+    tags: list[str] = Field(default_factory=list)
+
+
+class Recommendations(BaseModel):
+    """The JSON contract of recs:{user_id} (best item first)."""
+
+    user_id: str
+    items: list[RecItem]
+    intents: list[Intent] = Field(default_factory=list)
+    generated_at: str
+    """ISO-8601 UTC."""
+    state_version: int
+    """The user's state version these recommendations were computed from (0: no state)."""
+    trigger: str
+    """What caused the refresh: first_events, purchase, dominant_category, event_count, ..."""
+    model_version: str
+    fallback_reason: str | None = None
+    """Null unless a fallback served (e.g. unknown_user)."""
+
+
+RecsPayload = dict[str, Any]
+"""A `Recommendations` as a plain dict (what the sink serialises)."""
+
+
+def recommendations_payload(
+    user_id: str,
+    items: Sequence[tuple[str, float, str, str | None, str]],
+    generated_at: str,
+    state_version: int,
+    trigger: str,
+    model_version: str,
+    fallback_reason: str | None = None,
+    intents: Sequence[dict[str, Any]] = (),
+) -> RecsPayload:
+    """The dict form of `Recommendations`; `items` are (item_id, score, route, tag, explanation).
+
+    >>> p = recommendations_payload("u1", [("i1", 0.5, "popular", None, "Popular")], "t", 3, "purchase", "m")
+    >>> Recommendations.model_validate(p).items[0].route
+    'popular'
+    """
+    return {
+        "user_id": user_id,
+        "items": [
+            {"item_id": i, "score": s, "route": r, "tag": t, "explanation": e} for i, s, r, t, e in items
+        ],
+        "intents": list(intents),
+        "generated_at": generated_at,
+        "state_version": state_version,
+        "trigger": trigger,
+        "model_version": model_version,
+        "fallback_reason": fallback_reason,
+    }

@@ -1,0 +1,94 @@
+"""The Faust app: the events topic, the changelog-backed user-state table, the ingest agent.
+
+Run it with `intentstream worker`. The agent takes events in micro-batches (`take_events`) and
+hands each batch to `stream.processor.BatchProcessor`; see there for the delivery guarantee.
+The state table's changelog is partitioned with the producer's partitioner on the raw user_id,
+like the events topic, so a user's state and events live on the same partition number.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import faust
+import redis
+
+from features.feast_store import FeastFeatures
+from intentstream.settings import Settings
+from stream.fast_consumer import FastApp
+from stream.processor import BatchProcessor, RawMessage
+from stream.producer import ensure_topics
+from stream.schemas import DeadLetter
+
+log = logging.getLogger(__name__)
+
+
+def build_app(settings: Settings) -> faust.App:
+    w, k = settings.worker, settings.kafka
+    app = FastApp(
+        w.app_id,
+        broker=f"kafka://{k.bootstrap}",
+        store="memory://",
+        web_enabled=w.web_enabled,
+        web_port=w.web_port,
+        topic_partitions=k.partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=w.session_timeout_s,
+        broker_heartbeat_interval=max(0.5, w.session_timeout_s / 5),
+        broker_max_poll_records=max(w.batch_max, 500),
+        stream_buffer_maxsize=max(4 * w.batch_max, 4096),
+        broker_commit_every=max(w.batch_max, 1000),
+        broker_commit_interval=1.0,
+        producer_linger=0.005,
+    )
+    events = app.topic(k.events_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
+                       value_serializer="raw", partitions=k.partitions)
+    dead_letters = app.topic(k.dead_letter_topic, key_serializer="raw", value_serializer="raw",
+                             partitions=k.partitions)
+    # Keys are the raw user_id bytes (as on the events topic), values the UserState record.
+    table = app.Table("user_state", default=None, partitions=k.partitions, key_type=bytes,
+                      use_partitioner=True)
+
+    async def send_dead_letters(records: list[tuple[bytes | None, DeadLetter]]) -> None:
+        for key, letter in records:
+            await dead_letters.send(key=key, value=letter.model_dump_json().encode())
+
+    holder: dict[str, BatchProcessor] = {}
+
+    def processor() -> BatchProcessor:
+        if "p" not in holder:
+            r = settings.redis
+            client = redis.Redis(host=r.host, port=r.port, db=r.db)
+            proc = BatchProcessor(settings, table, FeastFeatures(settings), client, send_dead_letters)
+            proc.restore()
+            holder["p"] = proc
+        return holder["p"]
+
+    @app.agent(events, name="ingest")
+    async def ingest(stream: faust.StreamT) -> None:
+        proc = processor()
+        async for batch in stream.take_events(w.batch_max, within=w.batch_within_s):
+            await proc.process([
+                RawMessage(e.message.key, e.message.value, e.message.topic, e.message.partition,
+                           e.message.offset, int(e.message.timestamp * 1000))
+                for e in batch
+            ])
+
+    @app.timer(interval=0.25)
+    async def refresh_pending() -> None:
+        if "p" in holder:
+            await holder["p"].flush_pending()
+
+    return app
+
+
+def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    """Start the worker in this process until SIGTERM/SIGINT."""
+    # Subscribing to a topic that does not exist yet leaves the consumer idle until its next
+    # metadata refresh (minutes), so the worker creates its input topics first.
+    k = settings.kafka
+    ensure_topics(k.bootstrap, [k.events_topic, k.dead_letter_topic], k.partitions)
+    app = build_app(settings)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()

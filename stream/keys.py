@@ -1,0 +1,32 @@
+"""Names of the Redis keys the project writes; one place so writers and readers agree."""
+
+from __future__ import annotations
+
+
+class RedisKeys:
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+
+    def recs(self, user_id: str) -> str:
+        return f"{self.prefix}recs:{user_id}"
+
+    @property
+    def updates(self) -> str:
+        """Stream announcing every recommendation update (fields: user_id, state_version, ...)."""
+        return f"{self.prefix}recs:updates"
+
+    @property
+    def popular(self) -> str:
+        """Popularity fallback list served to unknown users."""
+        return f"{self.prefix}recs:__popular__"
+
+    @property
+    def behavioural_model(self) -> str:
+        return f"{self.prefix}model:behavioural"
+
+    @property
+    def metrics(self) -> str:
+        return f"{self.prefix}metrics"
+
+    def samples(self, name: str) -> str:
+        return f"{self.prefix}metrics:{name}"

@@ -1,0 +1,85 @@
+"""Worker metrics kept in Redis, so the CLI, the demo and the benchmarks can read them live.
+
+Counters live in the hash `metrics`; latency samples in capped lists `metrics:{name}`; the set of
+refreshed users in a HyperLogLog. The worker flushes what a batch added in the same pipeline as
+its results (no extra round trip).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import redis
+
+from stream.keys import RedisKeys
+
+SAMPLES_KEPT = 20_000
+SAMPLES_PER_BATCH = 200
+
+
+class WorkerMetrics:
+    def __init__(self, keys: RedisKeys) -> None:
+        self.keys = keys
+        self.counters: Counter[str] = Counter()
+        self.samples: dict[str, list[float]] = {}
+        self.refreshed_users: list[str] = []
+        self.marks: dict[str, int] = {}
+
+    def add(self, name: str, value: int = 1) -> None:
+        self.counters[name] += value
+
+    def sample(self, name: str, values: list[float]) -> None:
+        if len(values) > SAMPLES_PER_BATCH:
+            values = random.sample(values, SAMPLES_PER_BATCH)
+        self.samples.setdefault(name, []).extend(values)
+
+    def mark(self, name: str, value_ms: int) -> None:
+        """A timestamp field in the hash (e.g. first_batch_ms, last_batch_ms)."""
+        self.marks[name] = value_ms
+
+    def queue(self, pipe: redis.client.Pipeline) -> None:
+        """Queue everything accumulated since the last call onto `pipe` and reset."""
+        for name, value in self.counters.items():
+            pipe.hincrby(self.keys.metrics, name, value)
+        for name, value in self.marks.items():
+            if name.startswith("first_"):
+                pipe.hsetnx(self.keys.metrics, name, value)
+            else:
+                pipe.hset(self.keys.metrics, name, value)
+        for name, values in self.samples.items():
+            key = self.keys.samples(name)
+            pipe.lpush(key, *[round(v, 2) for v in values])
+            pipe.ltrim(key, 0, SAMPLES_KEPT - 1)
+        if self.refreshed_users:
+            pipe.pfadd(self.keys.samples("users_refreshed"), *self.refreshed_users)
+        self.counters.clear()
+        self.samples.clear()
+        self.marks.clear()
+        self.refreshed_users = []
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p90": None, "p99": None, "n": 0}
+    arr = np.asarray(values, dtype=float)
+    return {"p50": float(np.percentile(arr, 50)), "p90": float(np.percentile(arr, 90)),
+            "p99": float(np.percentile(arr, 99)), "n": int(arr.size)}
+
+
+def read_metrics(client: redis.Redis, keys: RedisKeys) -> dict[str, Any]:
+    """Counters, marks and latency percentiles the worker has written."""
+    raw = client.hgetall(keys.metrics)
+    out: dict[str, Any] = {k.decode(): int(v) for k, v in raw.items()}
+    for name in ("feature_freshness_ms", "recs_freshness_ms"):
+        values = [float(v) for v in client.lrange(keys.samples(name), 0, -1)]
+        out[name] = percentiles(values)
+    out["users_refreshed"] = client.pfcount(keys.samples("users_refreshed"))
+    return out
+
+
+def reset_metrics(client: redis.Redis, keys: RedisKeys) -> None:
+    client.delete(keys.metrics, keys.samples("feature_freshness_ms"), keys.samples("recs_freshness_ms"),
+                  keys.samples("users_refreshed"))

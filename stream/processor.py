@@ -1,0 +1,281 @@
+"""One micro-batch of the worker, top to bottom: validate → fold state → push features →
+decide refreshes → recommend → write results. The Faust agent (stream/app.py) feeds it.
+
+Delivery guarantee (at-least-once in, effectively-once on state): Kafka offsets of a batch are
+acknowledged only after `process` returns, and Faust flushes the state-table changelog before it
+commits them. After a crash the uncommitted events come again; `features.state.apply` drops the
+ones already folded (by event_id), features and recommendations are overwritten with the same
+values. Invalid events go to the dead-letter topic with their reason and never stop the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+import redis
+
+from features.errors import FeatureStoreError
+from features.items import ItemStats
+from features.state import StateLimits, UserState, apply
+from intentstream.settings import Settings
+from reasoning.behavioural import BehaviouralModel, BehaviouralReasoner
+from reasoning.reasoner import Reasoner, UserView
+from stream.errors import InvalidEvent
+from stream.keys import RedisKeys
+from stream.metrics import WorkerMetrics
+from stream.schemas import DeadLetter, decode_event
+from stream.sink import RedisResultSink
+from stream.trigger import due_at_ms, mark_refreshed, refresh_reason
+
+log = logging.getLogger(__name__)
+
+PUSH_RETRIES = 5
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    key: bytes | None
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    """Broker timestamp (the producer's send time): freshness is measured from it."""
+
+
+class FeatureWriter(Protocol):
+    def push_users(self, rows: Sequence[dict[str, Any]]) -> None: ...
+    def push_items(self, rows: Sequence[dict[str, Any]]) -> None: ...
+
+
+DeadLetterSender = Callable[[list[tuple[bytes | None, DeadLetter]]], Awaitable[None]]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class BatchProcessor:
+    def __init__(
+        self,
+        settings: Settings,
+        table: MutableMapping[bytes, dict],
+        features: FeatureWriter,
+        client: redis.Redis,
+        send_dead_letters: DeadLetterSender,
+        reasoner: Reasoner | None = None,
+    ) -> None:
+        self.settings = settings
+        self.table = table
+        self.features = features
+        self.client = client
+        self.send_dead_letters = send_dead_letters
+        self.keys = RedisKeys(settings.key_prefix)
+        w, r = settings.worker, settings.recs
+        self.limits = StateLimits(w.recent_items, w.dedupe_window, w.top_affinities, w.affinity_half_life_events)
+        self.model = BehaviouralModel(r.covisit_window, r.covisit_max_neighbors, r.popularity_half_life_s)
+        self.items = ItemStats()
+        self.behavioural = BehaviouralReasoner(self.model, r.model_version)
+        self.reasoner: Reasoner = reasoner or self.behavioural
+        self.sink = RedisResultSink(client, self.keys, r.updates_stream_maxlen)
+        self.metrics = WorkerMetrics(self.keys)
+        self.pending: dict[str, int] = {}
+        """Users with a debounced refresh: user_id -> wall-clock ms when it may run."""
+        self._last_batch_end = 0
+        self._dirty_items: set[str] = set()
+        """Items changed since their last push (item features are coalesced, user features are not)."""
+        self._last_item_push = float("-inf")
+        self._last_checkpoint = float("-inf")  # the first batch writes one (popularity fallback)
+
+    # -- start-up -------------------------------------------------------------------------------
+    def restore(self) -> None:
+        """Load the behavioural model and item stats from the last checkpoint, if any."""
+        blob, items = self.client.mget(self.keys.behavioural_model, self.keys.behavioural_model + ":items")
+        if blob:
+            self.model.load_bytes(blob)
+        if items:
+            self.items.load(orjson.loads(items))
+        self.client.hset(self.keys.metrics, "worker_started_ms", now_ms())
+        log.info("restored behavioural model: %d items with neighbours", len(self.model.covisit.neighbors))
+
+    # -- one batch ------------------------------------------------------------------------------
+    async def process(self, batch: Sequence[RawMessage]) -> None:
+        started = now_ms()
+        max_bytes = self.settings.worker.max_event_bytes
+        dead: list[tuple[bytes | None, DeadLetter]] = []
+        touched: dict[str, UserState] = {}
+        touched_items: set[str] = set()
+        produced: list[int] = []
+        duplicates = 0
+        window = self.settings.recs.covisit_window
+        for msg in batch:
+            try:
+                event = decode_event(msg.value, max_bytes)
+            except InvalidEvent as exc:
+                dead.append((msg.key, self._dead_letter(msg, exc.reason, started)))
+                continue
+            state = touched.get(event.user_id)
+            if state is None:
+                state = self._load(event.user_id)
+                touched[event.user_id] = state
+            previous = [entry[0] for entry in state.recent[:window]]
+            if not apply(state, event, msg.timestamp_ms, self.limits):
+                duplicates += 1
+                continue
+            self.model.observe(event.item_id, event.type.value, event.ts, previous, event.category, event.brand)
+            self.items.observe(event)
+            touched_items.add(event.item_id)
+            produced.append(msg.timestamp_ms)
+        self.behavioural.invalidate()
+        folded = now_ms()
+
+        if dead:
+            await self.send_dead_letters(dead)
+        self._dirty_items |= touched_items
+        item_rows: list[dict] = []
+        if self._dirty_items and time.monotonic() - self._last_item_push >= self.settings.worker.item_push_interval_s:
+            item_rows = self.items.feature_rows(self._dirty_items)
+            self._dirty_items = set()
+            self._last_item_push = time.monotonic()
+        if touched or item_rows:
+            await self._push([s.feature_row() for s in touched.values()], item_rows)
+        pushed = now_ms()
+        self.metrics.sample("feature_freshness_ms", [pushed - p for p in produced])
+
+        due, reasons = [], []
+        for state in touched.values():
+            reason = refresh_reason(state, self.settings.trigger)
+            if reason is None:
+                continue
+            ready_at = due_at_ms(state, self.settings.trigger)
+            if ready_at <= pushed:
+                due.append(state)
+                reasons.append(reason)
+                self.pending.pop(state.user_id, None)
+            else:
+                self.pending[state.user_id] = ready_at
+        pipe = self.client.pipeline(transaction=False)
+        self._refresh(due, reasons, pipe)
+        refreshed = now_ms()
+        for user_id, state in touched.items():
+            self.table[user_id.encode()] = state.to_record()
+
+        m = self.metrics
+        # Where a batch's time goes (ms totals; divide by `batches`).
+        m.add("time_fold_ms", folded - started)
+        m.add("time_push_ms", pushed - folded)
+        m.add("time_refresh_ms", refreshed - pushed)
+        m.add("events_valid", len(produced))
+        m.add("events_dead", len(dead))
+        m.add("duplicates", duplicates)
+        m.add("batches")
+        m.mark("first_batch_ms", started)
+        m.mark("last_batch_ms", now_ms())
+        self._maybe_checkpoint(pipe)
+        m.queue(pipe)
+        pipe.execute()
+        m.add("time_write_ms", now_ms() - refreshed)
+        if self._last_batch_end:
+            m.add("time_between_batches_ms", started - self._last_batch_end)
+        self._last_batch_end = now_ms()
+
+    async def flush_pending(self) -> int:
+        """Timer work between batches: push coalesced item features, and refresh users whose
+        debounced refresh is due. Returns how many users were refreshed."""
+        if self._dirty_items and time.monotonic() - self._last_item_push >= self.settings.worker.item_push_interval_s:
+            item_rows = self.items.feature_rows(self._dirty_items)
+            self._dirty_items = set()
+            self._last_item_push = time.monotonic()
+            await self._push([], item_rows)
+        if not self.pending:
+            return 0
+        now = now_ms()
+        ready = [uid for uid, at in self.pending.items() if at <= now]
+        if not ready:
+            return 0
+        due, reasons = [], []
+        for uid in ready:
+            del self.pending[uid]
+            record = self.table.get(uid.encode())
+            if record is None:
+                continue
+            state = UserState.from_record(record)
+            reason = refresh_reason(state, self.settings.trigger)
+            if reason is not None:
+                due.append(state)
+                reasons.append(reason)
+        pipe = self.client.pipeline(transaction=False)
+        self._refresh(due, reasons, pipe)
+        for state in due:
+            self.table[state.user_id.encode()] = state.to_record()
+        self.metrics.queue(pipe)
+        pipe.execute()
+        return len(due)
+
+    # -- pieces -----------------------------------------------------------------------------------
+    def _load(self, user_id: str) -> UserState:
+        record = self.table.get(user_id.encode())
+        return UserState.from_record(record) if record is not None else UserState(user_id)
+
+    def _dead_letter(self, msg: RawMessage, reason: str, at_ms: int) -> DeadLetter:
+        raw = msg.value or b""
+        return DeadLetter(
+            reason=reason, topic=msg.topic, partition=msg.partition, offset=msg.offset,
+            key=msg.key.decode("utf-8", "replace") if msg.key is not None else None,
+            value=raw[:4096].decode("utf-8", "replace"), value_bytes=len(raw), rejected_at=at_ms,
+        )
+
+    async def _push(self, user_rows: list[dict], item_rows: list[dict]) -> None:
+        """Push a batch's rows to Feast off the event loop; retry transient failures, then raise."""
+        def push() -> None:
+            if user_rows:
+                self.features.push_users(user_rows)
+            if item_rows:
+                self.features.push_items(item_rows)
+
+        for attempt in range(PUSH_RETRIES):
+            try:
+                await asyncio.to_thread(push)
+                return
+            except (redis.RedisError, OSError) as exc:
+                if attempt == PUSH_RETRIES - 1:
+                    raise FeatureStoreError(f"Feast push failed {PUSH_RETRIES} times: {exc}") from exc
+                log.warning("Feast push failed (%s); retrying", exc)
+                await asyncio.sleep(0.2 * 2 ** attempt)
+
+    def _refresh(self, states: list[UserState], reasons: list[str], pipe: redis.client.Pipeline) -> None:
+        if not states:
+            return
+        views = [
+            UserView(user_id=s.user_id, recent=s.recent, bought=frozenset(s.bought),
+                     top_categories=s.top(s.categories, 5), state_version=s.state_version, trigger=reason)
+            for s, reason in zip(states, reasons)
+        ]
+        results = self.reasoner.recommend(views, self.settings.recs.top_k)
+        self.sink.write(results, pipe)
+        written = now_ms()
+        for state in states:
+            mark_refreshed(state, written)
+        self.metrics.add("refreshes", len(states))
+        self.metrics.refreshed_users.extend(s.user_id for s in states)
+        self.metrics.sample("recs_freshness_ms", [written - s.last_produced_ms for s in states])
+
+    def _maybe_checkpoint(self, pipe: redis.client.Pipeline) -> None:
+        if time.monotonic() - self._last_checkpoint < self.settings.worker.checkpoint_interval_s:
+            return
+        self.checkpoint(pipe)
+
+    def checkpoint(self, pipe: redis.client.Pipeline) -> None:
+        """Queue the behavioural model, item stats and the popularity fallback onto `pipe`."""
+        self._last_checkpoint = time.monotonic()
+        pipe.set(self.keys.behavioural_model, self.model.to_bytes())
+        pipe.set(self.keys.behavioural_model + ":items", orjson.dumps(self.items.to_dict()))
+        self.sink.write_popular(
+            self.behavioural.popular_fallback("*", self.settings.recs.top_k, "unknown_user"), pipe
+        )

@@ -1,0 +1,58 @@
+"""When has a user's state changed enough to refresh their recommendations?
+
+A refresh has a *reason* (the first events of a user, a purchase, a new dominant category that
+beats the old one by a hysteresis margin, N events since the last refresh) and is *debounced*:
+at most one refresh per user per `min_interval_s`. A debounced reason is not forgotten: the
+worker keeps the user pending and refreshes them when the interval has passed.
+"""
+
+from __future__ import annotations
+
+from features.state import UserState
+from intentstream.settings import TriggerSettings
+
+
+def refresh_reason(state: UserState, cfg: TriggerSettings) -> str | None:
+    """Why `state` needs a refresh now, or None.
+
+    >>> from intentstream.settings import TriggerSettings
+    >>> cfg = TriggerSettings(every_n_events=3)
+    >>> s = UserState("u", state_version=1, events_since_refresh=1)
+    >>> refresh_reason(s, cfg)
+    'first_events'
+    >>> s.refreshed_version, s.categories, s.dominant_at_refresh = 1, {"a": 1.0, "b": 1.1}, "a"
+    >>> refresh_reason(s, cfg) is None      # b leads a by 10%: inside the 25% hysteresis band
+    True
+    >>> s.categories["b"] = 1.3
+    >>> refresh_reason(s, cfg)
+    'dominant_category'
+    """
+    if state.state_version == state.refreshed_version:
+        return None
+    if state.refreshed_version == 0:
+        return "first_events"
+    if cfg.on_purchase and state.purchase_since_refresh:
+        return "purchase"
+    dominant = state.dominant_category
+    if dominant is not None and dominant != state.dominant_at_refresh:
+        previous = state.categories.get(state.dominant_at_refresh or "", 0.0)
+        if state.categories[dominant] >= previous * (1.0 + cfg.category_hysteresis):
+            return "dominant_category"
+    if state.events_since_refresh >= cfg.every_n_events:
+        return "event_count"
+    return None
+
+
+def due_at_ms(state: UserState, cfg: TriggerSettings) -> int:
+    """Wall-clock ms from which the debounce lets this user refresh again."""
+    if state.last_refresh_ms == 0:
+        return 0
+    return state.last_refresh_ms + int(cfg.min_interval_s * 1000)
+
+
+def mark_refreshed(state: UserState, now_ms: int) -> None:
+    state.last_refresh_ms = now_ms
+    state.refreshed_version = state.state_version
+    state.events_since_refresh = 0
+    state.purchase_since_refresh = False
+    state.dominant_at_refresh = state.dominant_category

@@ -1,0 +1,58 @@
+from reasoning.behavioural import BehaviouralModel, BehaviouralReasoner
+from reasoning.reasoner import UserView
+from reasoning.schemas import Recommendations
+
+
+def trained() -> BehaviouralModel:
+    model = BehaviouralModel(covisit_window=3, max_neighbors=10, popularity_half_life_s=3600)
+    sessions = [["a", "b", "c"], ["a", "b"], ["b", "c", "d"], ["x", "y"], ["p"], ["p"], ["p"]]
+    ts = 0
+    for session in sessions:
+        history: list[str] = []
+        for item in session:
+            ts += 1000
+            model.observe(item, "view", ts, history[::-1], category="cat." + item, brand="brand" + item)
+            history.append(item)
+    return model
+
+
+def view(recent, bought=()):
+    return UserView("u", [[i, "view", 0, None] for i in recent], frozenset(bought), [], 3, "event_count")
+
+
+def test_covisited_items_rank_first_and_bought_items_never_appear():
+    reasoner = BehaviouralReasoner(trained(), "m1")
+    [payload] = reasoner.recommend([view(["a"], bought={"c"})], top_k=5)
+    recs = Recommendations.model_validate(payload)
+    ids = [i.item_id for i in recs.items]
+    assert ids[0] == "b" and recs.items[0].route == "covisit"
+    assert "c" not in ids
+    assert len(ids) == 5 and len(set(ids)) == 5
+    assert "branda" in recs.items[0].explanation  # grounded in the user's own item
+    assert recs.fallback_reason is None
+
+
+def test_user_without_covisitation_gets_popular_items_and_says_so():
+    reasoner = BehaviouralReasoner(trained(), "m1")
+    [payload] = reasoner.recommend([view(["unknown-item"])], top_k=3)
+    recs = Recommendations.model_validate(payload)
+    assert [i.item_id for i in recs.items][0] == "p"
+    assert all(i.route == "popular" for i in recs.items)
+    assert recs.fallback_reason == "no_covisitation"
+
+
+def test_checkpoint_round_trip_keeps_rankings():
+    model = trained()
+    copy = BehaviouralModel(3, 10, 3600)
+    copy.load_bytes(model.to_bytes())
+    a = BehaviouralReasoner(model, "m").score([["a", "view", 0, None]], (), 5)
+    b = BehaviouralReasoner(copy, "m").score([["a", "view", 0, None]], (), 5)
+    assert a == b
+
+
+def test_popularity_decays_with_event_time():
+    model = BehaviouralModel(3, 10, popularity_half_life_s=1)
+    for _ in range(4):
+        model.observe("old", "view", 0, [])
+    model.observe("new", "view", 10_000, [])  # 10 half-lives later
+    assert [i for i, _ in model.popularity.top(2)] == ["new", "old"]

@@ -1,0 +1,25 @@
+from intentstream.settings import Settings
+from intentstream.worker_process import settings_env
+
+
+def test_env_overrides_nested_groups(monkeypatch):
+    monkeypatch.setenv("INTENTSTREAM_KAFKA__PORT", "19092")
+    monkeypatch.setenv("INTENTSTREAM_TRIGGER__EVERY_N_EVENTS", "9")
+    s = Settings()
+    assert s.kafka.bootstrap.endswith(":19092") and s.trigger.every_n_events == 9
+
+
+def test_settings_survive_the_trip_to_a_child_process(monkeypatch):
+    original = Settings(key_prefix="x:")
+    original = original.model_copy(update={"worker": original.worker.model_copy(update={"batch_max": 77})})
+    for key, value in settings_env(original).items():
+        monkeypatch.setenv(key, value)
+    assert Settings() == original
+
+
+def test_env_example_documents_every_setting():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / ".env.example").read_text()
+    missing = [k for k in settings_env(Settings()) if k not in text]
+    assert not missing, f".env.example lacks {missing}"

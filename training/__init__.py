@@ -1,0 +1,1 @@
+"""The periodic trainer (SFT, GRPO with constrained reward shaping, model registry): a later milestone."""
