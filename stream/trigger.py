@@ -20,7 +20,8 @@ def refresh_reason(state: UserState, cfg: TriggerSettings) -> str | None:
     >>> s = UserState("u", state_version=1, events_since_refresh=1)
     >>> refresh_reason(s, cfg)
     'first_events'
-    >>> s.refreshed_version, s.categories, s.dominant_at_refresh = 1, {"a": 1.0, "b": 1.1}, "a"
+    >>> s.refreshed_version, s.state_version = 1, 2
+    >>> s.categories, s.dominant_at_refresh = {"a": 1.0, "b": 1.1}, "a"
     >>> refresh_reason(s, cfg) is None      # b leads a by 10%: inside the 25% hysteresis band
     True
     >>> s.categories["b"] = 1.3
