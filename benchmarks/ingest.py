@@ -3,8 +3,10 @@
     intentstream bench ingest --events 200000 --json
 
 Phases, each on fresh topics, consumer groups and Redis key prefixes:
-1. fill: N synthetic events (Zipf-distributed items over a catalog, uniform users) are written
-   to a topic with aiokafka's batch API;
+1. fill: N synthetic events are written to a topic with aiokafka. Traffic is session-shaped:
+   `--active` shoppers are active at any moment, each event comes from one of them, a session
+   lasts a geometric number of events (mean 10) and is then replaced by a session of a random
+   user out of `--users`; items are Zipf-distributed over a 50k catalog;
 2. ceiling: a plain aiokafka consumer drains that topic (`getmany`, no processing), which bounds
    what any consumer on this machine can do;
 3. throughput: a worker (`intentstream worker` in a child process) consumes the same topic;
@@ -54,9 +56,25 @@ def commit() -> str:
         return "unknown"
 
 
-def synthetic_events(n: int, users: int, items: int, seed: int, run: str, ts_now: bool) -> list[tuple[bytes, bytes]]:
+def session_users(n: int, users: int, active: int, rng: np.random.Generator) -> np.ndarray:
+    """User of each of n events when `active` sessions (mean 10 events) run at once."""
+    current = rng.integers(0, users, active)
+    left = rng.geometric(0.1, active)
+    picks = rng.integers(0, active, n)
+    out = np.empty(n, dtype=np.int64)
+    for i, slot in enumerate(picks):
+        out[i] = current[slot]
+        left[slot] -= 1
+        if left[slot] <= 0:
+            current[slot] = rng.integers(0, users)
+            left[slot] = rng.geometric(0.1)
+    return out
+
+
+def synthetic_events(n: int, users: int, items: int, seed: int, run: str, ts_now: bool,
+                     active: int = 1000) -> list[tuple[bytes, bytes]]:
     rng = np.random.default_rng(seed)
-    user_ids = rng.integers(0, users, n)
+    user_ids = session_users(n, users, min(active, users), rng)
     item_ids = np.minimum(rng.zipf(1.3, n), items) - 1
     kinds = rng.choice(["view", "click", "cart", "fav", "purchase"], n, p=[0.85, 0.05, 0.05, 0.03, 0.02])
     base = int(time.time() * 1000)
@@ -138,7 +156,7 @@ def _say(console, text: str) -> None:
 
 
 def run_ingest_benchmark(settings: Settings, events: int, users: int, offered_rate: float,
-                         freshness_seconds: float, console=None) -> dict[str, Any]:
+                         freshness_seconds: float, active: int = 1000, console=None) -> dict[str, Any]:
     from features.feast_store import FeastFeatures
 
     bootstrap = settings.kafka.bootstrap
@@ -149,7 +167,7 @@ def run_ingest_benchmark(settings: Settings, events: int, users: int, offered_ra
     ensure_topics(bootstrap, [topic, f"{topic}.dlq"], partitions)
 
     _say(console, f"fill: {events:,} events over {users:,} users into {topic}")
-    payloads = synthetic_events(events, users, 50_000, seed=7, run=f"{run}:", ts_now=False)
+    payloads = synthetic_events(events, users, 50_000, seed=7, run=f"{run}:", ts_now=False, active=active)
     fill_s = asyncio.run(_fill(bootstrap, topic, payloads))
 
     _say(console, "ceiling: plain aiokafka consumer")
@@ -181,7 +199,7 @@ def run_ingest_benchmark(settings: Settings, events: int, users: int, offered_ra
             raise RuntimeError(f"freshness worker did not start:\n{worker2.log_tail()}")
         worker2.client.delete(worker2.keys.samples("feature_freshness_ms"))
         n_offered = int(offered_rate * freshness_seconds)
-        offered = synthetic_events(n_offered, users, 50_000, seed=9, run=f"{run2}:", ts_now=True)
+        offered = synthetic_events(n_offered, users, 50_000, seed=9, run=f"{run2}:", ts_now=True, active=active)
         offer_s = asyncio.run(_offer(bootstrap, topic2, offered, offered_rate))
         worker2.wait_processed(len(warm) + n_offered, timeout_s=60)
         fresh = worker2.metrics()["feature_freshness_ms"]
@@ -195,12 +213,13 @@ def run_ingest_benchmark(settings: Settings, events: int, users: int, offered_ra
     events_per_s = events / worker_s if worker_s > 0 else 0.0
     ceiling = events / ceiling_s if ceiling_s > 0 else 0.0
     return {
-        "command": f"intentstream bench ingest --events {events} --users {users} "
+        "command": f"intentstream bench ingest --events {events} --users {users} --active {active} "
                    f"--offered-rate {offered_rate:g} --freshness-seconds {freshness_seconds:g} --json",
         "commit": commit(),
         "machine": machine(),
         "events": events,
         "users": users,
+        "active_sessions": active,
         "partitions": partitions,
         "batch_max": settings.worker.batch_max,
         "fill_events_per_s": round(events / fill_s),

@@ -185,6 +185,7 @@ def demo(
 def bench_ingest(
     events: int = typer.Option(200_000, help="Events to drive through the worker"),
     users: int = typer.Option(20_000, help="Distinct users the events are spread over"),
+    active: int = typer.Option(1000, help="Shoppers active at any moment (sessions of ~10 events)"),
     offered_rate: float = typer.Option(2000.0, help="Offered load (events/s) for the freshness phase"),
     freshness_seconds: float = typer.Option(15.0, help="Length of the freshness phase"),
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON result"),
@@ -194,7 +195,8 @@ def bench_ingest(
     from benchmarks.ingest import run_ingest_benchmark
 
     result = run_ingest_benchmark(Settings(), events=events, users=users, offered_rate=offered_rate,
-                                  freshness_seconds=freshness_seconds, console=None if as_json else console)
+                                  freshness_seconds=freshness_seconds, active=active,
+                                  console=None if as_json else console)
     text = orjson.dumps(result, option=orjson.OPT_INDENT_2).decode()
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)

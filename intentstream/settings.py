@@ -128,7 +128,7 @@ class RecsSettings(BaseModel):
     """Items kept in recs:{user_id}."""
     covisit_window: int = Field(default=5, ge=1)
     """A new item is co-visited with this many of the user's preceding items."""
-    covisit_max_neighbors: int = Field(default=200, ge=1)
+    covisit_max_neighbors: int = Field(default=100, ge=1)
     """Neighbours kept per item in the co-visitation model."""
     popularity_half_life_s: float = Field(default=3600.0, gt=0)
     """Half-life (seconds of event time) of the popularity counts."""

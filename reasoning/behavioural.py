@@ -136,7 +136,7 @@ class BehaviouralReasoner:
     revisit what they viewed, and the evaluation measures both lists.
     """
 
-    def __init__(self, model: BehaviouralModel, model_version: str, recent_used: int = 20) -> None:
+    def __init__(self, model: BehaviouralModel, model_version: str, recent_used: int = 10) -> None:
         self.model = model
         self.model_version = model_version
         self.recent_used = recent_used

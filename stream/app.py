@@ -9,11 +9,12 @@ like the events topic, so a user's state and events live on the same partition n
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import faust
 import redis
 
-from features.feast_store import FeastFeatures
+from features.pusher import FeaturePusher
 from intentstream.settings import Settings
 from stream.fast_consumer import FastApp
 from stream.processor import BatchProcessor, RawMessage
@@ -54,31 +55,41 @@ def build_app(settings: Settings) -> faust.App:
         for key, letter in records:
             await dead_letters.send(key=key, value=letter.model_dump_json().encode())
 
-    holder: dict[str, BatchProcessor] = {}
+    holder: dict[str, Any] = {}
 
     def processor() -> BatchProcessor:
         if "p" not in holder:
             r = settings.redis
             client = redis.Redis(host=r.host, port=r.port, db=r.db)
-            proc = BatchProcessor(settings, table, FeastFeatures(settings), client, send_dead_letters)
+            pusher = FeaturePusher(settings)
+            pusher.warm_up()
+            proc = BatchProcessor(settings, table, pusher, client, send_dead_letters)
             proc.restore()
             holder["p"] = proc
         return holder["p"]
 
+    async def ack(stream: faust.StreamT, ready: list) -> None:
+        for event in ready:
+            await stream.ack(event)
+
     @app.agent(events, name="ingest")
     async def ingest(stream: faust.StreamT) -> None:
         proc = processor()
-        async for batch in stream.take_events(w.batch_max, within=w.batch_within_s):
-            await proc.process([
+        holder["stream"] = stream
+        # noack_take: events are acknowledged only when the processor hands them back, i.e. after
+        # the Feast push that carried their features finished (see stream/processor.py).
+        async for batch in stream.noack_take(w.batch_max, within=w.batch_within_s):
+            ready = await proc.process([
                 RawMessage(e.message.key, e.message.value, e.message.topic, e.message.partition,
                            e.message.offset, int(e.message.timestamp * 1000))
                 for e in batch
-            ])
+            ], tokens=batch)
+            await ack(stream, ready)
 
-    @app.timer(interval=0.25)
-    async def refresh_pending() -> None:
-        if "p" in holder:
-            await holder["p"].flush_pending()
+    @app.timer(interval=0.1)
+    async def between_batches() -> None:
+        if "stream" in holder:
+            await ack(holder["stream"], await holder["p"].flush_pending())
 
     return app
 

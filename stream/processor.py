@@ -1,16 +1,17 @@
-"""One micro-batch of the worker, top to bottom: validate → fold state → push features →
-decide refreshes → recommend → write results. The Faust agent (stream/app.py) feeds it.
+"""One micro-batch of the worker, top to bottom: validate → fold state → queue features for
+Feast → decide refreshes → recommend → write results. The Faust agent (stream/app.py) feeds it.
 
-Delivery guarantee (at-least-once in, effectively-once on state): Kafka offsets of a batch are
-acknowledged only after `process` returns, and Faust flushes the state-table changelog before it
-commits them. After a crash the uncommitted events come again; `features.state.apply` drops the
-ones already folded (by event_id), features and recommendations are overwritten with the same
-values. Invalid events go to the dead-letter topic with their reason and never stop the batch.
+Delivery guarantee (at-least-once in, effectively-once on state): `process` returns the events
+that are safe to acknowledge: those whose batch is folded, written to the state table and to
+Redis, and whose features a finished Feast push carried (features/pusher.py). Faust flushes the
+state-table changelog before it commits acknowledged offsets. After a crash the unacknowledged
+events come again; `features.state.apply` drops the ones already folded (by event_id), and
+features and recommendations are overwritten with the same values. Invalid events go to the
+dead-letter topic with their reason and never stop the batch.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
@@ -20,7 +21,6 @@ from typing import Any, Protocol
 import orjson
 import redis
 
-from features.errors import FeatureStoreError
 from features.items import ItemStats
 from features.state import StateLimits, UserState, apply
 from intentstream.settings import Settings
@@ -35,9 +35,6 @@ from stream.trigger import due_at_ms, mark_refreshed, refresh_reason
 
 log = logging.getLogger(__name__)
 
-PUSH_RETRIES = 5
-
-
 @dataclass(frozen=True)
 class RawMessage:
     key: bytes | None
@@ -49,9 +46,12 @@ class RawMessage:
     """Broker timestamp (the producer's send time): freshness is measured from it."""
 
 
-class FeatureWriter(Protocol):
-    def push_users(self, rows: Sequence[dict[str, Any]]) -> None: ...
-    def push_items(self, rows: Sequence[dict[str, Any]]) -> None: ...
+class Pusher(Protocol):
+    """What the processor needs from features.pusher.FeaturePusher."""
+
+    def add(self, users: list[dict[str, Any]], items: list[dict[str, Any]], produced_ms: list[int],
+            tokens: list[Any]) -> None: ...
+    async def cycle(self, wait: bool = False) -> tuple[list[Any], list[int], int]: ...
 
 
 DeadLetterSender = Callable[[list[tuple[bytes | None, DeadLetter]]], Awaitable[None]]
@@ -66,14 +66,14 @@ class BatchProcessor:
         self,
         settings: Settings,
         table: MutableMapping[bytes, dict],
-        features: FeatureWriter,
+        pusher: Pusher,
         client: redis.Redis,
         send_dead_letters: DeadLetterSender,
         reasoner: Reasoner | None = None,
     ) -> None:
         self.settings = settings
         self.table = table
-        self.features = features
+        self.pusher = pusher
         self.client = client
         self.send_dead_letters = send_dead_letters
         self.keys = RedisKeys(settings.key_prefix)
@@ -105,7 +105,8 @@ class BatchProcessor:
         log.info("restored behavioural model: %d items with neighbours", len(self.model.covisit.neighbors))
 
     # -- one batch ------------------------------------------------------------------------------
-    async def process(self, batch: Sequence[RawMessage]) -> None:
+    async def process(self, batch: Sequence[RawMessage], tokens: Sequence[Any] = ()) -> list[Any]:
+        """Process one batch; returns the tokens (events) that may now be acknowledged."""
         started = now_ms()
         max_bytes = self.settings.worker.max_event_bytes
         dead: list[tuple[bytes | None, DeadLetter]] = []
@@ -143,10 +144,9 @@ class BatchProcessor:
             item_rows = self.items.feature_rows(self._dirty_items)
             self._dirty_items = set()
             self._last_item_push = time.monotonic()
-        if touched or item_rows:
-            await self._push([s.feature_row() for s in touched.values()], item_rows)
+        self.pusher.add([s.feature_row() for s in touched.values()], item_rows, produced, list(tokens))
+        ready = await self._collect_pushes()
         pushed = now_ms()
-        self.metrics.sample("feature_freshness_ms", [pushed - p for p in produced])
 
         due, reasons = [], []
         for state in touched.values():
@@ -169,7 +169,7 @@ class BatchProcessor:
         m = self.metrics
         # Where a batch's time goes (ms totals; divide by `batches`).
         m.add("time_fold_ms", folded - started)
-        m.add("time_push_ms", pushed - folded)
+        m.add("time_push_ms", pushed - folded)  # queueing and collecting; the push runs in a child
         m.add("time_refresh_ms", refreshed - pushed)
         m.add("events_valid", len(produced))
         m.add("events_dead", len(dead))
@@ -184,21 +184,34 @@ class BatchProcessor:
         if self._last_batch_end:
             m.add("time_between_batches_ms", started - self._last_batch_end)
         self._last_batch_end = now_ms()
+        return ready
 
-    async def flush_pending(self) -> int:
-        """Timer work between batches: push coalesced item features, and refresh users whose
-        debounced refresh is due. Returns how many users were refreshed."""
+    async def _collect_pushes(self, wait: bool = False) -> list[Any]:
+        """Collect a finished Feast push (recording feature freshness) and start the next."""
+        tokens, produced, finished_ms = await self.pusher.cycle(wait=wait)
+        if produced:
+            self.metrics.sample("feature_freshness_ms", [finished_ms - p for p in produced])
+        return tokens
+
+    async def flush_pending(self) -> list[Any]:
+        """Timer work between batches: finish Feast pushes, push coalesced item features, and
+        refresh users whose debounced refresh is due. Returns tokens safe to acknowledge."""
         if self._dirty_items and time.monotonic() - self._last_item_push >= self.settings.worker.item_push_interval_s:
             item_rows = self.items.feature_rows(self._dirty_items)
             self._dirty_items = set()
             self._last_item_push = time.monotonic()
-            await self._push([], item_rows)
+            self.pusher.add([], item_rows, [], [])
+        acked = await self._collect_pushes()
+        if self.metrics.samples:
+            pipe = self.client.pipeline(transaction=False)
+            self.metrics.queue(pipe)
+            pipe.execute()
         if not self.pending:
-            return 0
+            return acked
         now = now_ms()
         ready = [uid for uid, at in self.pending.items() if at <= now]
         if not ready:
-            return 0
+            return acked
         due, reasons = [], []
         for uid in ready:
             del self.pending[uid]
@@ -216,7 +229,7 @@ class BatchProcessor:
             self.table[state.user_id.encode()] = state.to_record()
         self.metrics.queue(pipe)
         pipe.execute()
-        return len(due)
+        return acked
 
     # -- pieces -----------------------------------------------------------------------------------
     def _load(self, user_id: str) -> UserState:
@@ -230,24 +243,6 @@ class BatchProcessor:
             key=msg.key.decode("utf-8", "replace") if msg.key is not None else None,
             value=raw[:4096].decode("utf-8", "replace"), value_bytes=len(raw), rejected_at=at_ms,
         )
-
-    async def _push(self, user_rows: list[dict], item_rows: list[dict]) -> None:
-        """Push a batch's rows to Feast off the event loop; retry transient failures, then raise."""
-        def push() -> None:
-            if user_rows:
-                self.features.push_users(user_rows)
-            if item_rows:
-                self.features.push_items(item_rows)
-
-        for attempt in range(PUSH_RETRIES):
-            try:
-                await asyncio.to_thread(push)
-                return
-            except (redis.RedisError, OSError) as exc:
-                if attempt == PUSH_RETRIES - 1:
-                    raise FeatureStoreError(f"Feast push failed {PUSH_RETRIES} times: {exc}") from exc
-                log.warning("Feast push failed (%s); retrying", exc)
-                await asyncio.sleep(0.2 * 2 ** attempt)
 
     def _refresh(self, states: list[UserState], reasons: list[str], pipe: redis.client.Pipeline) -> None:
         if not states:
