@@ -27,7 +27,10 @@ test-unit: setup
 
 bench: setup
 	$(BIN)/intentstream up
-	$(BIN)/intentstream bench ingest --events 200000 --json --out benchmarks/results/ingest.json
+	$(BIN)/intentstream bench ingest --events 100000 --json --out benchmarks/results/ingest.json > /dev/null
+	$(BIN)/intentstream eval --dataset taobao --json --out benchmarks/results/eval-taobao.json > /dev/null
+	$(BIN)/intentstream eval --dataset rees46 --json --out benchmarks/results/eval-rees46.json > /dev/null
+	$(BIN)/python -m benchmarks.report
 
 compose-check:
 	docker-compose -f docker-compose.yml config -q

@@ -181,6 +181,66 @@ def demo(
     run_demo(Settings(), dataset=dataset, rate=rate, console=console)
 
 
+@app.command("eval")
+def eval_(
+    dataset: str = typer.Option(..., "--dataset", help="Dataset folder or name (rees46, taobao)"),
+    fmt: str = typer.Option("auto", "--format", help="generic, rees46, taobao or auto"),
+    split: str = typer.Option("global-time", help="global-time or per-user-last"),
+    k: str = typer.Option("10,20", help="Cut-offs, comma-separated"),
+    methods: str = typer.Option(",".join(("popularity", "recent_history", "itemknn", "sasrec", "replay", "oracle", "random")),
+                                help="Methods to run, comma-separated"),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object"),
+    out: Optional[Path] = typer.Option(None, help="Also write the JSON here"),
+) -> None:
+    """Evaluate recommendation methods on a dataset under one protocol."""
+    from evaluation.harness import METHODS, evaluate
+    from stream import datasets
+    from stream.errors import StreamError
+
+    settings = Settings()
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown:
+        _fail(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    try:
+        ks = sorted({int(x) for x in k.split(",")})
+        data = datasets.load(dataset, settings.data_dir, fmt)
+    except (StreamError, ValueError) as exc:
+        _fail(str(exc))
+    if "replay" in names:
+        from infra import services
+
+        services.up(settings)
+    result = evaluate(data, split, ks, names, settings,
+                      on_method=None if as_json else lambda n: console.print(f"running {n} ..."))
+    result["command"] = "intentstream eval " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "intentstream eval"
+    text = orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode()
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    if as_json:
+        print(text)
+        return
+    c = result["counts"]
+    table = Table(title=f"{result['dataset']} · {split} · {c['users_evaluated']} users "
+                        f"({c['users_with_new_targets']} with new targets) · {c['items']} items")
+    table.add_column("method")
+    for kk in ks:
+        table.add_column(f"R@{kk} all/new")
+        table.add_column(f"NDCG@{kk} all/new")
+    table.add_column("catHR@20")
+    table.add_column("cov@20")
+    for name, r in result["methods"].items():
+        row = [name]
+        for kk in ks:
+            row.append(f"{r['all'][f'recall@{kk}']:.3f} / {r['new'][f'recall@{kk}']:.3f}")
+            row.append(f"{r['all'][f'ndcg@{kk}']:.3f} / {r['new'][f'ndcg@{kk}']:.3f}")
+        row.append(f"{r['all'].get('category_hr@20', float('nan')):.3f}")
+        row.append(f"{r['coverage@20']:.3f}")
+        table.add_row(*row)
+    Console().print(table)
+
+
 @bench_app.command("ingest")
 def bench_ingest(
     events: int = typer.Option(200_000, help="Events to drive through the worker"),

@@ -1,0 +1,118 @@
+"""Recommendation methods under one protocol: each is fitted on the train events only and ranks
+items for an evaluated user. The harness removes bought items (the `all` list) or every item the
+user touched before (the `new` list) from the ranking, so a method ranks enough candidates
+(`n`, at least 100) for both."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+from evaluation.splits import Split, UserCase
+from reasoning.behavioural import BehaviouralModel, BehaviouralReasoner
+
+DAY_MS = 86_400_000
+
+
+class Method(Protocol):
+    name: str
+
+    def fit(self, split: Split, catalog: Sequence[str]) -> None: ...
+
+    def rank(self, case: UserCase, n: int) -> list[str]: ...
+
+
+class Popularity:
+    """Most interacted-with items in the last day of the train period (all of it if shorter)."""
+
+    name = "popularity"
+
+    def fit(self, split: Split, catalog: Sequence[str]) -> None:
+        train = split.train
+        recent = train[train.ts >= train.ts.max() - DAY_MS]
+        self.ranking = recent.item_id.value_counts().index.tolist()
+        rest = train.item_id.value_counts().index
+        known = set(self.ranking)
+        self.ranking += [i for i in rest if i not in known]
+
+    def rank(self, case: UserCase, n: int) -> list[str]:
+        return self.ranking[: n + len(case.bought)]
+
+
+class RecentHistory:
+    """The user's own most recent distinct items (a strong baseline: shoppers revisit)."""
+
+    name = "recent_history"
+
+    def fit(self, split: Split, catalog: Sequence[str]) -> None:
+        pass
+
+    def rank(self, case: UserCase, n: int) -> list[str]:
+        return list(dict.fromkeys(reversed(case.history)))[:n]
+
+
+class ItemKNN:
+    """The worker's behavioural route (co-visitation + popularity), learned from the train events
+    in time order with the same model code that serves users."""
+
+    name = "itemknn"
+
+    def __init__(self, covisit_window: int = 5, max_neighbors: int = 100, half_life_s: float = 3600.0) -> None:
+        self.params = (covisit_window, max_neighbors, half_life_s)
+
+    def fit(self, split: Split, catalog: Sequence[str]) -> None:
+        model = BehaviouralModel(*self.params)
+        recent: dict[str, list[list]] = {}
+        window = self.params[0]
+        cols = split.train[["user_id", "item_id", "type", "ts", "category"]].itertuples(index=False)
+        for user, item, kind, ts, category in cols:
+            history = recent.setdefault(user, [])
+            model.observe(item, kind, int(ts), [h[0] for h in history[:window]],
+                          category if isinstance(category, str) else None)
+            history.insert(0, [item, kind, int(ts), None])
+            del history[50:]
+        self.recent = recent
+        self.reasoner = BehaviouralReasoner(model, "eval")
+
+    def rank(self, case: UserCase, n: int) -> list[str]:
+        ranked = self.reasoner.score(self.recent.get(case.user_id, []), case.bought, n)
+        return [item for item, _, _ in ranked]
+
+
+class Oracle:
+    """Recommends the user's targets (new targets first): Recall must come out as 1.0."""
+
+    name = "oracle"
+
+    def fit(self, split: Split, catalog: Sequence[str]) -> None:
+        pass
+
+    def rank(self, case: UserCase, n: int) -> list[str]:
+        return sorted(case.new_targets) + sorted(case.targets - case.new_targets)
+
+
+class RandomItems:
+    """Uniformly random catalog items: Recall@K should be near K / catalog size."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def fit(self, split: Split, catalog: Sequence[str]) -> None:
+        self.catalog = np.asarray(catalog, dtype=object)
+        self.rng = np.random.default_rng(self.seed)
+
+    def rank(self, case: UserCase, n: int) -> list[str]:
+        size = min(n, len(self.catalog))
+        return self.catalog[self.rng.choice(len(self.catalog), size, replace=False)].tolist()
+
+
+def category_lookup(items: pd.DataFrame, events: pd.DataFrame) -> dict[str, str]:
+    """item -> category leaf (last level of a path), from the item table or the events."""
+    source = items if "category" in items and items.category.notna().any() else events
+    pairs = source[["item_id", "category"]].dropna().drop_duplicates("item_id", keep="last")
+    return {i: str(c).split(".")[-1] for i, c in zip(pairs.item_id, pairs.category)}
