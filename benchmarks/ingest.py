@@ -142,14 +142,6 @@ async def _drain(bootstrap: str, topic: str, n: int) -> float:
     return time.perf_counter() - (started or time.perf_counter())
 
 
-def _scoped(settings: Settings, run: str, topic: str) -> Settings:
-    return settings.model_copy(update={
-        "key_prefix": f"bench:{run}:",
-        "kafka": settings.kafka.model_copy(update={"events_topic": topic, "dead_letter_topic": f"{topic}.dlq"}),
-        "worker": settings.worker.model_copy(update={"app_id": f"bench-{run}"}),
-    })
-
-
 def _say(console, text: str) -> None:
     if console is not None:
         console.print(text)
@@ -174,7 +166,7 @@ def run_ingest_benchmark(settings: Settings, events: int, users: int, offered_ra
     ceiling_s = asyncio.run(_drain(bootstrap, topic, events))
 
     _say(console, "throughput: one worker")
-    scoped = _scoped(settings, run, topic)
+    scoped = settings.isolated(topic, key_prefix=f"bench:{run}:")
     worker = WorkerProcess(scoped, log_dir / f"worker-{run}.log")
     worker.start()
     try:
@@ -189,7 +181,7 @@ def run_ingest_benchmark(settings: Settings, events: int, users: int, offered_ra
     run2 = run + "f"
     topic2 = f"bench-{run2}"
     ensure_topics(bootstrap, [topic2, f"{topic2}.dlq"], partitions)
-    fresh_settings = _scoped(settings, run2, topic2)
+    fresh_settings = settings.isolated(topic2, key_prefix=f"bench:{run2}:")
     worker2 = WorkerProcess(fresh_settings, log_dir / f"worker-{run2}.log")
     worker2.start()
     try:

@@ -29,12 +29,7 @@ class ReplayMethod:
     def __init__(self, settings: Settings, timeout_s: float = 1800) -> None:
         run = uuid.uuid4().hex[:8]
         self.prefix = f"eval-{run}:"
-        topic = f"intentstream.eval.{run}"
-        self.settings = settings.model_copy(update={
-            "key_prefix": self.prefix,
-            "kafka": settings.kafka.model_copy(update={"events_topic": topic, "dead_letter_topic": f"{topic}.dlq"}),
-            "worker": settings.worker.model_copy(update={"app_id": f"intentstream-eval-{run}"}),
-        })
+        self.settings = settings.isolated(f"intentstream.eval.{run}", key_prefix=self.prefix)
         self.timeout_s = timeout_s
         self.stats: dict = {}
 

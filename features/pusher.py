@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
+import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -26,11 +28,20 @@ PUSH_ATTEMPTS = 5
 _features = None  # the child's FeastFeatures
 
 
-def _init_child(settings_json: str) -> None:
+def _init_child(settings_json: str, parent_pid: int) -> None:
     global _features
     from features.feast_store import FeastFeatures
 
     _features = FeastFeatures(Settings.model_validate_json(settings_json))
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    # A worker killed with SIGKILL cannot shut its pool down; without this the child would
+    # outlive it (it blocks on its task queue), one orphan per crash.
+    while os.getppid() == parent_pid:
+        time.sleep(1.0)
+    os._exit(0)
 
 
 def _push_in_child(user_rows: list[dict[str, Any]], item_rows: list[dict[str, Any]]) -> None:
@@ -66,7 +77,7 @@ class FeaturePusher:
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),  # the worker has threads: never fork it
             initializer=_init_child,
-            initargs=(settings.model_dump_json(),),
+            initargs=(settings.model_dump_json(), os.getpid()),
         )
         self._next = _Pending()
         self._inflight: tuple[Future, _Pending] | None = None

@@ -67,6 +67,14 @@ def status() -> None:
         raise typer.Exit(1)
 
 
+@app.command("settings")
+def settings_cmd() -> None:
+    """Print every setting with its meaning and default (the text of .env.example)."""
+    from intentstream.settings import env_example
+
+    print(env_example(), end="")
+
+
 @app.command()
 def worker(loglevel: str = typer.Option("info", help="Faust log level")) -> None:
     """Run the stream worker (Faust) until interrupted."""

@@ -32,20 +32,12 @@ from stream.replay import replay
 DEMO_TOPIC_PREFIX = "intentstream.demo."
 
 
-def _demo_settings(settings: Settings, run: str) -> Settings:
-    topic = f"{DEMO_TOPIC_PREFIX}{run}"
-    return settings.model_copy(update={
-        "kafka": settings.kafka.model_copy(update={"events_topic": topic, "dead_letter_topic": f"{topic}.dlq"}),
-        "worker": settings.worker.model_copy(update={"app_id": f"intentstream-demo-{run}"}),
-    })
-
-
 def _old_demo_topics(bootstrap: str) -> list[str]:
     from kafka import KafkaAdminClient
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
-        return [t for t in admin.list_topics() if t.startswith(DEMO_TOPIC_PREFIX) or t.startswith("intentstream-demo-")]
+        return [t for t in admin.list_topics() if t.startswith(DEMO_TOPIC_PREFIX)]
     finally:
         admin.close()
 
@@ -73,7 +65,7 @@ def run_demo(settings: Settings, dataset: str, rate: float, console: Console) ->
     bootstrap = settings.kafka.bootstrap
     delete_topics(bootstrap, _old_demo_topics(bootstrap))
     run = uuid.uuid4().hex[:8]
-    demo = _demo_settings(settings, run)
+    demo = settings.isolated(f"{DEMO_TOPIC_PREFIX}{run}")
     keys = RedisKeys(demo.key_prefix)
     client = redis.Redis(host=demo.redis.host, port=demo.redis.port, db=demo.redis.db)
     reset_metrics(client, keys)

@@ -94,8 +94,8 @@ class WorkerSettings(BaseModel):
     session_timeout_s: float = Field(default=10.0, gt=0)
     """Kafka group session timeout (seconds); group joins take about half of it."""
     item_push_interval_s: float = Field(default=1.0, ge=0)
-    """Item features are pushed to Feast at most this often (seconds), coalescing batches;
-    user features are pushed with every batch."""
+    """Item features are pushed to Feast at most this often (seconds); user features go with
+    the next push (features/pusher.py)."""
     checkpoint_interval_s: float = Field(default=10.0, gt=0)
     """How often (seconds) the behavioural model is checkpointed to Redis."""
     web_enabled: bool = False
@@ -181,6 +181,50 @@ class Settings(BaseSettings):
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
 
+    def isolated(self, name: str, key_prefix: str | None = None) -> "Settings":
+        """A copy with its own events and dead-letter topics (`name`, `name.dlq`), consumer
+        group (`name`) and Redis key prefix: how the demo, benchmarks, evaluation and tests run
+        beside each other and beside production on the same services."""
+        return self.model_copy(update={
+            "key_prefix": self.key_prefix if key_prefix is None else key_prefix,
+            "kafka": self.kafka.model_copy(update={"events_topic": name, "dead_letter_topic": f"{name}.dlq"}),
+            "worker": self.worker.model_copy(update={"app_id": name}),
+        })
+
     @property
     def feast_registry_path(self) -> Path:
         return self.state_dir / "feast" / f"{self.feast.project}-registry.db"
+
+
+_DISPLAY_DEFAULTS = {
+    "state_dir": "~/.local/state/intentstream",
+    "cache_dir": "~/.cache/intentstream",
+    "data_dir": "../shared/data",
+}
+
+
+def env_example() -> str:
+    """The text of `.env.example`: every setting with its meaning and default.
+
+    Regenerate with `intentstream settings > .env.example`; a test keeps the file in sync.
+    """
+    def comment(text: str | None) -> list[str]:
+        return [f"# {line.strip()}" for line in (text or "").strip().splitlines()]
+
+    lines = ["# Every intentstream setting, with its default. Copy to .env or export what you change.",
+             "# Nested groups use a double underscore: INTENTSTREAM_<GROUP>__<FIELD>.", ""]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if isinstance(default, BaseModel):
+            lines.append(f"# --- {name}: {(type(default).__doc__ or '').strip().splitlines()[0]}")
+            for sub, sub_field in type(default).model_fields.items():
+                value = getattr(default, sub)
+                if isinstance(value, Path):
+                    value = "./" + str(value.relative_to(REPO_ROOT)) if value.is_relative_to(REPO_ROOT) else value
+                lines += comment(sub_field.description)
+                lines.append(f"INTENTSTREAM_{name.upper()}__{sub.upper()}={value}")
+        else:
+            lines += comment(field.description)
+            lines.append(f"INTENTSTREAM_{name.upper()}={_DISPLAY_DEFAULTS.get(name, default)}")
+        lines.append("")
+    return "\n".join(lines)

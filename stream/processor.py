@@ -89,7 +89,7 @@ class BatchProcessor:
         """Users with a debounced refresh: user_id -> wall-clock ms when it may run."""
         self._last_batch_end = 0
         self._dirty_items: set[str] = set()
-        """Items changed since their last push (item features are coalesced, user features are not)."""
+        """Items changed since their last push (item pushes are limited to one per item_push_interval_s)."""
         self._last_item_push = float("-inf")
         self._last_checkpoint = float("-inf")  # the first batch writes one (popularity fallback)
 

@@ -43,12 +43,9 @@ def services(base_settings: Settings) -> Settings:
 def scoped(services: Settings) -> Settings:
     """Settings with a fresh events topic, dead-letter topic, consumer group and key prefix."""
     run = uuid.uuid4().hex[:8]
-    s = services
+    s = services.isolated(f"test-{run}", key_prefix=f"test:{run}:")
     return s.model_copy(update={
-        "key_prefix": f"test:{run}:",
-        "kafka": s.kafka.model_copy(update={"events_topic": f"test-{run}", "dead_letter_topic": f"test-{run}.dlq"}),
-        "worker": s.worker.model_copy(update={"app_id": f"test-{run}", "session_timeout_s": 6.0,
-                                               "checkpoint_interval_s": 1.0}),
+        "worker": s.worker.model_copy(update={"session_timeout_s": 6.0, "checkpoint_interval_s": 1.0}),
         "trigger": s.trigger.model_copy(update={"min_interval_s": 0.5}),
     })
 

@@ -17,9 +17,12 @@ def test_settings_survive_the_trip_to_a_child_process(monkeypatch):
     assert Settings() == original
 
 
-def test_env_example_documents_every_setting():
+def test_env_example_documents_every_setting_and_is_current():
     from pathlib import Path
+
+    from intentstream.settings import env_example
 
     text = (Path(__file__).resolve().parents[2] / ".env.example").read_text()
     missing = [k for k in settings_env(Settings()) if k not in text]
     assert not missing, f".env.example lacks {missing}"
+    assert text == env_example(), "regenerate it: intentstream settings > .env.example"
