@@ -189,6 +189,9 @@ def run_ingest_benchmark(settings: Settings, events: int, users: int, offered_ra
         asyncio.run(_fill(bootstrap, topic2, warm))
         if not worker2.wait_processed(len(warm), timeout_s=120):
             raise RuntimeError(f"freshness worker did not start:\n{worker2.log_tail()}")
+        # The warm-up events waited in Kafka while the worker started; let their samples land
+        # (their push finishes a moment after they are processed), then forget them.
+        time.sleep(2.0)
         worker2.client.delete(worker2.keys.samples("feature_freshness_ms"))
         n_offered = int(offered_rate * freshness_seconds)
         offered = synthetic_events(n_offered, users, 50_000, seed=9, run=f"{run2}:", ts_now=True, active=active)

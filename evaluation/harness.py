@@ -77,6 +77,8 @@ def score_method(method: Method, split: Split, catalog: Sequence[str], ks: Seque
         ranked = method.rank(case, n)
         all_lists.append([i for i in ranked if i not in case.bought])
         new_lists.append([i for i in ranked if i not in case.seen])
+    if hasattr(method, "close"):
+        method.close()
     with_new = [i for i, c in enumerate(split.cases) if c.new_targets]
     k_cov = 20
     top = [lst[:k_cov] for lst in all_lists]

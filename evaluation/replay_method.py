@@ -54,11 +54,16 @@ class ReplayMethod:
             worker.stop()
             delete_topics(k.bootstrap, [k.events_topic, k.dead_letter_topic,
                                         f"{s.worker.app_id}-user_state-changelog"])
-        client = redis.Redis(host=s.redis.host, port=s.redis.port, db=s.redis.db)
-        self.reader = RecommendationReader(client, RedisKeys(s.key_prefix))
+        self.client = redis.Redis(host=s.redis.host, port=s.redis.port, db=s.redis.db)
+        self.reader = RecommendationReader(self.client, RedisKeys(s.key_prefix))
 
     def rank(self, case: UserCase, n: int) -> list[str]:
         recs = self.reader.get_recommendations(self.prefix + case.user_id)
         if recs is None or recs.fallback_reason == "unknown_user":
             return []
         return [item.item_id for item in recs.items]
+
+    def close(self) -> None:
+        """Remove this run's Redis keys (recommendations, metrics, model checkpoint)."""
+        for key in self.client.scan_iter(match=f"{self.prefix}*", count=1000):
+            self.client.delete(key)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import time
 import zlib
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
@@ -136,22 +137,29 @@ class BehaviouralReasoner:
     revisit what they viewed, and the evaluation measures both lists.
     """
 
-    def __init__(self, model: BehaviouralModel, model_version: str, recent_used: int = 10) -> None:
+    def __init__(self, model: BehaviouralModel, model_version: str, recent_used: int = 10,
+                 popular_refresh_s: float = 1.0) -> None:
         self.model = model
         self.model_version = model_version
         self.recent_used = recent_used
+        self.popular_refresh_s = popular_refresh_s
         self._popular_cache: tuple[int, list[tuple[str, float]]] | None = None  # (size, ranking)
+        self._popular_at = 0.0
 
     def popular(self, n: int) -> list[tuple[str, float]]:
-        # One ranking per batch (the worker calls `invalidate` after learning), not per user;
+        # Ranking the whole catalog costs ~10 ms at 50k items, so it is shared by all users and
+        # redone at most every `popular_refresh_s` after `invalidate` (popularity moves slowly);
         # ranked with headroom so users who bought or hold many items still get n after filtering.
         if self._popular_cache is None or self._popular_cache[0] < n:
             size = max(n, 2 * self._popular_cache[0] if self._popular_cache else 512)
             self._popular_cache = (size, self.model.popularity.top(size))
+            self._popular_at = time.monotonic()
         return self._popular_cache[1][:n]
 
     def invalidate(self) -> None:
-        self._popular_cache = None
+        """The model learned something; the popular ranking may be recomputed when it is due."""
+        if time.monotonic() - self._popular_at >= self.popular_refresh_s:
+            self._popular_cache = None
 
     def score(self, recent: Sequence[Sequence], exclude: Iterable[str], k: int) -> list[tuple[str, float, str]]:
         """Top-k (item, score, anchor item or '') for a history, newest first."""

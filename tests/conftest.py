@@ -40,14 +40,25 @@ def services(base_settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def scoped(services: Settings) -> Settings:
-    """Settings with a fresh events topic, dead-letter topic, consumer group and key prefix."""
+def scoped(services: Settings) -> Iterator[Settings]:
+    """Settings with a fresh events topic, dead-letter topic, consumer group and key prefix;
+    the test's topics and Redis keys are removed afterwards."""
+    import redis
+
+    from stream.producer import delete_topics
+
     run = uuid.uuid4().hex[:8]
     s = services.isolated(f"test-{run}", key_prefix=f"test:{run}:")
-    return s.model_copy(update={
+    s = s.model_copy(update={
         "worker": s.worker.model_copy(update={"session_timeout_s": 6.0, "checkpoint_interval_s": 1.0}),
         "trigger": s.trigger.model_copy(update={"min_interval_s": 0.5}),
     })
+    yield s
+    k = s.kafka
+    delete_topics(k.bootstrap, [k.events_topic, k.dead_letter_topic, f"{s.worker.app_id}-user_state-changelog"])
+    client = redis.Redis(host=s.redis.host, port=s.redis.port, db=s.redis.db)
+    for key in client.scan_iter(match=f"{s.key_prefix}*", count=1000):
+        client.delete(key)
 
 
 @pytest.fixture
