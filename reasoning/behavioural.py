@@ -150,8 +150,10 @@ class BehaviouralReasoner:
         # Ranking the whole catalog costs ~10 ms at 50k items, so it is shared by all users and
         # redone at most every `popular_refresh_s` after `invalidate` (popularity moves slowly);
         # ranked with headroom so users who bought or hold many items still get n after filtering.
-        if self._popular_cache is None or self._popular_cache[0] < n:
-            size = max(n, 2 * self._popular_cache[0] if self._popular_cache else 512)
+        cache = self._popular_cache
+        if (cache is None or cache[0] < n
+                or (len(cache[1]) < n and len(self.model.popularity.scores) > len(cache[1]))):
+            size = max(n, 2 * cache[0] if cache else 512)
             self._popular_cache = (size, self.model.popularity.top(size))
             self._popular_at = time.monotonic()
         return self._popular_cache[1][:n]

@@ -1,7 +1,9 @@
 """The Faust app: the events topic, the changelog-backed user-state table, the ingest agent.
 
-Run it with `intentstream worker`. The agent takes events in micro-batches (`take_events`) and
-hands each batch to `stream.processor.BatchProcessor`; see there for the delivery guarantee.
+Run it with `intentstream worker`. The agent takes events in micro-batches (`noack_take`), hands
+each batch to `stream.processor.BatchProcessor` and acknowledges the events the processor hands
+back (those whose Feast push finished); a 0.1 s timer does the same between batches and runs
+debounced refreshes. See stream/processor.py for the delivery guarantee.
 The state table's changelog is partitioned with the producer's partitioner on the raw user_id,
 like the events topic, so a user's state and events live on the same partition number.
 """

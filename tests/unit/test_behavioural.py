@@ -56,3 +56,14 @@ def test_popularity_decays_with_event_time():
         model.observe("old", "view", 0, [])
     model.observe("new", "view", 10_000, [])  # 10 half-lives later
     assert [i for i, _ in model.popularity.top(2)] == ["new", "old"]
+
+
+def test_popular_fill_grows_with_the_catalog_between_invalidations():
+    model = BehaviouralModel(3, 10, 3600)
+    model.observe("a", "view", 0, [])
+    reasoner = BehaviouralReasoner(model, "m", popular_refresh_s=3600)
+    assert [i for i, _ in reasoner.popular(5)] == ["a"]
+    for item in "bcdef":
+        model.observe(item, "view", 0, [])
+    reasoner.invalidate()  # inside the refresh interval: the ranking is not recomputed for that...
+    assert len(reasoner.popular(5)) == 5  # ...but a ranking shorter than asked for is
