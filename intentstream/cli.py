@@ -180,7 +180,7 @@ def print_recommendations(result, limit: int = 10) -> None:
 
 @app.command()
 def demo(
-    rate: float = typer.Option(2000.0, help="Replay rate in events/s (0: as fast as possible)"),
+    rate: float = typer.Option(500.0, help="Replay rate in events/s (0: as fast as possible); the default stays inside what one worker sustains on 2 cores"),
     dataset: str = typer.Option("rees46", help="Dataset to replay"),
 ) -> None:
     """The main job: services up, worker running, REES46 replayed live, then the summary."""
