@@ -204,11 +204,12 @@ class BehaviouralReasoner:
             cache[key] = hit
         return hit
 
-    def _items(self, ranked: list[tuple[str, float, str]], cache: dict) -> list[tuple[str, float, str, None, str]]:
+    def _items(self, ranked: list[tuple[str, float, str]], cache: dict) -> list[dict]:
         out = []
         for item, s, anchor in ranked:
-            route, text = self._explain(item, anchor, cache)
-            out.append((item, round(s, 6), route, None, text))
+            hit = cache.get(anchor or "@" + item)
+            route, text = hit if hit is not None else self._explain(item, anchor, cache)
+            out.append({"item_id": item, "score": s, "route": route, "tag": None, "explanation": text})
         return out
 
     def recommend(self, users: Sequence[UserView], top_k: int) -> list[RecsPayload]:
@@ -217,7 +218,7 @@ class BehaviouralReasoner:
         results = []
         for user in users:
             items = self._items(self.score(user.recent, user.bought, top_k), cache)
-            covisited = any(route == "covisit" for _, _, route, _, _ in items)
+            covisited = any(entry["route"] == "covisit" for entry in items)
             results.append(recommendations_payload(
                 user.user_id, items, generated_at, user.state_version, user.trigger, self.model_version,
                 fallback_reason=None if covisited else "no_covisitation",

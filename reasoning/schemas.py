@@ -51,9 +51,14 @@ RecsPayload = dict[str, Any]
 """A `Recommendations` as a plain dict (what the sink serialises)."""
 
 
+def rec_item(item_id: str, score: float, route: str, explanation: str, tag: str | None = None) -> dict[str, Any]:
+    """One entry of `items` in dict form (the shape of `RecItem`)."""
+    return {"item_id": item_id, "score": score, "route": route, "tag": tag, "explanation": explanation}
+
+
 def recommendations_payload(
     user_id: str,
-    items: Sequence[tuple[str, float, str, str | None, str]],
+    items: list[dict[str, Any]],
     generated_at: str,
     state_version: int,
     trigger: str,
@@ -61,17 +66,15 @@ def recommendations_payload(
     fallback_reason: str | None = None,
     intents: Sequence[dict[str, Any]] = (),
 ) -> RecsPayload:
-    """The dict form of `Recommendations`; `items` are (item_id, score, route, tag, explanation).
+    """The dict form of `Recommendations`; `items` are `rec_item` dicts, best first.
 
-    >>> p = recommendations_payload("u1", [("i1", 0.5, "popular", None, "Popular")], "t", 3, "purchase", "m")
+    >>> p = recommendations_payload("u1", [rec_item("i1", 0.5, "popular", "Popular")], "t", 3, "purchase", "m")
     >>> Recommendations.model_validate(p).items[0].route
     'popular'
     """
     return {
         "user_id": user_id,
-        "items": [
-            {"item_id": i, "score": s, "route": r, "tag": t, "explanation": e} for i, s, r, t, e in items
-        ],
+        "items": items,
         "intents": list(intents),
         "generated_at": generated_at,
         "state_version": state_version,
