@@ -1,8 +1,9 @@
 """The Feast wrapper: apply the feature repo, push micro-batches, read online features.
 
 One `FeastFeatures` object lives as long as its process: creating a `FeatureStore` reads the
-registry, so the worker builds it once. Pushes are one DataFrame per feature view per batch
-(never one call per event or per user).
+registry, so the worker's pusher process (features/pusher.py) builds it once. A push is one
+DataFrame per feature view for all rows coalesced since the previous push (never one call per
+event or per user).
 
 Delivery: a push writes the latest row per entity to the online store (Redis). It is
 idempotent for the same rows, so a batch replayed after a crash just writes them again.
