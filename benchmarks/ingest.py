@@ -34,6 +34,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from intentstream.settings import Settings
 from intentstream.worker_process import WorkerProcess
 from stream.producer import delete_topics, ensure_topics
+from stream.topics import worker_topics
 
 CATEGORIES = [f"dept{d}.cat{c}" for d in range(20) for c in range(10)]
 
@@ -203,7 +204,7 @@ def run_ingest_benchmark(settings: Settings, events: int, users: int, offered_ra
         readable = sum(1 for r in rows if r["event_count"])
     finally:
         worker2.stop()
-    delete_topics(bootstrap, [topic, f"{topic}.dlq", topic2, f"{topic2}.dlq"])
+    delete_topics(bootstrap, worker_topics(scoped) + worker_topics(fresh_settings))
 
     events_per_s = events / worker_s if worker_s > 0 else 0.0
     ceiling = events / ceiling_s if ceiling_s > 0 else 0.0

@@ -21,6 +21,7 @@ from stream.keys import RedisKeys
 from stream.producer import EventProducer, delete_topics, ensure_topics
 from stream.reader import RecommendationReader
 from stream.replay import replay
+from stream.topics import worker_topics
 
 
 class ReplayMethod:
@@ -52,8 +53,7 @@ class ReplayMethod:
             self.stats = worker.metrics()
         finally:
             worker.stop()
-            delete_topics(k.bootstrap, [k.events_topic, k.dead_letter_topic,
-                                        f"{s.worker.app_id}-user_state-changelog"])
+            delete_topics(k.bootstrap, worker_topics(s))
         self.client = redis.Redis(host=s.redis.host, port=s.redis.port, db=s.redis.db)
         self.reader = RecommendationReader(self.client, RedisKeys(s.key_prefix))
 

@@ -46,6 +46,7 @@ def scoped(services: Settings) -> Iterator[Settings]:
     import redis
 
     from stream.producer import delete_topics
+    from stream.topics import worker_topics
 
     run = uuid.uuid4().hex[:8]
     s = services.isolated(f"test-{run}", key_prefix=f"test:{run}:")
@@ -54,8 +55,7 @@ def scoped(services: Settings) -> Iterator[Settings]:
         "trigger": s.trigger.model_copy(update={"min_interval_s": 0.5}),
     })
     yield s
-    k = s.kafka
-    delete_topics(k.bootstrap, [k.events_topic, k.dead_letter_topic, f"{s.worker.app_id}-user_state-changelog"])
+    delete_topics(s.kafka.bootstrap, worker_topics(s))
     client = redis.Redis(host=s.redis.host, port=s.redis.port, db=s.redis.db)
     for key in client.scan_iter(match=f"{s.key_prefix}*", count=1000):
         client.delete(key)
