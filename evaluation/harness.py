@@ -20,10 +20,12 @@ from evaluation.splits import Split, UserCase, make_split
 from stream.datasets import Dataset
 
 METHODS = ("popularity", "recent_history", "itemknn", "sasrec", "replay", "oracle", "random")
+OPTIONAL_METHODS = ("intent",)
+"""Not in the default run: `intent` trains the intent model (minutes)."""
 MIN_CANDIDATES = 100
 
 
-def build_method(name: str, settings=None) -> Method:
+def build_method(name: str, settings=None, dataset: Dataset | None = None, progress=None) -> Method:
     if name == "popularity":
         return Popularity()
     if name == "recent_history":
@@ -44,7 +46,13 @@ def build_method(name: str, settings=None) -> Method:
         if settings is None:
             raise ValueError("the replay method needs settings (Kafka, Redis, Feast)")
         return ReplayMethod(settings)
-    raise ValueError(f"unknown method {name!r}; choose from {METHODS}")
+    if name == "intent":
+        from evaluation.intent_method import IntentMethod
+
+        if settings is None or dataset is None:
+            raise ValueError("the intent method needs settings and the dataset (item text)")
+        return IntentMethod(settings, dataset, progress=progress)
+    raise ValueError(f"unknown method {name!r}; choose from {METHODS + OPTIONAL_METHODS}")
 
 
 def _scores(lists: list[list[str]], cases: list[UserCase], target_of: Callable[[UserCase], set[str]],
@@ -102,7 +110,8 @@ def score_method(method: Method, split: Split, catalog: Sequence[str], ks: Seque
 
 def evaluate(dataset: Dataset, split_name: str = "global-time", ks: Sequence[int] = (10, 20),
              methods: Sequence[str] = METHODS, settings=None,
-             on_method: Callable[[str], None] | None = None) -> dict[str, Any]:
+             on_method: Callable[[str], None] | None = None,
+             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     split = make_split(dataset.events, split_name)
     catalog = dataset.items.item_id.astype(str).tolist()
     category_of = category_lookup(dataset.items, dataset.events)
@@ -110,7 +119,7 @@ def evaluate(dataset: Dataset, split_name: str = "global-time", ks: Sequence[int
     for name in methods:
         if on_method:
             on_method(name)
-        results[name] = score_method(build_method(name, settings), split, catalog, ks, category_of)
+        results[name] = score_method(build_method(name, settings, dataset, progress), split, catalog, ks, category_of)
     return {
         "dataset": dataset.name,
         "protocol": {**split.protocol, "ks": list(ks), "min_candidates": MIN_CANDIDATES,

@@ -1,6 +1,6 @@
 """Feast declarations of intentstream (read by `feast apply`; nothing else lives here).
 
-Both feature views are fed by push sources from the stream worker in micro-batches
+All feature views are fed by push sources from the stream worker in micro-batches
 (features/feast_store.py); their batch sources only name where an offline log would live.
 """
 
@@ -23,6 +23,12 @@ user_state_push = PushSource(
 item_stats_push = PushSource(
     name="item_stats_push",
     batch_source=FileSource(name="item_stats_log", path="data/item_stats.parquet",
+                            timestamp_field="event_timestamp"),
+)
+
+intent_context_push = PushSource(
+    name="intent_context_push",
+    batch_source=FileSource(name="intent_context_log", path="data/intent_context.parquet",
                             timestamp_field="event_timestamp"),
 )
 
@@ -63,5 +69,24 @@ item_stats = FeatureView(
         Field(name="last_event_ts", dtype=Int64, description="epoch ms, event time"),
     ],
     source=item_stats_push,
+    online=True,
+)
+
+intent_context = FeatureView(
+    name="intent_context",
+    entities=[user],
+    ttl=timedelta(days=365),
+    schema=[
+        Field(name="context_items", dtype=Array(String),
+              description="the items whose atoms the intent model read, newest first"),
+        Field(name="context_actions", dtype=Array(String), description="the action of each item"),
+        Field(name="context_text", dtype=String, description="profile and situation, as the model read them"),
+        Field(name="context_mode", dtype=String, description="hybrid (atoms) or text"),
+        Field(name="context_format", dtype=Int64, description="version of this feature's layout"),
+        Field(name="embedder", dtype=String, description="what made the atoms (name and version)"),
+        Field(name="model_version", dtype=String, description="the intent model that read it"),
+        Field(name="state_version", dtype=Int64, description="the user state it was built from"),
+    ],
+    source=intent_context_push,
     online=True,
 )

@@ -11,3 +11,7 @@ class FeatureStoreError(FeaturesError):
     """Feast could not be applied, written or read. Redis being down is worth a retry."""
 
     retryable = True
+
+
+class CatalogError(FeaturesError):
+    """The catalog cannot be embedded as asked (e.g. no text and no events to learn from)."""

@@ -33,6 +33,8 @@ USER_FEATURES = [
     "last_event_ts", "state_version",
 ]
 ITEM_FEATURES = ["views", "carts", "purchases", "category", "brand", "price", "last_event_ts"]
+CONTEXT_FEATURES = ["context_items", "context_actions", "context_text", "context_mode", "context_format",
+                    "embedder", "model_version", "state_version"]
 
 
 def feast_values(settings: Settings) -> dict[str, str]:
@@ -94,6 +96,18 @@ class FeastFeatures:
     def push_items(self, rows: Sequence[dict[str, Any]]) -> None:
         if rows:
             self.store.push("item_stats_push", self._frame(rows), to=PushMode.ONLINE)
+
+    def push_contexts(self, rows: Sequence[dict[str, Any]]) -> None:
+        """The compressed contexts the intent route read (one row per user; CONTEXT_FEATURES)."""
+        if rows:
+            self.store.push("intent_context_push", self._frame(rows), to=PushMode.ONLINE)
+
+    def read_contexts(self, user_ids: Sequence[str]) -> list[dict[str, Any]]:
+        response = self.store.get_online_features(
+            features=[f"intent_context:{name}" for name in CONTEXT_FEATURES],
+            entity_rows=[{"user_id": uid} for uid in user_ids],
+        ).to_dict()
+        return [{name: response[name][i] for name in ["user_id", *CONTEXT_FEATURES]} for i in range(len(user_ids))]
 
     def read_users(self, user_ids: Sequence[str], features: Sequence[str] = USER_FEATURES) -> list[dict[str, Any]]:
         """Online features of `user_ids`, in order; a user never pushed has None values."""

@@ -173,9 +173,12 @@ def print_recommendations(result, limit: int = 10) -> None:
     table = Table(title=title, show_lines=False)
     for column in ("#", "item", "score", "route", "why"):
         table.add_column(column)
+    table.add_column("tag")
     for rank, item in enumerate(result.items[:limit], 1):
-        table.add_row(str(rank), item.item_id, f"{item.score:.3f}", item.route, item.explanation)
+        table.add_row(str(rank), item.item_id, f"{item.score:.3f}", item.route, item.explanation, item.tag or "")
     Console().print(table)
+    for intent in result.intents:
+        Console().print(f"  persona [bold]{intent.persona}[/bold]: {', '.join(intent.tags)}")
 
 
 @app.command()
@@ -189,6 +192,33 @@ def demo(
     run_demo(Settings(), dataset=dataset, rate=rate, console=console)
 
 
+@app.command()
+def train(
+    sft: bool = typer.Option(False, "--sft", help="Supervised fine-tuning of the intent model on an event log"),
+    dataset: str = typer.Option("rees46", help="Dataset folder or name (rees46, taobao) to train on"),
+    fmt: str = typer.Option("auto", "--format", help="generic, rees46, taobao or auto"),
+    out: Optional[Path] = typer.Option(None, help="Model directory (default: intent.model_dir, what the worker loads)"),
+    lm_steps: Optional[int] = typer.Option(None, help="Stage-1 steps (default: SFTConfig)"),
+    adaptor_steps: Optional[int] = typer.Option(None, help="Stage-2 steps (default: SFTConfig)"),
+) -> None:
+    """Train the intent model (`--sft`): tokenizer, LM on full-text contexts, then the atom adaptor."""
+    if not sft:
+        _fail("say what to train: --sft (the RL trainer comes with the feedback loop)")
+    from stream import datasets
+    from stream.errors import StreamError
+    from training.sft import SFTConfig, train_model
+
+    settings = Settings()
+    try:
+        data = datasets.load(dataset, settings.data_dir, fmt)
+    except StreamError as exc:
+        _fail(str(exc))
+    overrides = {k: v for k, v in {"lm_steps": lm_steps, "adaptor_steps": adaptor_steps}.items() if v}
+    target = out or settings.intent.resolved_model_dir(settings.cache_dir)
+    model = train_model(data, target, settings.cache_dir, SFTConfig(**overrides), progress=console.print)
+    console.print(f"[green]intent model {model.version}[/green] written to {target}")
+
+
 @app.command("eval")
 def eval_(
     dataset: str = typer.Option(..., "--dataset", help="Dataset folder or name (rees46, taobao)"),
@@ -196,20 +226,20 @@ def eval_(
     split: str = typer.Option("global-time", help="global-time or per-user-last"),
     k: str = typer.Option("10,20", help="Cut-offs, comma-separated"),
     methods: str = typer.Option(",".join(("popularity", "recent_history", "itemknn", "sasrec", "replay", "oracle", "random")),
-                                help="Methods to run, comma-separated"),
+                                help="Methods to run, comma-separated; also: intent (trains the intent model)"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object"),
     out: Optional[Path] = typer.Option(None, help="Also write the JSON here"),
 ) -> None:
     """Evaluate recommendation methods on a dataset under one protocol."""
-    from evaluation.harness import METHODS, evaluate
+    from evaluation.harness import METHODS, OPTIONAL_METHODS, evaluate
     from stream import datasets
     from stream.errors import StreamError
 
     settings = Settings()
     names = [m.strip() for m in methods.split(",") if m.strip()]
-    unknown = [m for m in names if m not in METHODS]
+    unknown = [m for m in names if m not in METHODS + OPTIONAL_METHODS]
     if unknown:
-        _fail(f"unknown methods {unknown}; choose from {list(METHODS)}")
+        _fail(f"unknown methods {unknown}; choose from {list(METHODS + OPTIONAL_METHODS)}")
     try:
         ks = sorted({int(x) for x in k.split(",")})
         data = datasets.load(dataset, settings.data_dir, fmt)
@@ -220,7 +250,8 @@ def eval_(
 
         services.up(settings)
     result = evaluate(data, split, ks, names, settings,
-                      on_method=None if as_json else lambda n: console.print(f"running {n} ..."))
+                      on_method=None if as_json else lambda n: console.print(f"running {n} ..."),
+                      progress=lambda message: console.print(message))
     result["command"] = "intentstream eval " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "intentstream eval"
     text = orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode()
     if out:

@@ -52,6 +52,19 @@ def _progress_table(sent: int, total: int, m: dict, elapsed: float) -> Table:
     return table
 
 
+def _wait_for_intent(client: redis.Redis, keys: RedisKeys, console: Console, timeout_s: float = 300.0) -> None:
+    """Let the intent route finish the users it has queued (it runs behind the stream)."""
+    deadline = time.monotonic() + timeout_s
+    with console.status("intent route finishing its queue ...") as status:
+        while time.monotonic() < deadline:
+            backlog = client.hget(keys.metrics, "intent_backlog")
+            if backlog is None or int(backlog) == 0:
+                return
+            status.update(f"intent route finishing its queue: {int(backlog):,} users left")
+            time.sleep(0.5)
+    console.print("[yellow]the intent route still had users queued after 5 minutes[/yellow]")
+
+
 def run_demo(settings: Settings, dataset: str, rate: float, console: Console) -> None:
     started = time.monotonic()
     console.rule("1. services")
@@ -71,6 +84,17 @@ def run_demo(settings: Settings, dataset: str, rate: float, console: Console) ->
     reset_metrics(client, keys)
     client.delete(keys.behavioural_model, keys.behavioural_model + ":items")
     ensure_topics(bootstrap, [demo.kafka.events_topic, demo.kafka.dead_letter_topic], demo.kafka.partitions)
+
+    model_dir = settings.intent.resolved_model_dir(settings.cache_dir)
+    if settings.intent.enabled:
+        console.rule("intent model")
+        if (model_dir / "intent.json").exists():
+            console.print(f"using the intent model at {model_dir}")
+        else:
+            from training.sft import train_model
+
+            console.print(f"no intent model at {model_dir}: training one on {data.name} (a few minutes, once)")
+            train_model(data, model_dir, settings.cache_dir, progress=console.print)
 
     console.rule("2. worker")
     worker = WorkerProcess(demo, demo.state_dir / "logs" / f"demo-worker-{run}.log")
@@ -107,6 +131,8 @@ def run_demo(settings: Settings, dataset: str, rate: float, console: Console) ->
                     raise RuntimeError("the demo did not finish within 10 minutes")
                 time.sleep(0.25)
         time.sleep(demo.trigger.min_interval_s + 0.5)  # debounced refreshes come due
+        if settings.intent.enabled:
+            _wait_for_intent(client, keys, console)
         m = read_metrics(client, keys)
     finally:
         worker.stop()
@@ -125,6 +151,17 @@ def run_demo(settings: Settings, dataset: str, rate: float, console: Console) ->
                     if rf["n"] else "no samples")
     summary.add_row("freshness: event → features in Feast", f"p50 {ff['p50']:.0f} ms · p99 {ff['p99']:.0f} ms"
                     if ff["n"] else "no samples")
+    if m.get("intent_users"):
+        il, ifr = m["intent_latency_ms"], m["intent_freshness_ms"]
+        summary.add_row("share of events that triggered a refresh",
+                        f"{m.get('refreshes', 0) / max(m.get('events_valid', 1), 1):.1%}")
+        summary.add_row("intent route", f"{m['intent_users']:,} user refreshes in {m.get('intent_batches', 0):,} batches, "
+                        f"{m['intent_users'] / max(m.get('intent_time_ms', 1) / 1000, 1e-9):.1f} users/s while reasoning, "
+                        f"{m.get('intent_tokens', 0) / m['intent_users']:.0f} LM tokens per refresh")
+        summary.add_row("intent latency: queued → merged recs", f"p50 {il['p50']:.0f} ms · p99 {il['p99']:.0f} ms")
+        summary.add_row("freshness: event → intent recs", f"p50 {ifr['p50']:.0f} ms · p99 {ifr['p99']:.0f} ms")
+        summary.add_row("intent fallbacks", f"queue full {m.get('intent_queue_full', 0):,} · timeouts "
+                        f"{m.get('intent_timeouts', 0):,} · failed batches {m.get('intent_errors', 0):,}")
     summary.add_row("wall time", f"{time.monotonic() - started:.0f}s")
     console.print(summary)
 

@@ -138,6 +138,63 @@ class RecsSettings(BaseModel):
     """Version tag written with every recommendation."""
 
 
+class IntentSettings(BaseModel):
+    """The intent route: LM reasoning (planner -> experts -> arbiter), retrieval and merge."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    enabled: bool = True
+    """Run the intent route in the worker when a model exists at model_dir (else behavioural only,
+    with fallback_reason no_intent_model)."""
+    model_dir: Path | None = None
+    """The intent model directory (Hugging Face format); default: <cache_dir>/models/intent."""
+    backend: str = "local"
+    """LM backend: local (in-process transformers) or openai (an OpenAI-compatible server)."""
+    openai_url: str = "http://127.0.0.1:8000"
+    """Base URL of the OpenAI-compatible server (vllm serve / transformers serve)."""
+    openai_model: str = ""
+    """Model name the server knows the checkpoint by (vLLM: --served-model-name; transformers
+    serve: the model path); default: the model_dir path."""
+    openai_structured: str = "none"
+    """Constrain server answers to the vocabulary: vllm (structured_outputs regex) or none
+    (answers are parsed and phrases outside the vocabulary dropped)."""
+    openai_prompt_embeds: bool = False
+    """Send the hybrid context as prompt_embeds (vLLM with --enable-prompt-embeds)."""
+    mode: str = "hybrid"
+    """Context form: hybrid (one embedding atom per item) or text (items spelled out)."""
+    max_items: int = Field(default=20, ge=1)
+    """Recent items in the context."""
+    personas: int = Field(default=4, ge=1)
+    """K: personas the planner proposes."""
+    tags_per_persona: int = Field(default=10, ge=1)
+    """M: tags each persona's expert proposes."""
+    final_tags: int = Field(default=30, ge=1)
+    """N: tags the arbiter keeps."""
+    arbiter_diversity: float = Field(default=0.3, ge=0)
+    """Weight of the arbiter's redundancy penalty (max cosine to a kept tag)."""
+    items_per_tag: int = Field(default=8, ge=1)
+    """Items retrieved per tag by category match (plus half as many by faiss for text catalogs)."""
+    weight_recent: float = Field(default=1.0, ge=0)
+    """Merge weight of the user's recent unbought items (reciprocal-rank fusion)."""
+    weight_behavioural: float = Field(default=1.0, ge=0)
+    """Merge weight of the behavioural route (co-visitation, popularity)."""
+    weight_intent: float = Field(default=0.3, ge=0)
+    """Merge weight of the intent route. 0.3: the intent route complements the behavioural one
+    (at 1.0 its category-level picks displace stronger co-visited items; see benchmarks/REPORT.md)."""
+    batch_size: int = Field(default=32, ge=1)
+    """Users reasoned about in one batch."""
+    queue_max: int = Field(default=2000, ge=1)
+    """Users waiting for the intent route; beyond it a refresh keeps the behavioural list
+    (fallback_reason intent_queue_full)."""
+    max_wait_s: float = Field(default=30.0, gt=0)
+    """A queued user older than this is skipped (fallback_reason intent_timeout)."""
+    threads: int = Field(default=1, ge=0)
+    """torch threads of the in-process model (0: torch's default); the worker keeps a core."""
+
+    def resolved_model_dir(self, cache_dir: Path) -> Path:
+        return (self.model_dir or cache_dir / "models" / "intent").expanduser()
+
+
 class ServicesSettings(BaseModel):
     """How `intentstream up` starts the embedded services."""
 
@@ -174,6 +231,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     trigger: TriggerSettings = TriggerSettings()
     recs: RecsSettings = RecsSettings()
+    intent: IntentSettings = IntentSettings()
     services: ServicesSettings = ServicesSettings()
 
     @field_validator("state_dir", "cache_dir", "data_dir")

@@ -23,7 +23,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     for name, value in settings:
         if isinstance(value, BaseModel):
             for sub, sub_value in value:
-                env[f"INTENTSTREAM_{name.upper()}__{sub.upper()}"] = str(sub_value)
+                if sub_value is not None:  # None is every optional field's default
+                    env[f"INTENTSTREAM_{name.upper()}__{sub.upper()}"] = str(sub_value)
         else:
             env[f"INTENTSTREAM_{name.upper()}"] = str(value)
     return env

@@ -19,6 +19,7 @@ import redis
 from features.pusher import FeaturePusher
 from intentstream.settings import Settings
 from stream.fast_consumer import FastApp
+from stream.intent_route import IntentRoute
 from stream.processor import BatchProcessor, RawMessage
 from stream.producer import ensure_topics
 from stream.schemas import DeadLetter
@@ -65,7 +66,7 @@ def build_app(settings: Settings) -> faust.App:
             client = redis.Redis(host=r.host, port=r.port, db=r.db)
             pusher = FeaturePusher(settings)
             pusher.warm_up()
-            proc = BatchProcessor(settings, table, pusher, client, send_dead_letters)
+            proc = BatchProcessor(settings, table, pusher, client, send_dead_letters, intent=_intent_route(settings))
             proc.restore()
             holder["p"] = proc
         return holder["p"]
@@ -94,6 +95,20 @@ def build_app(settings: Settings) -> faust.App:
             await ack(holder["stream"], await holder["p"].flush_pending())
 
     return app
+
+
+def _intent_route(settings: Settings) -> IntentRoute | None:
+    """The intent route when enabled and a model exists; otherwise the behavioural route alone."""
+    if not settings.intent.enabled:
+        return None
+    model_dir = settings.intent.resolved_model_dir(settings.cache_dir)
+    if not (model_dir / "intent.json").exists():
+        log.warning("no intent model at %s: serving the behavioural route only "
+                    "(train one with `intentstream train --sft`)", model_dir)
+        return None
+    route = IntentRoute(settings)
+    log.info("intent route: model %s (%s backend)", route.warm_up(), settings.intent.backend)
+    return route
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:

@@ -18,6 +18,9 @@ from stream.keys import RedisKeys
 
 SAMPLES_KEPT = 20_000
 SAMPLES_PER_BATCH = 200
+SAMPLED = ("feature_freshness_ms", "recs_freshness_ms", "intent_latency_ms", "intent_freshness_ms")
+"""Latency samples the worker keeps: event -> features, event -> recs, queued -> intent recs
+written, event -> intent recs written."""
 
 
 class WorkerMetrics:
@@ -73,7 +76,7 @@ def read_metrics(client: redis.Redis, keys: RedisKeys) -> dict[str, Any]:
     """Counters, marks and latency percentiles the worker has written."""
     raw = client.hgetall(keys.metrics)
     out: dict[str, Any] = {k.decode(): int(v) for k, v in raw.items()}
-    for name in ("feature_freshness_ms", "recs_freshness_ms"):
+    for name in SAMPLED:
         values = [float(v) for v in client.lrange(keys.samples(name), 0, -1)]
         out[name] = percentiles(values)
     out["users_refreshed"] = client.pfcount(keys.samples("users_refreshed"))
@@ -81,5 +84,4 @@ def read_metrics(client: redis.Redis, keys: RedisKeys) -> dict[str, Any]:
 
 
 def reset_metrics(client: redis.Redis, keys: RedisKeys) -> None:
-    client.delete(keys.metrics, keys.samples("feature_freshness_ms"), keys.samples("recs_freshness_ms"),
-                  keys.samples("users_refreshed"))
+    client.delete(keys.metrics, *[keys.samples(name) for name in SAMPLED], keys.samples("users_refreshed"))

@@ -27,6 +27,7 @@ from intentstream.settings import Settings
 from reasoning.behavioural import BehaviouralModel, BehaviouralReasoner
 from reasoning.reasoner import Reasoner, UserView
 from stream.errors import InvalidEvent
+from stream.intent_route import IntentRoute
 from stream.keys import RedisKeys
 from stream.metrics import WorkerMetrics
 from stream.schemas import DeadLetter, decode_event
@@ -70,6 +71,7 @@ class BatchProcessor:
         client: redis.Redis,
         send_dead_letters: DeadLetterSender,
         reasoner: Reasoner | None = None,
+        intent: IntentRoute | None = None,
     ) -> None:
         self.settings = settings
         self.table = table
@@ -83,6 +85,8 @@ class BatchProcessor:
         self.items = ItemStats()
         self.behavioural = BehaviouralReasoner(self.model, r.model_version)
         self.reasoner: Reasoner = reasoner or self.behavioural
+        self.intent = intent
+        """The intent route (stream/intent_route.py), when a model is loaded."""
         self.sink = RedisResultSink(client, self.keys, r.updates_stream_maxlen)
         self.metrics = WorkerMetrics(self.keys)
         self.pending: dict[str, int] = {}
@@ -146,6 +150,8 @@ class BatchProcessor:
             self._last_item_push = time.monotonic()
         self.pusher.add([s.feature_row() for s in touched.values()], item_rows, produced, list(tokens))
         ready = await self._collect_pushes()
+        intent_pipe = self.client.pipeline(transaction=False)
+        self._cycle_intent(intent_pipe)
         pushed = now_ms()
 
         due, reasons = [], []
@@ -180,6 +186,7 @@ class BatchProcessor:
         self._maybe_checkpoint(pipe)
         m.queue(pipe)
         pipe.execute()
+        intent_pipe.execute()
         m.add("time_write_ms", now_ms() - refreshed)
         if self._last_batch_end:
             m.add("time_between_batches_ms", started - self._last_batch_end)
@@ -202,8 +209,9 @@ class BatchProcessor:
             self._last_item_push = time.monotonic()
             self.pusher.add([], item_rows, [], [])
         acked = await self._collect_pushes()
-        if self.metrics.samples:
-            pipe = self.client.pipeline(transaction=False)
+        pipe = self.client.pipeline(transaction=False)
+        self._cycle_intent(pipe)
+        if self.metrics.samples or self.metrics.counters or len(pipe):
             self.metrics.queue(pipe)
             pipe.execute()
         if not self.pending:
@@ -253,6 +261,12 @@ class BatchProcessor:
             for s, reason in zip(states, reasons)
         ]
         results = self.reasoner.recommend(views, self.settings.recs.top_k)
+        if self.intent is not None:
+            reasons = self.intent.submit(views, results, [s.last_produced_ms for s in states])
+            for result, reason in zip(results, reasons):
+                result["fallback_reason"] = reason
+            self.metrics.add("intent_queued", sum(r == "intent_pending" for r in reasons))
+            self.metrics.add("intent_queue_full", sum(r == "intent_queue_full" for r in reasons))
         self.sink.write(results, pipe)
         written = now_ms()
         for state in states:
@@ -260,6 +274,38 @@ class BatchProcessor:
         self.metrics.add("refreshes", len(states))
         self.metrics.refreshed_users.extend(s.user_id for s in states)
         self.metrics.sample("recs_freshness_ms", [written - s.last_produced_ms for s in states])
+
+    def _cycle_intent(self, pipe: redis.client.Pipeline) -> None:
+        """Collect the intent route's finished batch (metrics, fallbacks) and start the next."""
+        if self.intent is None:
+            return
+        stats, fallbacks, counters = self.intent.cycle()
+        m = self.metrics
+        m.mark("intent_backlog", self.intent.backlog)
+        for name, value in counters.items():
+            m.add(name, value)
+        if fallbacks:
+            self.sink.write(fallbacks, pipe)
+        if stats:
+            m.add("intent_users", stats["users"])
+            m.add("intent_batches")
+            m.add("intent_time_ms", int(stats["seconds"] * 1000))
+            m.add("intent_tokens", stats["tokens"])
+            m.add("intent_context_tokens", stats["context_tokens"])
+            m.sample("intent_latency_ms", stats["latency_ms"])
+            m.sample("intent_freshness_ms", stats["freshness_ms"])
+
+    async def drain_intent(self, timeout_s: float = 120.0) -> None:
+        """Run the intent route until its queue is empty (tests, shutdown)."""
+        import asyncio
+
+        deadline = time.monotonic() + timeout_s
+        while self.intent is not None and not self.intent.idle and time.monotonic() < deadline:
+            pipe = self.client.pipeline(transaction=False)
+            self._cycle_intent(pipe)
+            self.metrics.queue(pipe)
+            pipe.execute()
+            await asyncio.sleep(0.05)
 
     def _maybe_checkpoint(self, pipe: redis.client.Pipeline) -> None:
         if time.monotonic() - self._last_checkpoint < self.settings.worker.checkpoint_interval_s:

@@ -20,8 +20,10 @@ HOW_TO = ("needs Kafka, Redis and Feast: run `make test` (or `intentstream up`),
 @pytest.fixture(scope="session")
 def base_settings() -> Settings:
     base = Settings()
-    # A Feast project of its own, so tests never touch the demo's online store keys.
-    return base.model_copy(update={"feast": base.feast.model_copy(update={"project": "intentstream_test"})})
+    # A Feast project of its own, so tests never touch the demo's online store keys; the intent
+    # route only where a test asks for it (with its own small model).
+    return base.model_copy(update={"feast": base.feast.model_copy(update={"project": "intentstream_test"}),
+                                   "intent": base.intent.model_copy(update={"enabled": False})})
 
 
 @pytest.fixture(scope="session")
@@ -83,3 +85,19 @@ def data_dir(base_settings: Settings) -> Path:
     if not (base_settings.data_dir / "rees46-ecommerce-2019oct-head").exists():
         pytest.fail(f"the shared datasets are missing under {base_settings.data_dir}")
     return base_settings.data_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_intent_model(base_settings: Settings, data_dir: Path, tmp_path_factory) -> Path:
+    """An intent model trained in seconds on the first 4,000 REES46 events (tiny LM, few steps):
+    real tokenizer, LM, adaptor, MiniLM atoms and tags, not a useful recommender."""
+    from reasoning.intent_model import LMConfig
+    from stream import datasets
+    from training.sft import SFTConfig, train_model
+
+    data = datasets.load("rees46", data_dir).head(4000)
+    out = tmp_path_factory.mktemp("intent") / "model"
+    cfg = SFTConfig(lm=LMConfig(hidden=32, layers=1, heads=2, intermediate=64, vocab_size=600),
+                    lm_steps=40, adaptor_steps=20, episodes_per_user=4, batch_size=16)
+    train_model(data, out, base_settings.cache_dir, cfg)
+    return out

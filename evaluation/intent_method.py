@@ -1,0 +1,200 @@
+"""The intent route under the evaluation protocol (`intentstream eval --methods intent`).
+
+`fit` trains the intent model on the train events (SFT, cached per dataset, split and config),
+builds the serving engine from it, and runs the pipeline for every evaluated user in batches,
+in the hybrid context (what serves) and the full-text context (for comparison), plus the
+multi-route baseline. `rank` returns the served list: the user's recent unbought items, the
+behavioural route and the intent route merged by reciprocal-rank fusion, the worker's code.
+
+`stats` reports what issue 4 asks for: category HR@30 of the arbiter's tags (hybrid vs text),
+tokens per refresh, latency, duplication (hierarchy vs multi-route), exclusive recall of the
+intent route, explanation diversity and the faithfulness pass rate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from evaluation.methods import ItemKNN
+from evaluation.splits import Split, UserCase
+from features.catalog import Catalog
+from reasoning.context import build_context
+from reasoning.engine import IntentEngine
+from reasoning.explanations import diversity
+from reasoning.pipeline import IntentInput, reason
+from reasoning.retrieval import merge
+from reasoning.schemas import rec_item
+from reasoning.tags import categories_of_tags
+from stream.datasets import Dataset
+from training.data import user_histories
+from training.sft import SFTConfig, train_sft
+
+HR_AT = 30
+K_EVAL = 20
+
+
+def recent_route(recent: Sequence[Sequence], bought: set[str], n: int) -> list[dict]:
+    """The user's recent items they did not buy, newest first (shoppers come back to them)."""
+    items = [str(e[0]) for e in recent if str(e[0]) not in bought]
+    return [rec_item(i, 1.0 / (1 + r), "recent", "You looked at this recently")
+            for r, i in enumerate(dict.fromkeys(items))][:n]
+
+
+class IntentMethod:
+    name = "intent"
+
+    def __init__(self, settings, dataset: Dataset, sft: SFTConfig | None = None, model_dir: Path | None = None,
+                 progress=None) -> None:
+        self.settings = settings
+        self.dataset = dataset
+        self.sft = sft or SFTConfig()
+        self.model_dir = model_dir
+        self.progress = progress or (lambda message: None)
+        self.stats: dict = {}
+
+    def _model_dir(self, split: Split, catalog: Catalog) -> Path:
+        if self.model_dir is not None:
+            return self.model_dir
+        key = json.dumps({"catalog": catalog.version, "split": split.protocol, "train": len(split.train),
+                          "sft": asdict(self.sft), "format": 1}, sort_keys=True, default=str)
+        digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+        return self.settings.cache_dir / "models" / f"eval-{self.dataset.name}-{split.name}-{digest}"
+
+    def fit(self, split: Split, catalog_ids: Sequence[str]) -> None:
+        cfg = self.settings.intent
+        catalog = Catalog.from_frames(self.dataset.items, self.dataset.events)
+        model_dir = self._model_dir(split, catalog)
+        trained = 0.0
+        if not (model_dir / "intent.json").exists():
+            started = time.perf_counter()
+            train_sft(split.train, catalog, model_dir, self.settings.cache_dir, self.sft,
+                      version=f"eval-{model_dir.name}", progress=self.progress)
+            trained = time.perf_counter() - started
+        self.engine = engine = IntentEngine(model_dir, cfg, self.settings.cache_dir)
+        self.behavioural = ItemKNN()
+        self.behavioural.fit(split, catalog_ids)
+        popularity = self.behavioural.reasoner.model.popularity.scores
+        histories = user_histories(split.train)
+        self.inputs = {}
+        for c in split.cases:
+            recent = list(reversed(histories.get(c.user_id, [])))
+            scored = self.behavioural.reasoner.score(recent, c.bought, 100)
+            self.inputs[c.user_id] = IntentInput(c.user_id, recent, frozenset(c.bought),
+                                                 {i: s for i, s, anchor in scored if anchor})
+        self.results: dict[str, object] = {}
+        n = 100
+        per_mode: dict[str, dict] = {}
+        for mode in ("hybrid", "text"):
+            tokens = context_tokens = candidates = duplicates = 0
+            seconds = 0.0
+            hits = []
+            for start in range(0, len(split.cases), cfg.batch_size):
+                cases = split.cases[start:start + cfg.batch_size]
+                t0 = time.perf_counter()
+                results, st = reason(engine, [self.inputs[c.user_id] for c in cases], popularity, n, mode=mode)
+                seconds += time.perf_counter() - t0
+                tokens += st.tokens
+                context_tokens += st.context_tokens
+                candidates += st.candidates
+                duplicates += st.duplicates
+                for case, result in zip(cases, results):
+                    hits.append(self._category_hit(case, result.tags, catalog))
+                    if mode == cfg.mode:
+                        self.results[case.user_id] = result
+            users = max(len(split.cases), 1)
+            per_mode[mode] = {
+                f"category_hr@{HR_AT}": float(np.mean(hits)) if hits else 0.0,
+                "tokens_per_refresh": tokens / users, "context_tokens_per_refresh": context_tokens / users,
+                "seconds_per_user": seconds / users, "users_per_s": users / seconds if seconds else 0.0,
+                "expert_duplication": duplicates / candidates if candidates else 0.0,
+            }
+            self.progress(f"intent {mode}: {per_mode[mode]}")
+        # The multi-route baseline: K independent routes re-reading the context, M tags each.
+        dup = total = route_tokens = 0
+        route_hits = []
+        t0 = time.perf_counter()
+        for start in range(0, len(split.cases), cfg.batch_size):
+            cases = split.cases[start:start + cfg.batch_size]
+            contexts = [build_context(c.user_id, self.inputs[c.user_id].recent, engine.catalog, cfg.max_items)
+                        for c in cases]
+            routes, used = engine.backend.multi_route(contexts, cfg.mode, cfg.personas, cfg.tags_per_persona)
+            route_tokens += used
+            for case, lists in zip(cases, routes):
+                flat = [t for tags in lists for t in tags]
+                total += len(flat)
+                dup += len(flat) - len(set(flat))
+                route_hits.append(self._category_hit(case, list(dict.fromkeys(flat)), catalog))
+        route_seconds = time.perf_counter() - t0
+        users = max(len(split.cases), 1)
+        hybrid, text = per_mode["hybrid"], per_mode["text"]
+        self.stats = {
+            "model": engine.version, "model_dir": str(model_dir), "train_seconds": round(trained, 1),
+            "parameters": engine.model.meta.get("parameters"), "tags": len(engine.model.vocab),
+            "personas": len(engine.model.vocab.personas), "k_m_n": [cfg.personas, cfg.tags_per_persona, cfg.final_tags],
+            "hybrid": hybrid, "text": text,
+            "token_ratio_text_over_hybrid": text["tokens_per_refresh"] / hybrid["tokens_per_refresh"]
+            if hybrid["tokens_per_refresh"] else None,
+            "context_token_ratio_text_over_hybrid": text["context_tokens_per_refresh"] / hybrid["context_tokens_per_refresh"]
+            if hybrid["context_tokens_per_refresh"] else None,
+            f"category_hr@{HR_AT}_relative_change_hybrid_vs_text": (hybrid[f"category_hr@{HR_AT}"] - text[f"category_hr@{HR_AT}"])
+            / text[f"category_hr@{HR_AT}"] if text[f"category_hr@{HR_AT}"] else None,
+            "multi_route": {"duplication": dup / total if total else 0.0, "tokens_per_refresh": route_tokens / users,
+                            f"category_hr@{HR_AT}": float(np.mean(route_hits)) if route_hits else 0.0,
+                            "seconds_per_user": route_seconds / users},
+        }
+        self._explanation_stats()
+
+    def _category_hit(self, case: UserCase, tags: Sequence[str], catalog: Catalog) -> float:
+        wanted = {catalog.get(t).category for t in case.targets if catalog.get(t).category}
+        got = categories_of_tags(self.engine.model.vocab, tags)[:HR_AT]
+        return float(bool(wanted & set(got)))
+
+    def _explanation_stats(self) -> None:
+        by_item: dict[str, list[str]] = {}
+        served = rejected = 0
+        for result in self.results.values():
+            rejected += result.explanations_rejected
+            for entry in result.items[:K_EVAL]:
+                served += 1
+                by_item.setdefault(entry["item_id"], []).append(entry["explanation"])
+        self.stats["explanations"] = {
+            "diversity_1_minus_rouge_l": diversity(by_item), "items_with_2_or_more": sum(len(v) >= 2 for v in by_item.values()),
+            "faithful_share": served / (served + rejected) if served + rejected else None, "rejected": rejected,
+        }
+        self._exclusive = {"hits": 0, "intent_only": 0, "intent_route_hits": 0}
+
+    def lists(self, case: UserCase, n: int) -> tuple[list[dict], list[dict], list[dict]]:
+        user = self.inputs[case.user_id]
+        recent = recent_route(user.recent, set(case.bought), n)
+        behavioural = [rec_item(i, s, "covisit" if a else "popular", "")
+                       for i, s, a in self.behavioural.reasoner.score(user.recent, case.bought, n)]
+        intent = self.results[case.user_id].items[:n]
+        return recent, behavioural, intent
+
+    def rank(self, case: UserCase, n: int) -> list[str]:
+        cfg = self.settings.intent
+        recent, behavioural, intent = self.lists(case, n)
+        merged = merge([(cfg.weight_recent, recent), (cfg.weight_behavioural, behavioural), (cfg.weight_intent, intent)],
+                       set(case.bought), n)
+        ranked = [e["item_id"] for e in merged]
+        top = [i for i in ranked if i not in case.bought][:K_EVAL]
+        hits = [i for i in top if i in case.targets]
+        others = {e["item_id"] for e in recent} | {e["item_id"] for e in behavioural}
+        ex = self._exclusive
+        ex["hits"] += len(hits)
+        ex["intent_only"] += sum(1 for i in hits if i not in others)
+        ex["intent_route_hits"] += sum(1 for e in intent[:K_EVAL] if e["item_id"] in case.targets)
+        ex["intent_route_recall_sum"] = ex.get("intent_route_recall_sum", 0.0) + (
+            sum(1 for e in intent[:K_EVAL] if e["item_id"] in case.targets) / min(len(case.targets), K_EVAL))
+        ex["users"] = ex.get("users", 0) + 1
+        self.stats["intent_route_alone_recall@20_all"] = ex["intent_route_recall_sum"] / ex["users"]
+        self.stats["exclusive_recall"] = ex["intent_only"] / ex["hits"] if ex["hits"] else 0.0
+        self.stats["exclusive_counts"] = dict(ex)
+        return ranked

@@ -1,0 +1,199 @@
+"""Constrained generation of phrase lists with a KV cache shared across branches.
+
+A `PhraseTrie` holds the token sequences of the allowed phrases (tags, or personas). Decoding
+emits `phrase; phrase; ... <|end|>` with exactly `limit` phrases (fewer only when the
+allowed set runs out); at every step only tokens that continue an allowed,
+not-yet-emitted phrase (or close a complete one) are allowed, so the output is always a list of
+distinct vocabulary phrases. `Prefix` is a prefilled context; `branch` continues it with several
+suffixes at once (one per persona, per candidate) without recomputing the context.
+
+Sequences are laid out `[left pad][context][suffix pad][suffix][generated]`: the attention mask
+hides both pads and position ids count real tokens only, so every branch sees its context and
+suffix contiguously, as in training.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from reasoning.intent_model import IntentModel
+
+
+class PhraseTrie:
+    def __init__(self, phrases: Sequence[list[int]], ids: Sequence[int] | None = None) -> None:
+        self.children: list[dict[int, int]] = [{}]
+        self.terminal: dict[int, int] = {}
+        self.size: list[int] = [0]
+        self.phrase_ids = list(ids) if ids is not None else list(range(len(phrases)))
+        self.paths: dict[int, list[int]] = {}
+        for pid, tokens in zip(self.phrase_ids, phrases):
+            node, path = 0, [0]
+            for tok in tokens:
+                nxt = self.children[node].get(tok)
+                if nxt is None:
+                    nxt = len(self.children)
+                    self.children[node][tok] = nxt
+                    self.children.append({})
+                    self.size.append(0)
+                node = nxt
+                path.append(node)
+            if node in self.terminal or node == 0:
+                continue  # duplicate or empty phrase
+            self.terminal[node] = pid
+            for n in path:
+                self.size[n] += 1
+            self.paths[pid] = path
+
+
+@dataclass
+class _Cursor:
+    trie: PhraseTrie
+    limit: int
+    node: int = 0
+    used: dict | None = None
+    emitted: list | None = None
+    scores: list | None = None
+    current: float = 0.0
+    done: bool = False
+
+    def __post_init__(self) -> None:
+        self.used, self.emitted, self.scores = {}, [], []
+
+    def allowed(self, sep: int, end: int) -> list[int]:
+        t = self.trie
+        out = [tok for tok, child in t.children[self.node].items() if t.size[child] - self.used.get(child, 0) > 0]
+        pid = t.terminal.get(self.node)
+        if pid is not None and pid not in self.emitted:
+            # Lists are exactly `limit` long while the vocabulary has phrases left.
+            if len(self.emitted) + 1 < self.limit and t.size[0] - self.used.get(0, 0) > 1:
+                out.append(sep)
+            else:
+                out.append(end)
+        if not out:
+            out.append(end)
+        return out
+
+    def step(self, tok: int, logp: float, sep: int, end: int) -> None:
+        self.current += logp
+        if tok in (sep, end):
+            pid = self.trie.terminal.get(self.node)
+            if pid is not None and pid not in self.emitted:
+                self.emitted.append(pid)
+                self.scores.append(self.current)
+                for n in self.trie.paths[pid]:
+                    self.used[n] = self.used.get(n, 0) + 1
+            self.node, self.current = 0, 0.0
+            self.done = tok == end
+            return
+        self.node = self.trie.children[self.node][tok]
+
+
+@dataclass
+class Prefix:
+    """A prefilled batch of contexts."""
+
+    cache: object
+    mask: torch.Tensor
+    last_position: torch.Tensor
+    tokens: int
+    """Real tokens read (what a refresh pays for the context)."""
+
+
+class Decoder:
+    def __init__(self, model: IntentModel) -> None:
+        self.model = model
+        self.lm = model.lm
+
+    @torch.no_grad()
+    def prefill(self, sequences: Sequence[list[int]], atoms: Sequence[np.ndarray | None]) -> Prefix:
+        embeds, mask, positions = self.model.inputs(sequences, atoms)
+        out = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
+        return Prefix(out.past_key_values, mask, positions[:, -1], int(mask.sum()))
+
+    @torch.no_grad()
+    def branch(self, prefix: Prefix, owners: Sequence[int], suffixes: Sequence[list[int]]):
+        """Continue context `owners[j]` with `suffixes[j]`; returns (logits [J, S, V], state)."""
+        index = torch.tensor(list(owners), dtype=torch.long)
+        cache = copy.deepcopy(prefix.cache)
+        cache.batch_select_indices(index)
+        length = max(len(s) for s in suffixes)
+        ids = torch.full((len(suffixes), length), self.model.pad_id, dtype=torch.long)
+        smask = torch.zeros((len(suffixes), length), dtype=torch.long)
+        for j, s in enumerate(suffixes):
+            ids[j, length - len(s):] = torch.tensor(s)
+            smask[j, length - len(s):] = 1
+        mask = torch.cat([prefix.mask[index], smask], dim=1)
+        positions = prefix.last_position[index, None] + smask.cumsum(1)
+        out = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+        state = {"cache": out.past_key_values, "mask": mask, "position": positions[:, -1], "tokens": int(smask.sum())}
+        return out.logits, state
+
+    @torch.no_grad()
+    def generate_lists(self, prefix: Prefix, owners: Sequence[int], suffixes: Sequence[list[int]],
+                       tries: Sequence[PhraseTrie], limits: Sequence[int], max_steps: int = 64,
+                       temperature: float = 0.0, seed: int = 0) -> tuple[list[list[tuple[int, float]]], int]:
+        """Per branch: the emitted (phrase id, log-prob) list; and the tokens processed."""
+        logits, state = self.branch(prefix, owners, suffixes)
+        last = logits[:, -1]
+        cursors = [_Cursor(t, max(1, lim)) for t, lim in zip(tries, limits)]
+        sep, end = self.model.sep_id, self.model.end_id
+        gen = torch.Generator().manual_seed(seed)
+        tokens = state["tokens"]
+        cache, mask, position = state["cache"], state["mask"], state["position"]
+        for _ in range(max_steps):
+            logp = torch.log_softmax(last.float(), dim=-1)
+            chosen = torch.full((len(cursors),), end, dtype=torch.long)
+            for j, cur in enumerate(cursors):
+                if cur.done:
+                    continue
+                allowed = cur.allowed(sep, end)
+                if len(allowed) == 1:
+                    tok = allowed[0]
+                else:
+                    scores = logp[j, allowed]
+                    if temperature > 0:
+                        probs = torch.softmax(scores / temperature, dim=0)
+                        tok = allowed[int(torch.multinomial(probs, 1, generator=gen))]
+                    else:
+                        tok = allowed[int(torch.argmax(scores))]
+                cur.step(tok, float(logp[j, tok]), sep, end)
+                chosen[j] = tok
+            if all(c.done for c in cursors):
+                break
+            mask = torch.cat([mask, torch.ones((len(cursors), 1), dtype=torch.long)], dim=1)
+            position = position + 1
+            out = self.lm(input_ids=chosen[:, None], attention_mask=mask, position_ids=position[:, None],
+                          past_key_values=cache, use_cache=True)
+            tokens += sum(1 for c in cursors if not c.done)
+            cache, last = out.past_key_values, out.logits[:, -1]
+        return [list(zip(c.emitted, c.scores)) for c in cursors], tokens
+
+    @torch.no_grad()
+    def score_phrases(self, prefix: Prefix, owners: Sequence[int], task: list[int],
+                      phrases: Sequence[list[int]]) -> tuple[list[float], int]:
+        """Mean token log-prob of each phrase (then `;`) after its owner's context and `task`.
+        The task is read once per owner; the candidates branch from it."""
+        users = sorted(set(owners))
+        logits, state = self.branch(prefix, users, [task] * len(users))
+        first = torch.log_softmax(logits[:, -1].float(), dim=-1)
+        row = {u: k for k, u in enumerate(users)}
+        task_prefix = Prefix(state["cache"], state["mask"], state["position"], 0)
+        targets = [p + [self.model.sep_id] for p in phrases]
+        # The last target token is never an input: branch on all but it.
+        logits2, state2 = self.branch(task_prefix, [row[o] for o in owners], [t[:-1] for t in targets])
+        logp = torch.log_softmax(logits2.float(), dim=-1)
+        length = logits2.shape[1]
+        out = []
+        for j, (owner, target) in enumerate(zip(owners, targets)):
+            total = float(first[row[owner], target[0]])
+            rest = target[1:]
+            if rest:
+                rows = logp[j, length - len(rest): length]
+                total += float(rows[torch.arange(len(rest)), torch.tensor(rest)].sum())
+            out.append(total / len(target))
+        return out, state["tokens"] + state2["tokens"]

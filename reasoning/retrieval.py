@@ -1,0 +1,98 @@
+"""Tags -> items, and the merge of the routes into the final list.
+
+Each final tag retrieves the most popular items of its category match (the catalog items the
+tag maps to) and, for catalogs with text, its nearest items in the faiss index of item atoms
+(the tag's MiniLM vector against item vectors: a "smartwatch" tag finds items whose text is near
+it even under another category path). Tags are interleaved by rank, so the list covers every
+tag before it goes deep into one.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from features.catalog import Catalog
+from reasoning.index import ItemIndex
+from reasoning.tags import TagVocabulary
+
+
+class TagRetriever:
+    def __init__(self, vocab: TagVocabulary, catalog: Catalog, tag_vectors: np.ndarray,
+                 index: ItemIndex | None, per_tag: int = 8, ann_per_tag: int = 4) -> None:
+        self.vocab = vocab
+        self.tag_items = vocab.items_of(catalog)
+        self.tag_sets = [set(items) for items in self.tag_items]
+        self.tag_vectors = tag_vectors
+        self.index = index
+        self.per_tag = per_tag
+        self.ann_per_tag = ann_per_tag if index is not None else 0
+
+    def retrieve(self, ranked_tags: Sequence[Sequence[str]], popularity: Mapping[str, float],
+                 exclude: Sequence[set[str]], k: int,
+                 affinity: Sequence[Mapping[str, float]] | None = None) -> list[list[tuple[str, float, str]]]:
+        """Per user: up to k (item, score, tag), best first; items in `exclude[u]` never appear.
+
+        Within a tag, items the user's behaviour points at (`affinity[u]`: the behavioural
+        route's co-visitation scores) come first, then the tag's most popular items: the intent
+        route picks what kind of item, the user's own trail picks which one."""
+        wanted = {t for tags in ranked_tags for t in tags}
+        top: dict[str, list[str]] = {}
+        for tag in wanted:
+            items = self.tag_items[self.vocab.index[tag]]
+            top[tag] = heapq.nlargest(self.per_tag * 3, items, key=lambda i: popularity.get(i, 0.0))
+        near: dict[str, list[str]] = {}
+        if self.ann_per_tag and wanted:
+            order = sorted(wanted)
+            found = self.index.search(self.tag_vectors[[self.vocab.index[t] for t in order]], self.ann_per_tag * 3)
+            near = {t: [i for i, _ in hits] for t, hits in zip(order, found)}
+        out = []
+        for u, (tags, excluded) in enumerate(zip(ranked_tags, exclude)):
+            near_user = affinity[u] if affinity is not None else {}
+            lists = []
+            for tag in tags:
+                t = self.vocab.index[tag]
+                members = self.tag_sets[t]
+                liked = sorted((i for i in near_user if i in members and i not in excluded),
+                               key=lambda i: -near_user[i])[: self.per_tag]
+                picks = liked + [i for i in top[tag] if i not in excluded and i not in liked][: self.per_tag - len(liked)]
+                extra = [i for i in near.get(tag, ()) if i not in excluded and i not in picks][: self.ann_per_tag]
+                lists.append((tag, picks + extra))
+            ranked: list[tuple[str, float, str]] = []
+            seen: set[str] = set()
+            depth = max((len(items) for _, items in lists), default=0)
+            for j in range(depth):  # round robin over tags by rank
+                for tag, items in lists:
+                    if j < len(items) and items[j] not in seen:
+                        seen.add(items[j])
+                        ranked.append((items[j], 1.0 / (1 + len(ranked)), tag))
+                if len(ranked) >= k:
+                    break
+            out.append(ranked[:k])
+        return out
+
+
+def merge(routes: Sequence[tuple[float, list[dict]]], exclude: set[str], k: int, rrf_k: float = 20.0) -> list[dict]:
+    """Weighted reciprocal-rank fusion of routes (each: weight, `rec_item` dicts best first).
+    An item keeps the entry (route, tag, explanation) of the route that contributed most to it.
+
+    >>> a = [{"item_id": "x", "route": "covisit"}, {"item_id": "y", "route": "covisit"}]
+    >>> b = [{"item_id": "y", "route": "intent"}, {"item_id": "z", "route": "intent"}]
+    >>> [(e["item_id"], e["route"]) for e in merge([(1.0, a), (1.0, b)], {"z"}, 10)]
+    [('y', 'intent'), ('x', 'covisit')]
+    """
+    score: dict[str, float] = {}
+    best: dict[str, tuple[float, dict]] = {}
+    for weight, items in routes:
+        for rank, entry in enumerate(items):
+            item = entry["item_id"]
+            if item in exclude:
+                continue
+            c = weight / (rrf_k + rank + 1)
+            score[item] = score.get(item, 0.0) + c
+            if item not in best or c > best[item][0]:
+                best[item] = (c, entry)
+    ranked = heapq.nlargest(k, score.items(), key=lambda kv: kv[1])
+    return [{**best[item][1], "score": s} for item, s in ranked]

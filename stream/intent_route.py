@@ -1,0 +1,231 @@
+"""The intent route in the worker: a child process that reasons about users in batches, beside
+the stream loop.
+
+The stream loop never waits for the language model. A refresh writes the behavioural list at
+once (fallback_reason `intent_pending`) and queues the user here; the child (spawned, one batch
+in flight, like the Feast pusher) runs planner -> experts -> arbiter -> retrieval ->
+explanations for up to `intent.batch_size` queued users, merges the intent items with the recent
+and behavioural routes, writes recs:{user_id} (fallback_reason null, model_version
+`<behavioural>+<intent model>`) and pushes the compressed context it read to Feast
+(`intent_context`). A user queued again before the child took it is coalesced (newest state
+wins).
+
+When the queue holds `intent.queue_max` users, a refresh keeps its behavioural list with
+fallback_reason `intent_queue_full`; a user waiting longer than `intent.max_wait_s` gets
+`intent_timeout`; a failed batch gets `intent_failed` (the error is logged and counted; the
+worker goes on). A result is written only if Redis does not already hold a newer
+state_version for that user.
+
+Delivery: recommendations are derived data. Events are acknowledged by the stream loop
+independently of this route; a crash loses queued intent refreshes, and the user's next trigger
+runs the route again.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from intentstream.settings import Settings
+from reasoning.reasoner import UserView
+from reasoning.schemas import RecsPayload
+
+log = logging.getLogger(__name__)
+
+# Set recs:{user} unless it holds a newer state_version (the behavioural write of a later state).
+_SET_IF_NOT_NEWER = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, old = pcall(cjson.decode, cur)
+  if ok and old['state_version'] and tonumber(old['state_version']) > tonumber(ARGV[2]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
+
+_child: dict[str, Any] = {}
+
+
+def _init_child(settings_json: str, parent_pid: int) -> None:
+    import redis
+
+    from features.feast_store import FeastFeatures
+    from features.pusher import _exit_with_parent
+    from reasoning.engine import IntentEngine
+    from stream.keys import RedisKeys
+
+    settings = Settings.model_validate_json(settings_json)
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
+    r = settings.redis
+    client = redis.Redis(host=r.host, port=r.port, db=r.db)
+    _child.update(
+        settings=settings, client=client, keys=RedisKeys(settings.key_prefix),
+        engine=IntentEngine(settings.intent.resolved_model_dir(settings.cache_dir), settings.intent, settings.cache_dir),
+        feast=FeastFeatures(settings), script=client.register_script(_SET_IF_NOT_NEWER),
+    )
+
+
+def _reason_in_child(jobs: list[dict]) -> dict:
+    """Run the pipeline for `jobs`, write merged recommendations and contexts; return stats."""
+    from evaluation.intent_method import recent_route
+    from reasoning.pipeline import IntentInput, reason
+    from reasoning.retrieval import merge
+
+    started = time.perf_counter()
+    settings: Settings = _child["settings"]
+    engine = _child["engine"]
+    cfg = settings.intent
+    popularity = _popularity()
+    inputs = [IntentInput(j["user_id"], j["recent"], frozenset(j["bought"]),
+                          {e["item_id"]: e["score"] for e in j["payload"]["items"] if e["route"] == "covisit"})
+              for j in jobs]
+    results, stats = reason(engine, inputs, popularity, settings.recs.top_k)
+    pipe = _child["client"].pipeline(transaction=False)
+    keys = _child["keys"]
+    contexts = []
+    written_ms = int(time.time() * 1000)
+    for job, result in zip(jobs, results):
+        payload = job["payload"]
+        bought = set(job["bought"])
+        merged = merge([(cfg.weight_recent, recent_route(job["recent"], bought, settings.recs.top_k)),
+                        (cfg.weight_behavioural, payload["items"]), (cfg.weight_intent, result.items)],
+                       bought, settings.recs.top_k)
+        out = {**payload, "items": merged, "intents": result.intents, "fallback_reason": None,
+               "model_version": f"{payload['model_version']}+{engine.version}",
+               "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "+00:00"}
+        _child["script"](keys=[keys.recs(job["user_id"])], args=[orjson.dumps(out), job["state_version"]], client=pipe)
+        pipe.xadd(keys.updates, {"user_id": job["user_id"], "state_version": job["state_version"],
+                                 "trigger": f"{payload['trigger']}+intent", "generated_at": out["generated_at"]},
+                  maxlen=settings.recs.updates_stream_maxlen, approximate=True)
+        ctx = result.context
+        contexts.append({
+            "user_id": job["user_id"], "context_items": [i for i, _ in ctx.items],
+            "context_actions": [a for _, a in ctx.items],
+            "context_text": f"situation: {ctx.situation}; profile: {ctx.profile}", "context_mode": cfg.mode,
+            "context_format": 1, "embedder": engine.model.meta.get("embedder", ""),
+            "model_version": engine.version, "state_version": job["state_version"],
+        })
+    pipe.execute()
+    _child["feast"].push_contexts(contexts)
+    return {"users": len(jobs), "seconds": time.perf_counter() - started, "tokens": stats.tokens,
+            "context_tokens": stats.context_tokens, "written_ms": written_ms,
+            "latency_ms": [written_ms - j["queued_ms"] for j in jobs],
+            "freshness_ms": [written_ms - j["last_produced_ms"] for j in jobs if j["last_produced_ms"]]}
+
+
+def _popularity() -> dict[str, float]:
+    """Item popularity for retrieval: the behavioural model's checkpoint, re-read every 10 s."""
+    from reasoning.behavioural import BehaviouralModel
+
+    now = time.monotonic()
+    if now - _child.get("popularity_at", -1e9) > 10.0:
+        blob = _child["client"].get(_child["keys"].behavioural_model)
+        r = _child["settings"].recs
+        model = BehaviouralModel(r.covisit_window, r.covisit_max_neighbors, r.popularity_half_life_s)
+        if blob:
+            model.load_bytes(blob)
+        _child["popularity"] = model.popularity.scores
+        _child["popularity_at"] = now
+    return _child["popularity"]
+
+
+def _warm() -> str:
+    return _child["engine"].version
+
+
+@dataclass
+class _Job:
+    job: dict
+    payload: RecsPayload
+
+
+class IntentRoute:
+    """Parent side: queue, coalesce, submit one batch at a time, collect stats and fallbacks."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.cfg = settings.intent
+        self._pool = ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_child, initargs=(settings.model_dump_json(), os.getpid()),
+        )
+        self._queue: dict[str, _Job] = {}
+        self._inflight: tuple[Future, list[_Job]] | None = None
+        self.version = ""
+
+    def warm_up(self) -> str:
+        """Load the model in the child now; raises what loading raises (e.g. ModelNotFound)."""
+        self.version = self._pool.submit(_warm).result()
+        return self.version
+
+    def submit(self, views: list[UserView], payloads: list[RecsPayload], last_produced_ms: list[int]) -> list[str]:
+        """Queue users; returns the fallback_reason their behavioural list is written with."""
+        now = int(time.time() * 1000)
+        reasons = []
+        for view, payload, produced in zip(views, payloads, last_produced_ms):
+            if view.user_id not in self._queue and len(self._queue) >= self.cfg.queue_max:
+                reasons.append("intent_queue_full")
+                continue
+            previous = self._queue.get(view.user_id)
+            job = {"user_id": view.user_id, "recent": [list(e) for e in view.recent[: self.cfg.max_items]],
+                   "bought": sorted(view.bought), "state_version": view.state_version,
+                   "queued_ms": previous.job["queued_ms"] if previous else now, "last_produced_ms": produced,
+                   "payload": {**payload, "fallback_reason": None}}
+            self._queue[view.user_id] = _Job(job, payload)
+            reasons.append("intent_pending")
+        return reasons
+
+    def cycle(self) -> tuple[dict | None, list[RecsPayload], dict[str, int]]:
+        """Collect a finished batch, start the next. Returns (stats of the finished batch or None,
+        fallback payloads to write, counters)."""
+        stats, fallbacks, counters = None, [], {}
+        if self._inflight is not None:
+            future, jobs = self._inflight
+            if not future.done():
+                return None, [], {}
+            self._inflight = None
+            try:
+                stats = future.result()
+            except Exception as exc:  # the route fails, the stream goes on (behavioural serves)
+                log.exception("intent batch of %d users failed", len(jobs))
+                counters["intent_errors"] = 1
+                fallbacks += [{**j.payload, "fallback_reason": f"intent_failed: {type(exc).__name__}"} for j in jobs]
+        if self._queue:
+            now = int(time.time() * 1000)
+            batch: list[_Job] = []
+            for user_id in list(self._queue):
+                job = self._queue.pop(user_id)
+                if now - job.job["queued_ms"] > self.cfg.max_wait_s * 1000:
+                    fallbacks.append({**job.payload, "fallback_reason": "intent_timeout"})
+                    counters["intent_timeouts"] = counters.get("intent_timeouts", 0) + 1
+                    continue
+                batch.append(job)
+                if len(batch) >= self.cfg.batch_size:
+                    break
+            if batch:
+                self._inflight = (self._pool.submit(_reason_in_child, [j.job for j in batch]), batch)
+        return stats, fallbacks, counters
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def backlog(self) -> int:
+        """Users queued or in the batch in flight."""
+        return len(self._queue) + (len(self._inflight[1]) if self._inflight else 0)
+
+    @property
+    def idle(self) -> bool:
+        return not self._queue and self._inflight is None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,148 @@
+"""The intent engine's pieces on a small real model: vocabulary, constrained decoding, the
+pipeline's outputs, hybrid vs text contexts, explanations and their faithfulness gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.catalog import Catalog, CatalogItem
+from reasoning.context import build_context, messages, task_tags
+from reasoning.explanations import Explainer, Facts, diversity
+from reasoning.tags import build_vocabulary
+
+
+def _toy_catalog() -> tuple[Catalog, pd.DataFrame]:
+    items = pd.DataFrame({"item_id": [str(i) for i in range(8)],
+                          "category": ["electronics.smartphone"] * 4 + ["kitchen.fridge"] * 4,
+                          "brand": ["acme", "acme", "zed", "zed", "cold", "cold", "cold", None]})
+    events = pd.DataFrame({"user_id": ["u"] * 16, "item_id": [str(i % 8) for i in range(16)]})
+    return Catalog.from_frames(items), events
+
+
+def test_every_tag_maps_to_items_of_its_category() -> None:
+    catalog, events = _toy_catalog()
+    vocab, vectors = build_vocabulary(catalog, events, lambda tags: np.eye(len(tags), 4, dtype=np.float32),
+                                      min_brand_events=2)
+    assert "electronics smartphone" in vocab and "acme smartphone" in vocab and "cold fridge" in vocab
+    items = vocab.items_of(catalog)
+    for t, tag in enumerate(vocab.tags):
+        assert items[t], f"tag {tag!r} maps to no item"
+        assert all(catalog.get(i).category == vocab.category[t] for i in items[t])
+    assert set(items[vocab.index["acme smartphone"]]) == {"0", "1"}
+    assert vocab.tag_of_item(catalog.get("7")) == vocab.index["kitchen fridge"]  # no brand: category tag
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_intent_model: Path, base_settings):
+    from reasoning.engine import IntentEngine
+
+    return IntentEngine(tiny_intent_model, base_settings.intent.model_copy(update={"final_tags": 12}),
+                        base_settings.cache_dir)
+
+
+def _users(engine, n: int = 6):
+    from reasoning.pipeline import IntentInput
+
+    items = sorted(engine.catalog.items)[:60]
+    users = []
+    for u in range(n):
+        recent = [[items[(u * 7 + j) % len(items)], "view", 1_570_000_000_000 - j * 1000] for j in range(5)]
+        users.append(IntentInput(f"u{u}", recent, frozenset({recent[0][0]})))
+    return users
+
+
+def test_pipeline_only_emits_vocabulary_tags_and_never_bought_items(engine) -> None:
+    from reasoning.pipeline import reason
+
+    users = _users(engine)
+    results, stats = reason(engine, users, {}, 50)
+    vocab = engine.model.vocab
+    cfg = engine.config
+    for user, result in zip(users, results):
+        assert len(result.intents) == min(cfg.personas, len(vocab.personas))
+        names = [i["persona"] for i in result.intents]
+        assert len(set(names)) == len(names) and set(names) <= set(vocab.personas)
+        for intent in result.intents:
+            persona = vocab.personas.index(intent["persona"])
+            assert intent["tags"] and all(vocab.persona_of[vocab.index[t]] == persona for t in intent["tags"])
+        assert result.tags and len(result.tags) <= 12 and set(result.tags) <= set(vocab.tags)
+        assert len(set(result.tags)) == len(result.tags)
+        assert result.items and not {e["item_id"] for e in result.items} & user.bought
+        assert all(e["route"] == "intent" and e["tag"] in result.tags for e in result.items)
+    assert stats.tokens > stats.context_tokens > 0
+
+
+def test_hybrid_context_reads_fewer_tokens_than_text(engine) -> None:
+    from reasoning.pipeline import reason
+
+    users = _users(engine)
+    _, hybrid = reason(engine, users, {}, 20, mode="hybrid")
+    _, text = reason(engine, users, {}, 20, mode="text")
+    # 5 items: one position each in hybrid, ~5 words each in text, over the same ~30-token
+    # profile, situation and template.
+    assert text.context_tokens >= 1.4 * hybrid.context_tokens
+
+
+def test_hybrid_prompt_has_one_position_per_item(engine) -> None:
+    user = _users(engine, 1)[0]
+    ctx = build_context(user.user_id, user.recent, engine.catalog, 20)
+    ids, suffix = engine.model.encode_chat(messages(ctx, "hybrid", task_tags(), engine.catalog))
+    assert ids.count(engine.model.item_token_id) == len(ctx.items) == 5
+
+
+def test_explanations_are_grounded_and_the_gate_rejects_invented_facts() -> None:
+    catalog, _ = _toy_catalog()
+    explainer = Explainer(catalog, ["acme smartphone", "cold fridge"], ["smartphone shopper"])
+    item, related = catalog.get("0"), catalog.get("2")
+    facts = Facts(item, "acme smartphone", "smartphone shopper", related, "evening, friday, autumn")
+    texts = [explainer.explain(facts, f"user{u}/0")[1] for u in range(30)]
+    assert all(explainer.check(t, facts)[0] for t in texts)
+    assert len(set(texts)) >= 4  # styles and phrasings vary across users
+    ok, reason = explainer.check("A cold fridge for your morning", facts)
+    assert not ok and "is not in the item" in reason
+    assert diversity({"0": texts}) > 0.3
+
+
+def test_a_catalog_without_text_gets_learned_category_atoms() -> None:
+    from features.embedder import CategoryEmbedder
+
+    events = pd.DataFrame({"user_id": ["a"] * 6 + ["b"] * 6,
+                           "category": ["1", "2", "1", "2", "1", "2", "3", "4", "3", "4", "3", "4"]})
+    emb = CategoryEmbedder(events, dim=2)
+    catalog = Catalog.from_frames(pd.DataFrame({"item_id": ["x"], "category": ["1"]}))
+    assert not catalog.has_text
+    v = emb.encode(["1", "2", "3"])
+    assert v.shape == (3, 2)
+    assert v[0] @ v[1] > v[0] @ v[2]  # co-occurring categories end up closer
+
+
+def test_branching_a_prefilled_context_scores_like_reading_the_whole_sequence(engine) -> None:
+    import torch
+
+    from reasoning.decoding import Decoder
+
+    model = engine.model
+    user = _users(engine, 2)
+    contexts = [build_context(u.user_id, u.recent, engine.catalog, 20) for u in user]
+    seqs = [model.encode_chat(messages(c, "hybrid", task_tags(), engine.catalog)) for c in contexts]
+    atoms = [engine.atoms.atoms(c.items) for c in contexts]
+    decoder = Decoder(model)
+    prefix = decoder.prefill([ctx for ctx, _ in seqs], atoms)  # different lengths: left padding
+    phrases = [model.phrase_ids(t) for t in model.vocab.tags[:3]]
+    owners = [0, 1, 1]
+    scores, _ = decoder.score_phrases(prefix, owners, seqs[0][1], phrases)
+    for owner, phrase, got in zip(owners, phrases, scores):
+        ctx, suffix = seqs[owner]
+        target = phrase + [model.sep_id]
+        full = ctx + suffix + target
+        embeds, mask, positions = model.inputs([full], [atoms[owner]])
+        with torch.no_grad():
+            logp = torch.log_softmax(model.lm(inputs_embeds=embeds, attention_mask=mask,
+                                              position_ids=positions).logits[0].float(), -1)
+        start = len(full) - len(target)
+        want = float(sum(logp[start - 1 + i, tok] for i, tok in enumerate(target)) / len(target))
+        assert abs(got - want) < 1e-3, (got, want)

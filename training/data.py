@@ -1,0 +1,65 @@
+"""Training episodes from an event log: the context a refresh would have seen at some point of a
+user's history, and the tags of what the user did next.
+
+An episode at position t of a user's (time-ordered) events: context = the `max_items` events
+before t (newest first), targets = the tags of events t .. t+horizon-1, most frequent first.
+Only the train part of a split is ever used for training.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+
+import pandas as pd
+
+from features.catalog import Catalog
+from reasoning.context import UserContext, build_context
+from reasoning.tags import TagVocabulary
+
+
+@dataclass(frozen=True)
+class Episode:
+    context: UserContext
+    target_tags: tuple[int, ...]
+    """Tag indices, most frequent first."""
+    target_categories: frozenset[str]
+
+
+def ranked_tags(vocab: TagVocabulary, catalog: Catalog, item_ids) -> list[int]:
+    counts: Counter = Counter()
+    order: dict[int, int] = {}
+    for item_id in item_ids:
+        t = vocab.tag_of_item(catalog.get(str(item_id)))
+        if t is not None:
+            counts[t] += 1
+            order.setdefault(t, len(order))
+    return sorted(counts, key=lambda t: (-counts[t], order[t]))
+
+
+def user_histories(events: pd.DataFrame) -> dict[str, list[list]]:
+    """user -> [[item_id, type, ts], ...] oldest first."""
+    out: dict[str, list[list]] = {}
+    for user, item, kind, ts in events[["user_id", "item_id", "type", "ts"]].itertuples(index=False):
+        out.setdefault(str(user), []).append([str(item), str(kind), int(ts)])
+    return out
+
+
+def episodes(events: pd.DataFrame, catalog: Catalog, vocab: TagVocabulary, max_items: int = 20,
+             horizon: int = 5, per_user: int = 12, min_history: int = 3, seed: int = 0) -> list[Episode]:
+    rng = random.Random(seed)
+    out = []
+    for user, history in user_histories(events).items():
+        positions = list(range(min_history, len(history)))
+        if len(positions) > per_user:
+            positions = sorted(rng.sample(positions, per_user))
+        for t in positions:
+            future = [h[0] for h in history[t:t + horizon]]
+            tags = ranked_tags(vocab, catalog, future)
+            if not tags:
+                continue
+            recent = list(reversed(history[max(0, t - max_items):t]))
+            out.append(Episode(build_context(user, recent, catalog, max_items), tuple(tags),
+                               frozenset(catalog.get(i).category for i in future if catalog.get(i).category)))
+    return out

@@ -1,0 +1,224 @@
+"""Supervised fine-tuning of the intent model, top to bottom (`intentstream train --sft`).
+
+1. Atoms: item vectors for the catalog (MiniLM through ONNX when items have text, learned
+   category vectors otherwise), cached per catalog version.
+2. Tag vocabulary and personas from the catalog and the train events.
+3. Tokenizer: byte-level BPE trained on rendered prompts and answers (catalog and tag text).
+4. Stage 1: the LM learns all three tasks (plan personas; tags for a persona; tags) on the
+   full-text context; loss on the answer tokens only.
+5. Stage 2: the adaptor learns to put item atoms where the text was, the LM frozen (hybrid
+   context), on the same episodes.
+6. Saved as a Hugging Face model directory (reasoning/intent_model.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from features.catalog import Catalog
+from features.embedder import CategoryEmbedder, embedder_for, item_embeddings
+from reasoning.context import answer, messages, task_expert, task_plan, task_tags
+from reasoning.intent_model import AtomTable, IntentModel, LMConfig, train_tokenizer
+from reasoning.tags import TagVocabulary, build_vocabulary
+from training.data import Episode, episodes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SFTConfig:
+    """Hyper-parameters of `intentstream train --sft`."""
+
+    lm: LMConfig = field(default_factory=LMConfig)
+    # data
+    max_items: int = 20            # recent items in a context
+    horizon: int = 5               # next events whose tags are the target
+    episodes_per_user: int = 12    # contexts sampled per user from the train events
+    max_tags: int = 3000           # tag vocabulary size cap
+    personas_k: int = 4            # personas in a planner answer
+    tags_per_persona: int = 10     # tags in an expert answer
+    tags_n: int = 30               # tags in a `tags` answer
+    # optimisation
+    lm_steps: int = 800            # stage 1 (full-text LM) steps
+    adaptor_steps: int = 400       # stage 2 (adaptor, LM frozen) steps
+    batch_size: int = 32
+    lr: float = 2e-3               # AdamW, cosine decay to 10%
+    adaptor_lr: float = 2e-3
+    weight_decay: float = 0.01
+    threads: int = 0               # torch threads (0: torch's default)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("max_items", "horizon", "episodes_per_user", "lm_steps", "batch_size", "personas_k",
+                     "tags_per_persona", "tags_n"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SFTConfig.{name} must be >= 1")
+
+
+@dataclass
+class Example:
+    context: list[int]
+    suffix: list[int]
+    answer: list[int]
+    atoms: np.ndarray | None
+
+
+def tag_embedder(catalog: Catalog, embedder) -> Callable[[list[str]], np.ndarray]:
+    """How tags are embedded: their text through MiniLM, or their category's learned vector."""
+    if isinstance(embedder, CategoryEmbedder):
+        return lambda tags: embedder.encode([t.removeprefix("category ") for t in tags])
+    return embedder.encode
+
+
+def examples_for(model: IntentModel, eps: list[Episode], catalog: Catalog, atoms: AtomTable | None,
+                 mode: str, cfg: SFTConfig, seed: int) -> list[Example]:
+    rng = random.Random(seed)
+    vocab = model.vocab
+    out = []
+    for ep in eps:
+        item_atoms = atoms.atoms(ep.context.items) if mode == "hybrid" else None
+        personas = list(dict.fromkeys(vocab.persona_of[t] for t in ep.target_tags))
+        tasks = [(task_plan(), [vocab.personas[p] for p in personas[: cfg.personas_k]]),
+                 (task_tags(), [vocab.tags[t] for t in ep.target_tags[: cfg.tags_n]])]
+        p = rng.choice(personas)
+        tasks.append((task_expert(vocab.personas[p]),
+                      [vocab.tags[t] for t in ep.target_tags if vocab.persona_of[t] == p][: cfg.tags_per_persona]))
+        for task, target in tasks:
+            ctx, suffix = model.encode_chat(messages(ep.context, mode, task, catalog))
+            ans = model.ids(answer(target)) + [model.end_id]
+            out.append(Example(ctx, suffix, ans, item_atoms))
+    return out
+
+
+def _batch_loss(model: IntentModel, batch: list[Example]) -> torch.Tensor:
+    seqs = [e.context + e.suffix + e.answer for e in batch]
+    embeds, mask, positions = model.inputs(seqs, [e.atoms for e in batch], pad_left=False)
+    labels = torch.full(mask.shape, -100, dtype=torch.long)
+    for b, e in enumerate(batch):
+        start = len(e.context) + len(e.suffix)
+        labels[b, start: start + len(e.answer)] = torch.tensor(e.answer)
+    out = model.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, labels=labels)
+    return out.loss
+
+
+def _train(model: IntentModel, data: list[Example], params, steps: int, lr: float, cfg: SFTConfig,
+           label: str, log_every: int = 100) -> list[dict]:
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * min(s, steps) / steps)) if s > 20 else (s + 1) / 21)
+    rng = random.Random(cfg.seed)
+    history, started, running = [], time.perf_counter(), []
+    for step in range(1, steps + 1):
+        batch = rng.sample(data, min(cfg.batch_size, len(data)))
+        loss = _batch_loss(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        running.append(float(loss))
+        if step % log_every == 0 or step == steps:
+            entry = {"stage": label, "step": step, "loss": round(float(np.mean(running)), 4),
+                     "seconds": round(time.perf_counter() - started, 1)}
+            history.append(entry)
+            log.info("%s", entry)
+            running = []
+    return history
+
+
+def build_atoms(catalog: Catalog, events: pd.DataFrame, cache_dir: Path):
+    embedder = embedder_for(catalog, events, cache_dir)
+    ids, vectors = item_embeddings(catalog, embedder, cache_dir)
+    category_vectors = ({c: embedder.vectors[i] for c, i in embedder.index.items()}
+                        if isinstance(embedder, CategoryEmbedder) else None)
+    return embedder, AtomTable(ids, vectors, category_vectors, catalog)
+
+
+def train_sft(train_events: pd.DataFrame, catalog: Catalog, out_dir: Path, cache_dir: Path,
+              cfg: SFTConfig | None = None, version: str | None = None,
+              progress: Callable[[str], None] | None = None) -> IntentModel:
+    cfg = cfg or SFTConfig()
+    say = progress or log.info
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    started = time.perf_counter()
+    embedder, atoms = build_atoms(catalog, train_events, cache_dir)
+    say(f"atoms: {len(atoms.row)} items x {atoms.dim} ({embedder.name})")
+    vocab, tag_vectors = build_vocabulary(catalog, train_events, tag_embedder(catalog, embedder), cfg.max_tags)
+    say(f"tags: {len(vocab)} in {len(vocab.personas)} personas")
+    eps = episodes(train_events, catalog, vocab, cfg.max_items, cfg.horizon, cfg.episodes_per_user, seed=cfg.seed)
+    if not eps:
+        raise ValueError("no training episodes: the events hold no user with enough history and tagged items")
+    say(f"episodes: {len(eps)}")
+
+    corpus = []
+    for ep in eps[: 4000]:
+        corpus.append(" ".join(m["content"] for m in messages(ep.context, "text", task_tags(), catalog)))
+    corpus += vocab.tags + vocab.personas + [answer(vocab.tags[i: i + 10]) for i in range(0, len(vocab), 10)]
+    tokenizer = train_tokenizer(corpus, cfg.lm.vocab_size)
+    meta = {"version": version or f"sft-{time.strftime('%Y%m%d-%H%M%S')}", "embedder": embedder.name,
+            "catalog_version": catalog.version, "sft": {k: v for k, v in asdict(cfg).items() if k != "lm"},
+            "episodes": len(eps)}
+    model = IntentModel.create(cfg.lm, tokenizer, atoms.dim, vocab, meta, seed=cfg.seed)
+    n_params = sum(p.numel() for p in model.lm.parameters())
+    say(f"LM: {n_params / 1e6:.2f}M parameters, tokenizer {len(tokenizer)} tokens")
+
+    model.lm.train()
+    text = examples_for(model, eps, catalog, None, "text", cfg, cfg.seed)
+    hist = _train(model, text, list(model.lm.parameters()), cfg.lm_steps, cfg.lr, cfg, "lm")
+    say(f"stage 1 (LM, full text): loss {hist[-1]['loss']} after {cfg.lm_steps} steps, {hist[-1]['seconds']} s")
+
+    for p in model.lm.parameters():
+        p.requires_grad_(False)
+    model.adaptor.train()
+    hybrid = examples_for(model, eps, catalog, atoms, "hybrid", cfg, cfg.seed)
+    hist2 = _train(model, hybrid, list(model.adaptor.parameters()), cfg.adaptor_steps, cfg.adaptor_lr, cfg, "adaptor")
+    say(f"stage 2 (adaptor, LM frozen): loss {hist2[-1]['loss']} after {cfg.adaptor_steps} steps, {hist2[-1]['seconds']} s")
+    model.lm.eval()
+    model.adaptor.eval()
+    model.meta.update({"parameters": n_params, "train_seconds": round(time.perf_counter() - started, 1),
+                       "loss": hist + hist2})
+    model.save(out_dir)
+    np.save(out_dir / "tag_vectors.npy", tag_vectors)
+    if atoms.category_vectors is not None:
+        cats = sorted(atoms.category_vectors)
+        np.save(out_dir / "category_vectors.npy", np.stack([atoms.category_vectors[c] for c in cats]))
+        (out_dir / "categories.txt").write_text("\n".join(cats))
+    save_catalog(catalog, out_dir / "catalog.parquet")
+    return model
+
+
+def save_catalog(catalog: Catalog, path: Path) -> None:
+    items = list(catalog.items.values())
+    pd.DataFrame({"item_id": [i.item_id for i in items], "category": [i.category for i in items],
+                  "brand": [i.brand for i in items], "title": [i.title for i in items]}).to_parquet(path)
+
+
+def train_model(dataset, out_dir: Path, cache_dir: Path, cfg: SFTConfig | None = None,
+                progress: Callable[[str], None] | None = None) -> IntentModel:
+    """Train on a whole `stream.datasets.Dataset` and write the model directory atomically (a
+    worker loading `out_dir` meanwhile never sees half a model)."""
+    import shutil
+
+    catalog = Catalog.from_frames(dataset.items, dataset.events)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = train_sft(dataset.events, catalog, tmp, cache_dir, cfg,
+                      version=f"sft-{dataset.name}-{time.strftime('%Y%m%d-%H%M%S')}", progress=progress)
+    old = out_dir.with_name(out_dir.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out_dir.exists():
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return model
