@@ -73,6 +73,55 @@ def _ingest_plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _intent_section(result: dict) -> list[str]:
+    name = result["dataset"]
+    intent = result["methods"]["intent"]
+    st = intent["stats"]
+    c = result["counts"]
+    lines = [f"## Intent route: {name}", "",
+             f"Command: `{result['command']}` (commit `{result['commit']}`, {result['seconds']:.0f} s). Split "
+             f"{result['protocol']['split']}, {c['users_evaluated']} users ({c['users_with_new_targets']} with new "
+             f"targets). Model `{st['model']}`: {st['parameters'] / 1e6:.2f}M-parameter Llama, {st['tags']} tags in "
+             f"{st['personas']} personas, K/M/N = {'/'.join(map(str, st['k_m_n']))}, trained on the train events "
+             f"only. `intent` is the merged list the worker serves (recent unbought items, behavioural route and "
+             f"intent route by weighted reciprocal-rank fusion, intent weight "
+             f"{result['intent_settings']['weight_intent']}).", "",
+             "| method | R@20 all / new | NDCG@20 all / new |", "|---|---|---|"]
+    for method, r in result["methods"].items():
+        lines.append(f"| {method} | {r['all']['recall@20']:.3f} / {r['new']['recall@20']:.3f} | "
+                     f"{r['all']['ndcg@20']:.3f} / {r['new']['ndcg@20']:.3f} |")
+    h, t, mr = st["hybrid"], st["text"], st["multi_route"]
+    lines += ["", "| figure | hybrid context (atoms) | full-text context |", "|---|---|---|",
+              f"| category HR@30 of the arbiter's tags | {h['category_hr@30']:.3f} | {t['category_hr@30']:.3f} |",
+              f"| context tokens per refresh | {h['context_tokens_per_refresh']:.1f} | {t['context_tokens_per_refresh']:.1f} |",
+              f"| all LM tokens per refresh (context, planner, experts, arbiter) | {h['tokens_per_refresh']:.0f} | {t['tokens_per_refresh']:.0f} |",
+              f"| reasoning seconds per user (batches of 32, 1 thread) | {h['seconds_per_user']:.3f} | {t['seconds_per_user']:.3f} |",
+              f"| users per second | {h['users_per_s']:.1f} | {t['users_per_s']:.1f} |", "",
+              f"Context tokens: text / hybrid = {st['context_token_ratio_text_over_hybrid']:.2f}x "
+              f"(all tokens: {st['token_ratio_text_over_hybrid']:.2f}x); category HR@30 relative change hybrid vs text: "
+              f"{100 * st['category_hr@30_relative_change_hybrid_vs_text']:+.1f}%.", "",
+              f"Duplication: the hierarchy's experts proposed {100 * h['expert_duplication']:.1f}% duplicates "
+              f"(each expert decodes within its persona's tags); the multi-route baseline ({st['k_m_n'][0]} independent "
+              f"routes re-reading the context, sampling {st['k_m_n'][1]} tags each) {100 * mr['duplication']:.1f}%, "
+              f"{mr['tokens_per_refresh']:.0f} tokens per refresh, category HR@30 of its union {mr['category_hr@30']:.3f}.", "",
+              f"Exclusive recall (hits in the merged top 20 found by the intent route's own top 20 and by neither the "
+              f"recent nor the behavioural route's top 20): "
+              f"{100 * st.get('exclusive_recall', 0):.2f}% ({st.get('exclusive_counts', {}).get('intent_only', 0)} of "
+              f"{st.get('exclusive_counts', {}).get('hits', 0)}); the intent route alone: R@20 all "
+              f"{st.get('intent_route_alone_recall@20_all', 0):.3f}.", ""]
+    ex = st["explanations"]
+    if ex.get("diversity_1_minus_rouge_l") is not None:
+        lines += [f"Explanations: diversity (1 − mean pairwise ROUGE-L among explanations of the same item, "
+                  f"{ex['items_with_2_or_more']} items) {ex['diversity_1_minus_rouge_l']:.3f}; faithfulness check "
+                  f"passed {100 * ex['faithful_share']:.1f}% ({ex['rejected']} rejected, never served).", ""]
+    if result.get("faiss"):
+        f = result["faiss"]
+        lines += [f"faiss HNSW over the catalog's {f['vectors']:,} MiniLM item atoms ({f['dim']} dims): recall@10 "
+                  f"vs exact {f['recall_at_k']:.3f} ({f['queries']} queries, ties counted), {f['ms_per_query']:.2f} ms "
+                  f"per query; the ONNX embedder encodes {f['embedder_strings_per_s']:.0f} strings/s in batches.", ""]
+    return lines
+
+
 def render() -> Path:
     ingest = _load("ingest.json")
     evals = [r for r in (_load("eval-taobao.json"), _load("eval-rees46.json")) if r]
@@ -108,6 +157,10 @@ def render() -> Path:
         lines += _eval_table(result)
         _eval_plot(result, HERE / f"eval-{name}.png")
         lines += ["", f"![{name}](eval-{name}.png)", ""]
+    for name in ("taobao", "rees46"):
+        result = _load(f"intent-{name}.json")
+        if result:
+            lines += _intent_section(result)
     out = HERE / "REPORT.md"
     out.write_text("\n".join(lines) + "\n")
     return out

@@ -8,7 +8,9 @@ behavioural route and the intent route merged by reciprocal-rank fusion, the wor
 
 `stats` reports what issue 4 asks for: category HR@30 of the arbiter's tags (hybrid vs text),
 tokens per refresh, latency, duplication (hierarchy vs multi-route), exclusive recall of the
-intent route, explanation diversity and the faithfulness pass rate.
+intent route (hits in the merged top 20 that the intent route's own top 20 holds and neither the
+recent nor the behavioural route's top 20 does), explanation diversity and the faithfulness pass
+rate.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from reasoning.context import build_context
 from reasoning.engine import IntentEngine
 from reasoning.explanations import diversity
 from reasoning.pipeline import IntentInput, reason
-from reasoning.retrieval import merge
+from reasoning.retrieval import merge, recent_route
 from reasoning.schemas import rec_item
 from reasoning.tags import categories_of_tags
 from stream.datasets import Dataset
@@ -38,13 +40,6 @@ from training.sft import SFTConfig, train_sft
 
 HR_AT = 30
 K_EVAL = 20
-
-
-def recent_route(recent: Sequence[Sequence], bought: set[str], n: int) -> list[dict]:
-    """The user's recent items they did not buy, newest first (shoppers come back to them)."""
-    items = [str(e[0]) for e in recent if str(e[0]) not in bought]
-    return [rec_item(i, 1.0 / (1 + r), "recent", "You looked at this recently")
-            for r, i in enumerate(dict.fromkeys(items))][:n]
 
 
 class IntentMethod:
@@ -186,10 +181,12 @@ class IntentMethod:
         ranked = [e["item_id"] for e in merged]
         top = [i for i in ranked if i not in case.bought][:K_EVAL]
         hits = [i for i in top if i in case.targets]
-        others = {e["item_id"] for e in recent} | {e["item_id"] for e in behavioural}
+        # A route "finds" an item when it is in the route's own top K (what it would show alone).
+        others = {e["item_id"] for e in recent[:K_EVAL]} | {e["item_id"] for e in behavioural[:K_EVAL]}
         ex = self._exclusive
         ex["hits"] += len(hits)
-        ex["intent_only"] += sum(1 for i in hits if i not in others)
+        found_by_intent = {e["item_id"] for e in intent[:K_EVAL]}
+        ex["intent_only"] += sum(1 for i in hits if i not in others and i in found_by_intent)
         ex["intent_route_hits"] += sum(1 for e in intent[:K_EVAL] if e["item_id"] in case.targets)
         ex["intent_route_recall_sum"] = ex.get("intent_route_recall_sum", 0.0) + (
             sum(1 for e in intent[:K_EVAL] if e["item_id"] in case.targets) / min(len(case.targets), K_EVAL))

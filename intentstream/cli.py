@@ -303,5 +303,22 @@ def bench_ingest(
     print(text)
 
 
+@bench_app.command("intent")
+def bench_intent(
+    dataset: str = typer.Option("taobao", help="Dataset folder or name (rees46, taobao)"),
+    sasrec: bool = typer.Option(True, help="Also run SASRec (minutes) for the comparison in the same run"),
+    out: Optional[Path] = typer.Option(None, help="Also write the JSON here"),
+) -> None:
+    """The intent route under the evaluation protocol, against its baselines, plus faiss recall."""
+    from benchmarks.intent import run_intent_benchmark
+
+    result = run_intent_benchmark(Settings(), dataset, sasrec, progress=lambda m: console.print(m))
+    text = orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode()
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    print(text)
+
+
 if __name__ == "__main__":
     app()

@@ -181,6 +181,10 @@ class IntentSettings(BaseModel):
     weight_intent: float = Field(default=0.3, ge=0)
     """Merge weight of the intent route. 0.3: the intent route complements the behavioural one
     (at 1.0 its category-level picks displace stronger co-visited items; see benchmarks/REPORT.md)."""
+    llm_explanations: int = Field(default=0, ge=0)
+    """With the openai backend: how many of a user's intent items get an explanation written by
+    the LLM from reasoning/prompts/explanation.md (served only if it passes the faithfulness
+    check; the grounded realisation serves otherwise)."""
     batch_size: int = Field(default=32, ge=1)
     """Users reasoned about in one batch."""
     queue_max: int = Field(default=2000, ge=1)

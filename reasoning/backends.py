@@ -5,7 +5,7 @@ in order, for personas (`plan`), tags per persona (`experts`) and relevance scor
 tags (`score`). `tokens` counts what the LM read and wrote for the batch.
 
 - `local`: the project's checkpoint in-process (transformers). The context is prefilled once per
-  user and branched (KV cache) into the planner, every expert and the arbiter; items enter as
+  user and branched (KV cache) into the planner, every expert and the arbiter (which reads each user's candidates as one list); items enter as
   atoms in the `hybrid` mode; decoding is constrained to the vocabulary by a prefix trie.
 - `openai`: an OpenAI-compatible server (`vllm serve`, `transformers serve`) hosting the same
   checkpoint. Text prompts from reasoning/prompts/*.md through the chat template; requests of
@@ -141,19 +141,12 @@ class LocalSession:
     def score(self, candidates: list[list[str]]) -> list[list[float]]:
         b = self.backend
         vocab = b.model.vocab
-        owners, phrases = [], []
-        for user, tags in enumerate(candidates):
-            for tag in tags:
-                owners.append(user)
-                phrases.append(b.tag_tokens[vocab.index[tag]])
-        out: list[list[float]] = [[] for _ in candidates]
-        if not owners:
-            return out
-        scores, used = b.decoder.score_phrases(self.prefix, owners, b.suffix(task_tags(), self.mode), phrases)
+        lists = [[b.tag_tokens[vocab.index[t]] for t in tags] for tags in candidates]
+        if not any(lists):
+            return [[] for _ in candidates]
+        scores, used = b.decoder.score_lists(self.prefix, b.suffix(task_tags(), self.mode), lists)
         self.tokens += used
-        for user, s in zip(owners, scores):
-            out[user].append(s)
-        return out
+        return scores
 
 
 # -- OpenAI-compatible server -------------------------------------------------------------------------
@@ -222,6 +215,27 @@ class OpenAIBackend:
         kept = [p for p in phrases if p in allowed_set][:limit]
         self.rejected += len(phrases) - len([p for p in phrases if p in allowed_set])
         return kept, int(usage.get("total_tokens", 0))
+
+    def write_explanation(self, style: str, facts) -> str | None:
+        """One explanation from reasoning/prompts/explanation.md (the caller checks it)."""
+        from reasoning import prompts
+        from reasoning.explanations import describe
+
+        named = [f"item: {describe(facts.item)}"]
+        if facts.tag:
+            named.append(f"tag: {facts.tag}")
+        if facts.related is not None:
+            named.append(f"in the user's history: {describe(facts.related)}")
+        named.append(f"situation: {facts.situation}")
+        text = prompts.load("explanation").format(style=style, facts="; ".join(named))
+        body = {"model": self.model_name, "max_tokens": 48, "temperature": 0.0,
+                "messages": [{"role": "user", "content": text}]}
+        try:
+            response = self.client.post(f"{self.base_url}/v1/chat/completions", json=body)
+            response.raise_for_status()
+            return (response.json()["choices"][0]["message"]["content"] or "").strip() or None
+        except (httpx.HTTPError, KeyError, ValueError):
+            return None  # the grounded realisation serves
 
     def _embeds(self, ctx: UserContext, msgs: list[dict]) -> str:
         ctx_ids, suffix = self.model.encode_chat(msgs)

@@ -174,26 +174,29 @@ class Decoder:
         return [list(zip(c.emitted, c.scores)) for c in cursors], tokens
 
     @torch.no_grad()
-    def score_phrases(self, prefix: Prefix, owners: Sequence[int], task: list[int],
-                      phrases: Sequence[list[int]]) -> tuple[list[float], int]:
-        """Mean token log-prob of each phrase (then `;`) after its owner's context and `task`.
-        The task is read once per owner; the candidates branch from it."""
-        users = sorted(set(owners))
-        logits, state = self.branch(prefix, users, [task] * len(users))
-        first = torch.log_softmax(logits[:, -1].float(), dim=-1)
-        row = {u: k for k, u in enumerate(users)}
-        task_prefix = Prefix(state["cache"], state["mask"], state["position"], 0)
-        targets = [p + [self.model.sep_id] for p in phrases]
-        # The last target token is never an input: branch on all but it.
-        logits2, state2 = self.branch(task_prefix, [row[o] for o in owners], [t[:-1] for t in targets])
-        logp = torch.log_softmax(logits2.float(), dim=-1)
-        length = logits2.shape[1]
+    def score_lists(self, prefix: Prefix, task: list[int], lists: Sequence[Sequence[list[int]]]) -> tuple[list[list[float]], int]:
+        """Read each owner's candidate phrases as one list after its context and `task`
+        (`phrase; phrase; ...`) in a single pass, and return each phrase's mean token log-prob
+        in that list: the union is judged jointly against the context, in one sequence per user."""
+        suffixes, spans = [], []
+        for phrases in lists:
+            seq, marks = list(task), []
+            for p in phrases:
+                start = len(seq)
+                seq += p + [self.model.sep_id]
+                marks.append((start, len(seq)))
+            suffixes.append(seq)
+            spans.append(marks)
+        logits, state = self.branch(prefix, range(len(lists)), suffixes)
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        length = logits.shape[1]
         out = []
-        for j, (owner, target) in enumerate(zip(owners, targets)):
-            total = float(first[row[owner], target[0]])
-            rest = target[1:]
-            if rest:
-                rows = logp[j, length - len(rest): length]
-                total += float(rows[torch.arange(len(rest)), torch.tensor(rest)].sum())
-            out.append(total / len(target))
-        return out, state["tokens"] + state2["tokens"]
+        for j, (seq, marks) in enumerate(zip(suffixes, spans)):
+            offset = length - len(seq)  # left padding inside the branch
+            scores = []
+            for start, end in marks:
+                targets = torch.tensor(seq[start:end])
+                rows = logp[j, offset + start - 1: offset + end - 1]
+                scores.append(float(rows[torch.arange(len(targets)), targets].mean()))
+            out.append(scores)
+        return out, state["tokens"]

@@ -126,6 +126,9 @@ class Explainer:
             for text in texts:
                 template_words |= words(re.sub(r"\{[a-z]+\}", " ", text))
         self.entity_words = vocabulary - template_words - {"item", "from", "category", "shopper"}
+        self.llm_attempts = 0
+        self.llm_rejected = 0
+        """LLM-written explanations that failed the check (the grounded text served instead)."""
 
     def check(self, text: str, facts: Facts) -> tuple[bool, str | None]:
         """Faithful when every catalog or time word it uses is grounded in the facts."""
@@ -146,9 +149,11 @@ class Explainer:
         is used only when it passes the check, otherwise the grounded realisation is."""
         style = choose_style(facts, salt)
         if writer is not None:
+            self.llm_attempts += 1
             text = writer(style, facts)
             if text and self.check(text, facts)[0]:
                 return style, text, True
+            self.llm_rejected += 1
         text = realise(style, facts, salt)
         return style, text, self.check(text, facts)[0]
 

@@ -54,6 +54,7 @@ class BatchStats:
     candidates: int = 0
     duplicates: int = 0
     """Expert proposals that another expert of the same user also proposed."""
+    explanations_rejected: int = 0
 
 
 def arbiter_select(candidates: Sequence[str], relevance: Sequence[float], vectors: np.ndarray,
@@ -84,9 +85,12 @@ def arbiter_select(candidates: Sequence[str], relevance: Sequence[float], vector
 
 
 def reason(engine, users: Sequence[IntentInput], popularity: Mapping[str, float], k: int,
-           mode: str | None = None, writer=None) -> tuple[list[IntentResult], BatchStats]:
+           mode: str | None = None) -> tuple[list[IntentResult], BatchStats]:
     cfg = engine.config
     mode = mode or cfg.mode
+    # With an LLM backend the first `llm_explanations` intent items of a user get an explanation
+    # written from the prompt; it is served only if it passes the faithfulness check.
+    writer = getattr(engine.backend, "write_explanation", None)
     stats = BatchStats(users=len(users))
     clock = time.perf_counter()
 
@@ -108,7 +112,10 @@ def reason(engine, users: Sequence[IntentInput], popularity: Mapping[str, float]
         flat = [t for tags in lists for t in tags]
         stats.candidates += len(flat)
         stats.duplicates += len(flat) - len(set(flat))
-        candidates.append(list(dict.fromkeys(flat)))
+        # Interleaved by rank (every expert's best first), the order the arbiter reads them in.
+        depth = max((len(tags) for tags in lists), default=0)
+        ordered = [tags[r] for r in range(depth) for tags in lists if r < len(tags)]
+        candidates.append(list(dict.fromkeys(ordered)))
     relevance = session.score(candidates)
     vocab = engine.model.vocab
     final = [arbiter_select(c, r, engine.tag_vectors[[vocab.index[t] for t in c]] if c else engine.tag_vectors[:0],
@@ -124,10 +131,11 @@ def reason(engine, users: Sequence[IntentInput], popularity: Mapping[str, float]
         persona_of_tag = {t: name for name, ts in zip(names, lists) for t in ts}
         history = [engine.catalog.get(str(e[0])) for e in user.recent[: cfg.max_items]]
         entries, rejected = [], 0
-        for item_id, score, tag in items:
+        for rank, (item_id, score, tag) in enumerate(items):
             facts = Facts(engine.catalog.get(item_id), tag, persona_of_tag.get(tag),
                           related_item(engine.catalog.get(item_id), history), ctx.situation)
-            _, text, ok = engine.explainer.explain(facts, f"{user.user_id}/{item_id}", writer)
+            _, text, ok = engine.explainer.explain(facts, f"{user.user_id}/{item_id}",
+                                                   writer if rank < cfg.llm_explanations else None)
             if not ok:
                 rejected += 1
                 continue  # never serve an explanation that cites what is not there
@@ -135,6 +143,7 @@ def reason(engine, users: Sequence[IntentInput], popularity: Mapping[str, float]
         results.append(IntentResult(user.user_id, ctx, [{"persona": n, "tags": ts} for n, ts in zip(names, lists)],
                                     [t for t, _ in tags], entries, rejected))
     lap("explanations")
+    stats.explanations_rejected = sum(r.explanations_rejected for r in results)
     stats.tokens = session.tokens
     stats.context_tokens = getattr(session, "context_tokens", 0)
     return results, stats

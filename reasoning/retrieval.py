@@ -16,6 +16,7 @@ import numpy as np
 
 from features.catalog import Catalog
 from reasoning.index import ItemIndex
+from reasoning.schemas import rec_item
 from reasoning.tags import TagVocabulary
 
 
@@ -72,6 +73,17 @@ class TagRetriever:
                     break
             out.append(ranked[:k])
         return out
+
+
+def recent_route(recent: Sequence[Sequence], bought: set[str], n: int) -> list[dict]:
+    """The user's recent items they did not buy, newest first (shoppers come back to them).
+
+    >>> [e["item_id"] for e in recent_route([["a", "view"], ["b", "purchase"], ["a", "cart"], ["c", "view"]], {"b"}, 5)]
+    ['a', 'c']
+    """
+    items = [str(e[0]) for e in recent if str(e[0]) not in bought]
+    return [rec_item(i, 1.0 / (1 + r), "recent", "You looked at this recently")
+            for r, i in enumerate(dict.fromkeys(items))][:n]
 
 
 def merge(routes: Sequence[tuple[float, list[dict]]], exclude: set[str], k: int, rrf_k: float = 20.0) -> list[dict]:

