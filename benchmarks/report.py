@@ -84,12 +84,20 @@ def _intent_section(result: dict) -> list[str]:
              f"targets). Model `{st['model']}`: {st['parameters'] / 1e6:.2f}M-parameter Llama, {st['tags']} tags in "
              f"{st['personas']} personas, K/M/N = {'/'.join(map(str, st['k_m_n']))}, trained on the train events "
              f"only. `intent` is the merged list the worker serves (recent unbought items, behavioural route and "
-             f"intent route by weighted reciprocal-rank fusion, intent weight "
-             f"{result['intent_settings']['weight_intent']}).", "",
+             f"intent route by weighted reciprocal-rank fusion, weights recent / behavioural / intent = "
+             f"{st['merge_weights']['recent']} / {st['merge_weights']['behavioural']} / {st['merge_weights']['intent']}; "
+             f"the first two fitted on a held-out tail of the train events, see training/merge_weights.py).", "",
              "| method | R@20 all / new | NDCG@20 all / new |", "|---|---|---|"]
     for method, r in result["methods"].items():
         lines.append(f"| {method} | {r['all']['recall@20']:.3f} / {r['new']['recall@20']:.3f} | "
                      f"{r['all']['ndcg@20']:.3f} / {r['new']['ndcg@20']:.3f} |")
+    if "sasrec" not in result["methods"]:
+        earlier = _load(f"eval-{name}.json")
+        if earlier and "sasrec" in earlier["methods"]:
+            r = earlier["methods"]["sasrec"]
+            lines.append(f"| sasrec (from `{earlier.get('command', 'intentstream eval')}`, same split) | "
+                         f"{r['all']['recall@20']:.3f} / {r['new']['recall@20']:.3f} | "
+                         f"{r['all']['ndcg@20']:.3f} / {r['new']['ndcg@20']:.3f} |")
     h, t, mr = st["hybrid"], st["text"], st["multi_route"]
     lines += ["", "| figure | hybrid context (atoms) | full-text context |", "|---|---|---|",
               f"| category HR@30 of the arbiter's tags | {h['category_hr@30']:.3f} | {t['category_hr@30']:.3f} |",

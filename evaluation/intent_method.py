@@ -73,6 +73,7 @@ class IntentMethod:
                       version=f"eval-{model_dir.name}", progress=self.progress)
             trained = time.perf_counter() - started
         self.engine = engine = IntentEngine(model_dir, cfg, self.settings.cache_dir)
+        self.weights = cfg.merge_weights(engine.model.meta)
         self.behavioural = ItemKNN()
         self.behavioural.fit(split, catalog_ids)
         popularity = self.behavioural.reasoner.model.popularity.scores
@@ -131,6 +132,8 @@ class IntentMethod:
         hybrid, text = per_mode["hybrid"], per_mode["text"]
         self.stats = {
             "model": engine.version, "model_dir": str(model_dir), "train_seconds": round(trained, 1),
+            "merge_weights": dict(zip(("recent", "behavioural", "intent"), self.weights)),
+            "merge_validation": engine.model.meta.get("merge", {}).get("validation"),
             "parameters": engine.model.meta.get("parameters"), "tags": len(engine.model.vocab),
             "personas": len(engine.model.vocab.personas), "k_m_n": [cfg.personas, cfg.tags_per_persona, cfg.final_tags],
             "hybrid": hybrid, "text": text,
@@ -174,10 +177,9 @@ class IntentMethod:
         return recent, behavioural, intent
 
     def rank(self, case: UserCase, n: int) -> list[str]:
-        cfg = self.settings.intent
+        w_recent, w_behavioural, w_intent = self.weights
         recent, behavioural, intent = self.lists(case, n)
-        merged = merge([(cfg.weight_recent, recent), (cfg.weight_behavioural, behavioural), (cfg.weight_intent, intent)],
-                       set(case.bought), n)
+        merged = merge([(w_recent, recent), (w_behavioural, behavioural), (w_intent, intent)], set(case.bought), n)
         ranked = [e["item_id"] for e in merged]
         top = [i for i in ranked if i not in case.bought][:K_EVAL]
         hits = [i for i in top if i in case.targets]

@@ -174,10 +174,12 @@ class IntentSettings(BaseModel):
     """Weight of the arbiter's redundancy penalty (max cosine to a kept tag)."""
     items_per_tag: int = Field(default=8, ge=1)
     """Items retrieved per tag by category match (plus half as many by faiss for text catalogs)."""
-    weight_recent: float = Field(default=1.0, ge=0)
-    """Merge weight of the user's recent unbought items (reciprocal-rank fusion)."""
-    weight_behavioural: float = Field(default=1.0, ge=0)
-    """Merge weight of the behavioural route (co-visitation, popularity)."""
+    weight_recent: float | None = Field(default=None, ge=0)
+    """Merge weight of the user's recent unbought items (reciprocal-rank fusion); unset: the
+    weight fitted with the model on held-out train events (training/merge_weights.py)."""
+    weight_behavioural: float | None = Field(default=None, ge=0)
+    """Merge weight of the behavioural route (co-visitation, popularity); unset: fitted with the
+    model, like weight_recent."""
     weight_intent: float = Field(default=0.3, ge=0)
     """Merge weight of the intent route. 0.3: the intent route complements the behavioural one
     (at 1.0 its category-level picks displace stronger co-visited items; see benchmarks/REPORT.md)."""
@@ -190,10 +192,23 @@ class IntentSettings(BaseModel):
     queue_max: int = Field(default=2000, ge=1)
     """Users waiting for the intent route; beyond it a refresh keeps the behavioural list
     (fallback_reason intent_queue_full)."""
+    min_interval_s: float = Field(default=10.0, ge=0)
+    """A user whose intent route ran less than this many seconds ago is not queued again; their
+    refresh merges the last intent result into the fresh behavioural list."""
+    remember_users: int = Field(default=100_000, ge=1)
+    """Users whose last intent result the worker keeps in memory for those merges (LRU)."""
     max_wait_s: float = Field(default=30.0, gt=0)
     """A queued user older than this is skipped (fallback_reason intent_timeout)."""
     threads: int = Field(default=1, ge=0)
     """torch threads of the in-process model (0: torch's default); the worker keeps a core."""
+
+    def merge_weights(self, model_meta: dict) -> tuple[float, float, float]:
+        """(recent, behavioural, intent) weights: settings win, then the model's fitted ones."""
+        fitted = model_meta.get("merge", {})
+        recent = self.weight_recent if self.weight_recent is not None else fitted.get("weight_recent", 1.0)
+        behavioural = (self.weight_behavioural if self.weight_behavioural is not None
+                       else fitted.get("weight_behavioural", 1.0))
+        return float(recent), float(behavioural), self.weight_intent
 
     def resolved_model_dir(self, cache_dir: Path) -> Path:
         return (self.model_dir or cache_dir / "models" / "intent").expanduser()
@@ -284,7 +299,10 @@ def env_example() -> str:
                 if isinstance(value, Path):
                     value = "./" + str(value.relative_to(REPO_ROOT)) if value.is_relative_to(REPO_ROOT) else value
                 lines += comment(sub_field.description)
-                lines.append(f"INTENTSTREAM_{name.upper()}__{sub.upper()}={value}")
+                if value is None:  # unset by default: shown commented out
+                    lines.append(f"# INTENTSTREAM_{name.upper()}__{sub.upper()}=")
+                else:
+                    lines.append(f"INTENTSTREAM_{name.upper()}__{sub.upper()}={value}")
         else:
             lines += comment(field.description)
             lines.append(f"INTENTSTREAM_{name.upper()}={_DISPLAY_DEFAULTS.get(name, default)}")

@@ -8,7 +8,9 @@ explanations for up to `intent.batch_size` queued users, merges the intent items
 and behavioural routes, writes recs:{user_id} (fallback_reason null, model_version
 `<behavioural>+<intent model>`) and pushes the compressed context it read to Feast
 (`intent_context`). A user queued again before the child took it is coalesced (newest state
-wins).
+wins). The parent remembers each user's last intent result and merges it into their later
+behavioural refreshes, so a refresh never drops the intent items; a user whose intent route ran
+less than `intent.min_interval_s` ago is not queued again.
 
 When the queue holds `intent.queue_max` users, a refresh keeps its behavioural list with
 fallback_reason `intent_queue_full`; a user waiting longer than `intent.max_wait_s` gets
@@ -28,6 +30,7 @@ import multiprocessing
 import os
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -91,11 +94,12 @@ def _reason_in_child(jobs: list[dict]) -> dict:
     keys = _child["keys"]
     contexts = []
     written_ms = int(time.time() * 1000)
+    w_recent, w_behavioural, w_intent = cfg.merge_weights(engine.model.meta)
     for job, result in zip(jobs, results):
         payload = job["payload"]
         bought = set(job["bought"])
-        merged = merge([(cfg.weight_recent, recent_route(job["recent"], bought, settings.recs.top_k)),
-                        (cfg.weight_behavioural, payload["items"]), (cfg.weight_intent, result.items)],
+        merged = merge([(w_recent, recent_route(job["recent"], bought, settings.recs.top_k)),
+                        (w_behavioural, payload["items"]), (w_intent, result.items)],
                        bought, settings.recs.top_k)
         out = {**payload, "items": merged, "intents": result.intents, "fallback_reason": None,
                "model_version": f"{payload['model_version']}+{engine.version}",
@@ -115,6 +119,7 @@ def _reason_in_child(jobs: list[dict]) -> dict:
     pipe.execute()
     _child["feast"].push_contexts(contexts)
     return {"users": len(jobs), "seconds": time.perf_counter() - started, "tokens": stats.tokens,
+            "results": {r.user_id: (r.items, r.intents, engine.version) for r in results},
             "context_tokens": stats.context_tokens, "written_ms": written_ms,
             "latency_ms": [written_ms - j["queued_ms"] for j in jobs],
             "freshness_ms": [written_ms - j["last_produced_ms"] for j in jobs if j["last_produced_ms"]]}
@@ -136,8 +141,8 @@ def _popularity() -> dict[str, float]:
     return _child["popularity"]
 
 
-def _warm() -> str:
-    return _child["engine"].version
+def _warm() -> tuple[str, dict]:
+    return _child["engine"].version, _child["engine"].model.meta
 
 
 @dataclass
@@ -157,19 +162,34 @@ class IntentRoute:
             initializer=_init_child, initargs=(settings.model_dump_json(), os.getpid()),
         )
         self._queue: dict[str, _Job] = {}
+        self.last: OrderedDict[str, tuple] = OrderedDict()
+        """user_id -> (intent items, intents, model version, wall ms) of the user's last intent
+        run: merged into their behavioural refreshes until the next run (LRU, remember_users)."""
         self._inflight: tuple[Future, list[_Job]] | None = None
         self.version = ""
+        self.weights = self.cfg.merge_weights({})
 
     def warm_up(self) -> str:
         """Load the model in the child now; raises what loading raises (e.g. ModelNotFound)."""
-        self.version = self._pool.submit(_warm).result()
+        self.version, meta = self._pool.submit(_warm).result()
+        self.weights = self.cfg.merge_weights(meta)
         return self.version
 
-    def submit(self, views: list[UserView], payloads: list[RecsPayload], last_produced_ms: list[int]) -> list[str]:
-        """Queue users; returns the fallback_reason their behavioural list is written with."""
+    def submit(self, views: list[UserView], payloads: list[RecsPayload], last_produced_ms: list[int]) -> list[str | None]:
+        """Queue users for the intent route and merge each payload with the user's last intent
+        result, if any (in place). Returns the fallback_reason each payload is written with:
+        `intent_pending` (queued), `intent_queue_full`, or None when the last intent result is
+        younger than `intent.min_interval_s` (the user is not queued again)."""
         now = int(time.time() * 1000)
-        reasons = []
+        reasons: list[str | None] = []
         for view, payload, produced in zip(views, payloads, last_produced_ms):
+            behavioural = {**payload, "items": list(payload["items"]), "fallback_reason": None}
+            last = self.last.get(view.user_id)
+            if last is not None:
+                self._merge(payload, view, last)
+                if now - last[3] < self.cfg.min_interval_s * 1000:
+                    reasons.append(None)
+                    continue
             if view.user_id not in self._queue and len(self._queue) >= self.cfg.queue_max:
                 reasons.append("intent_queue_full")
                 continue
@@ -177,10 +197,30 @@ class IntentRoute:
             job = {"user_id": view.user_id, "recent": [list(e) for e in view.recent[: self.cfg.max_items]],
                    "bought": sorted(view.bought), "state_version": view.state_version,
                    "queued_ms": previous.job["queued_ms"] if previous else now, "last_produced_ms": produced,
-                   "payload": {**payload, "fallback_reason": None}}
+                   "payload": behavioural}
             self._queue[view.user_id] = _Job(job, payload)
             reasons.append("intent_pending")
         return reasons
+
+    def _merge(self, payload: RecsPayload, view: UserView, last: tuple) -> None:
+        from reasoning.retrieval import merge, recent_route
+
+        items, intents, version, _ = last
+        bought = set(view.bought)
+        k = self.settings.recs.top_k
+        w_recent, w_behavioural, w_intent = self.weights
+        payload["items"] = merge([(w_recent, recent_route(view.recent, bought, k)),
+                                  (w_behavioural, payload["items"]), (w_intent, items)], bought, k)
+        payload["intents"] = intents
+        payload["model_version"] = f"{payload['model_version']}+{version}"
+
+    def _remember(self, results: dict) -> None:
+        now = int(time.time() * 1000)
+        for user_id, (items, intents, version) in results.items():
+            self.last[user_id] = (items, intents, version, now)
+            self.last.move_to_end(user_id)
+        while len(self.last) > self.cfg.remember_users:
+            self.last.popitem(last=False)
 
     def cycle(self) -> tuple[dict | None, list[RecsPayload], dict[str, int]]:
         """Collect a finished batch, start the next. Returns (stats of the finished batch or None,
@@ -193,6 +233,7 @@ class IntentRoute:
             self._inflight = None
             try:
                 stats = future.result()
+                self._remember(stats.pop("results"))
             except Exception as exc:  # the route fails, the stream goes on (behavioural serves)
                 log.exception("intent batch of %d users failed", len(jobs))
                 counters["intent_errors"] = 1

@@ -267,6 +267,7 @@ class BatchProcessor:
                 result["fallback_reason"] = reason
             self.metrics.add("intent_queued", sum(r == "intent_pending" for r in reasons))
             self.metrics.add("intent_queue_full", sum(r == "intent_queue_full" for r in reasons))
+            self.metrics.add("intent_recent_reused", sum(r is None for r in reasons))
         self.sink.write(results, pipe)
         written = now_ms()
         for state in states:

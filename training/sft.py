@@ -8,7 +8,9 @@
    full-text context; loss on the answer tokens only.
 5. Stage 2: the adaptor learns to put item atoms where the text was, the LM frozen (hybrid
    context), on the same episodes.
-6. Saved as a Hugging Face model directory (reasoning/intent_model.py).
+6. The merge weights of the recent and behavioural routes, fitted on a held-out tail of the
+   train events (training/merge_weights.py).
+7. Saved as a Hugging Face model directory (reasoning/intent_model.py).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from reasoning.context import answer, messages, task_expert, task_plan, task_tag
 from reasoning.intent_model import AtomTable, IntentModel, LMConfig, train_tokenizer
 from reasoning.tags import TagVocabulary, build_vocabulary
 from training.data import Episode, episodes
+from training.merge_weights import fit_merge_weights
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +190,7 @@ def train_sft(train_events: pd.DataFrame, catalog: Catalog, out_dir: Path, cache
     model.lm.eval()
     model.adaptor.eval()
     model.meta.update({"parameters": n_params, "train_seconds": round(time.perf_counter() - started, 1),
-                       "loss": hist + hist2})
+                       "loss": hist + hist2, "merge": fit_merge_weights(train_events)})
     model.save(out_dir)
     np.save(out_dir / "tag_vectors.npy", tag_vectors)
     if atoms.category_vectors is not None:

@@ -175,3 +175,19 @@ def test_onnx_minilm_matches_the_packaged_model_and_hnsw_finds_exact_neighbours(
     _, vectors = item_embeddings(catalog, embedder, base_settings.cache_dir)
     assert vectors.shape == (len(catalog), 384)
     assert recall_vs_exact(vectors, k=10, queries=500)["recall_at_k"] >= 0.95
+
+
+def test_merge_weights_favour_the_route_that_predicts_the_held_out_tail() -> None:
+    from training.merge_weights import fit_merge_weights
+
+    rows = []
+    for u in range(60):  # shoppers who come back to what they viewed, in a shop with shared trails
+        own = [f"i{u}-{j}" for j in range(4)]
+        for j, item in enumerate(own + ["hub"]):
+            rows.append((f"u{u}", item, "view", 1_000 + u * 10 + j))
+        rows.append((f"u{u}", own[0], "view", 10_000 + u))  # the held-out tail: a revisit
+    events = pd.DataFrame(rows, columns=["user_id", "item_id", "type", "ts"]).sort_values("ts")
+    events["category"] = None
+    fitted = fit_merge_weights(events)
+    assert fitted["validation"]["users"] == 60
+    assert fitted["weight_recent"] > fitted["weight_behavioural"]
