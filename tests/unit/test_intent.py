@@ -177,17 +177,20 @@ def test_onnx_minilm_matches_the_packaged_model_and_hnsw_finds_exact_neighbours(
     assert recall_vs_exact(vectors, k=10, queries=500)["recall_at_k"] >= 0.95
 
 
-def test_merge_weights_favour_the_route_that_predicts_the_held_out_tail() -> None:
+def test_merge_weights_keep_the_route_that_predicts_the_held_out_tail_on_top() -> None:
     from training.merge_weights import fit_merge_weights
 
     rows = []
-    for u in range(60):  # shoppers who come back to what they viewed, in a shop with shared trails
+    hubs = [f"hub{h}" for h in range(40)]  # what everyone browses: the behavioural route's favourites
+    for u in range(60):
         own = [f"i{u}-{j}" for j in range(4)]
-        for j, item in enumerate(own + ["hub"]):
-            rows.append((f"u{u}", item, "view", 1_000 + u * 10 + j))
-        rows.append((f"u{u}", own[0], "view", 10_000 + u))  # the held-out tail: a revisit
+        for j, item in enumerate(hubs + own):
+            rows.append((f"u{u}", item, "view", 1_000 + u * 100 + j))
+        rows.append((f"u{u}", own[-1], "view", 20_000 + u))  # the held-out tail: a revisit
     events = pd.DataFrame(rows, columns=["user_id", "item_id", "type", "ts"]).sort_values("ts")
     events["category"] = None
     fitted = fit_merge_weights(events)
     assert fitted["validation"]["users"] == 60
-    assert fitted["weight_recent"] > fitted["weight_behavioural"]
+    # Weighting the behavioural route twice as high would push every revisit out of the top 20.
+    assert fitted["validation"]["recall@20_all"] == 1.0
+    assert fitted["weight_behavioural"] < 2 * fitted["weight_recent"]
