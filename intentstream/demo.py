@@ -182,6 +182,20 @@ def run_demo(settings: Settings, dataset: str, rate: float, console: Console) ->
         console.print(f"user {user}: {int(active[user])} events, bought {len(bought)} "
                       f"({'none of them recommended' if not leaked else f'LEAKED {sorted(leaked)}'})")
         print_recommendations(recs, limit=5)
+    if settings.intent.enabled:
+        merged = None
+        for user in active.index[:300]:
+            recs = reader.get_recommendations(user)
+            if recs is not None and recs.fallback_reason is None and any(i.route == "intent" for i in recs.items):
+                merged = recs
+                break
+        if merged is None:
+            console.print("[yellow]no active user holds a list the intent route merged yet[/yellow]")
+        else:
+            console.print(f"user {merged.user_id}: {int(active[merged.user_id])} events; the intent route's "
+                          f"items in the merged list (model {merged.model_version}):")
+            merged = merged.model_copy(update={"items": [i for i in merged.items if i.route == "intent"]})
+            print_recommendations(merged, limit=5)
     unknown = reader.get_recommendations("no-such-user")
     if unknown is not None:
         console.print(f"an unknown user gets fallback_reason={unknown.fallback_reason!r} "

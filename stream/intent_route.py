@@ -14,7 +14,7 @@ less than `intent.min_interval_s` ago is not queued again.
 
 When the queue holds `intent.queue_max` users, a refresh keeps its behavioural list with
 fallback_reason `intent_queue_full`; a user waiting longer than `intent.max_wait_s` gets
-`intent_timeout`; a failed batch gets `intent_failed` (the error is logged and counted; the
+`intent_timeout` (the newest queued users go first); a failed batch gets `intent_failed` (the error is logged and counted; the
 worker goes on). A result is written only if Redis does not already hold a newer
 state_version for that user.
 
@@ -193,7 +193,7 @@ class IntentRoute:
             if view.user_id not in self._queue and len(self._queue) >= self.cfg.queue_max:
                 reasons.append("intent_queue_full")
                 continue
-            previous = self._queue.get(view.user_id)
+            previous = self._queue.pop(view.user_id, None)  # re-queued users move to the back
             job = {"user_id": view.user_id, "recent": [list(e) for e in view.recent[: self.cfg.max_items]],
                    "bought": sorted(view.bought), "state_version": view.state_version,
                    "queued_ms": previous.job["queued_ms"] if previous else now, "last_produced_ms": produced,
@@ -240,16 +240,13 @@ class IntentRoute:
                 fallbacks += [{**j.payload, "fallback_reason": f"intent_failed: {type(exc).__name__}"} for j in jobs]
         if self._queue:
             now = int(time.time() * 1000)
-            batch: list[_Job] = []
-            for user_id in list(self._queue):
+            for user_id in [u for u, j in self._queue.items() if now - j.job["queued_ms"] > self.cfg.max_wait_s * 1000]:
                 job = self._queue.pop(user_id)
-                if now - job.job["queued_ms"] > self.cfg.max_wait_s * 1000:
-                    fallbacks.append({**job.payload, "fallback_reason": "intent_timeout"})
-                    counters["intent_timeouts"] = counters.get("intent_timeouts", 0) + 1
-                    continue
-                batch.append(job)
-                if len(batch) >= self.cfg.batch_size:
-                    break
+                fallbacks.append({**job.payload, "fallback_reason": "intent_timeout"})
+                counters["intent_timeouts"] = counters.get("intent_timeouts", 0) + 1
+            # Newest first: the users active right now gain most from a fresh intent; the
+            # oldest waiting ones are those that run out of max_wait_s.
+            batch = [self._queue.pop(u) for u in list(reversed(self._queue))[: self.cfg.batch_size]]
             if batch:
                 self._inflight = (self._pool.submit(_reason_in_child, [j.job for j in batch]), batch)
         return stats, fallbacks, counters
