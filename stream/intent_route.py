@@ -260,9 +260,5 @@ class IntentRoute:
         """Users queued or in the batch in flight."""
         return len(self._queue) + (len(self._inflight[1]) if self._inflight else 0)
 
-    @property
-    def idle(self) -> bool:
-        return not self._queue and self._inflight is None
-
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -8,6 +8,10 @@ state-table changelog before it commits acknowledged offsets. After a crash the 
 events come again; `features.state.apply` drops the ones already folded (by event_id), and
 features and recommendations are overwritten with the same values. Invalid events go to the
 dead-letter topic with their reason and never stop the batch.
+
+With the intent route on (stream/intent_route.py), a refresh writes the behavioural list at once
+and queues the user; the route's results, fallbacks and metrics are collected after every batch
+and on the timer. Recommendations are derived data: no offset waits for the intent route.
 """
 
 from __future__ import annotations
@@ -295,18 +299,6 @@ class BatchProcessor:
             m.add("intent_context_tokens", stats["context_tokens"])
             m.sample("intent_latency_ms", stats["latency_ms"])
             m.sample("intent_freshness_ms", stats["freshness_ms"])
-
-    async def drain_intent(self, timeout_s: float = 120.0) -> None:
-        """Run the intent route until its queue is empty (tests, shutdown)."""
-        import asyncio
-
-        deadline = time.monotonic() + timeout_s
-        while self.intent is not None and not self.intent.idle and time.monotonic() < deadline:
-            pipe = self.client.pipeline(transaction=False)
-            self._cycle_intent(pipe)
-            self.metrics.queue(pipe)
-            pipe.execute()
-            await asyncio.sleep(0.05)
 
     def _maybe_checkpoint(self, pipe: redis.client.Pipeline) -> None:
         if time.monotonic() - self._last_checkpoint < self.settings.worker.checkpoint_interval_s:
