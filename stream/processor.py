@@ -90,6 +90,7 @@ class BatchProcessor:
         self.behavioural = BehaviouralReasoner(self.model, r.model_version)
         self.reasoner: Reasoner = reasoner or self.behavioural
         self.intent = intent
+        self._intent_backlog = -1
         """The intent route (stream/intent_route.py), when a model is loaded."""
         self.sink = RedisResultSink(client, self.keys, r.updates_stream_maxlen)
         self.metrics = WorkerMetrics(self.keys)
@@ -215,7 +216,7 @@ class BatchProcessor:
         acked = await self._collect_pushes()
         pipe = self.client.pipeline(transaction=False)
         self._cycle_intent(pipe)
-        if self.metrics.samples or self.metrics.counters or len(pipe):
+        if self.metrics.samples or self.metrics.counters or self.metrics.marks or len(pipe):
             self.metrics.queue(pipe)
             pipe.execute()
         if not self.pending:
@@ -286,7 +287,9 @@ class BatchProcessor:
             return
         stats, fallbacks, counters = self.intent.cycle()
         m = self.metrics
-        m.mark("intent_backlog", self.intent.backlog)
+        if self.intent.backlog != self._intent_backlog:  # written when it changes, not every tick
+            self._intent_backlog = self.intent.backlog
+            m.mark("intent_backlog", self._intent_backlog)
         for name, value in counters.items():
             m.add(name, value)
         if fallbacks:
