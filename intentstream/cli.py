@@ -126,6 +126,9 @@ def replay(
     rate: float = typer.Option(0.0, help="Events per second (0: as fast as possible)"),
     limit: int = typer.Option(0, help="Only the first N events (0: all)"),
     user_prefix: str = typer.Option("", help="Prefix added to every user_id"),
+    feedback: bool = typer.Option(False, help="Also emit simulated impressions (the recommendations Redis holds "
+                                              "at a user's every feedback.impression_every-th event) and actions "
+                                              "(their later events within feedback.window_s) to the feedback topic"),
 ) -> None:
     """Replay a dataset's events into Kafka, in time order, with a progress bar."""
     from stream import datasets
@@ -140,11 +143,29 @@ def replay(
             data = data.head(limit)
         with EventProducer.from_settings(settings) as producer, _progress() as bar:
             task = bar.add_task("replay", total=len(data.events))
+            simulator = _feedback_simulator(settings) if feedback else None
             sent, seconds = run_replay(data, producer, rate, user_prefix,
-                                       on_progress=lambda n: bar.advance(task, n))
+                                       on_progress=lambda n: bar.advance(task, n), feedback=simulator)
+            if simulator is not None:
+                simulator.producer.close()
     except StreamError as exc:
         _fail(str(exc))
     console.print(f"replayed {sent} events of {data.name} in {seconds:.1f}s ({sent / max(seconds, 1e-9):,.0f}/s)")
+    if simulator is not None:
+        console.print(f"feedback: {simulator.impressions} impressions, {simulator.actions} actions")
+
+
+def _feedback_simulator(settings: Settings):
+    import redis
+
+    from stream.keys import RedisKeys
+    from stream.producer import EventProducer
+    from stream.replay import FeedbackSimulator
+
+    r = settings.redis
+    return FeedbackSimulator(EventProducer.from_settings(settings, settings.kafka.feedback_topic),
+                             redis.Redis(host=r.host, port=r.port, db=r.db), RedisKeys(settings.key_prefix),
+                             settings.feedback.window_s, settings.feedback.impression_every)
 
 
 def _progress() -> Progress:
@@ -200,10 +221,18 @@ def train(
     out: Optional[Path] = typer.Option(None, help="Model directory (default: intent.model_dir, what the worker loads)"),
     lm_steps: Optional[int] = typer.Option(None, help="Stage-1 steps (default: SFTConfig)"),
     adaptor_steps: Optional[int] = typer.Option(None, help="Stage-2 steps (default: SFTConfig)"),
+    once: bool = typer.Option(False, "--once", help="One periodic-trainer run: GRPO on the feedback logged since "
+                                                   "the serving version, promoted if it beats it on held-out users"),
+    every: Optional[str] = typer.Option(None, "--every", help="Run the periodic trainer every period (e.g. 15m, "
+                                                              "1h; 'default': trainer.every) until stopped"),
 ) -> None:
-    """Train the intent model (`--sft`): tokenizer, LM on full-text contexts, then the atom adaptor."""
-    if not sft:
-        _fail("say what to train: --sft (the RL trainer comes with the feedback loop)")
+    """Train the intent model: `--sft` (tokenizer, LM on full-text contexts, then the atom
+    adaptor), or the RL trainer on logged feedback (`--once`, `--every 15m`)."""
+    if sum(bool(x) for x in (sft, once, every)) != 1:
+        _fail("say what to train: --sft, --once or --every PERIOD (one of them)")
+    if once or every:
+        _train_rl(once, every)
+        return
     from stream import datasets
     from stream.errors import StreamError
     from training.sft import SFTConfig, train_model
@@ -217,6 +246,55 @@ def train(
     target = out or settings.intent.resolved_model_dir(settings.cache_dir)
     model = train_model(data, target, settings.cache_dir, SFTConfig(**overrides), progress=console.print)
     console.print(f"[green]intent model {model.version}[/green] written to {target}")
+
+
+def _train_rl(once: bool, every: Optional[str]) -> None:
+    from reasoning.registry import RegistryError
+    from training.trainer import parse_period, run_every, run_once
+
+    settings = Settings()
+    try:
+        if once:
+            report = run_once(settings, progress=console.print)
+            print(orjson.dumps(report, option=orjson.OPT_INDENT_2, default=str).decode())
+            return
+        period = parse_period(settings.trainer.every if every == "default" else every)
+    except (RegistryError, ValueError) as exc:
+        _fail(str(exc))
+    console.print(f"trainer: a run every {period:.0f} s (Ctrl-C stops)")
+    run_every(settings, period, progress=console.print)
+
+
+model_app = typer.Typer(no_args_is_help=True, help="The intent model registry (versions, serving pointer).")
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("status")
+def model_status() -> None:
+    """The serving version and every version promoted so far."""
+    from reasoning.registry import ModelRegistry
+
+    registry = ModelRegistry.from_settings(Settings())
+    current = registry.current()
+    if current is None:
+        console.print("nothing promoted: the worker serves intent.model_dir")
+        return
+    console.print(f"serving [bold]{current['version']}[/bold] ({current['path']})")
+    for entry in registry.history():
+        console.print(f"  {entry['version']}" + (f" (rollback from {entry['rolled_back_from']})"
+                                                   if "rolled_back_from" in entry else ""))
+
+
+@model_app.command("rollback")
+def model_rollback() -> None:
+    """Serve the previously promoted version again (the worker picks it up without a restart)."""
+    from reasoning.registry import ModelRegistry, RegistryError
+
+    try:
+        entry = ModelRegistry.from_settings(Settings()).rollback()
+    except RegistryError as exc:
+        _fail(str(exc))
+    console.print(f"serving [bold]{entry['version']}[/bold] again (rolled back from {entry['rolled_back_from']})")
 
 
 @app.command("eval")
@@ -303,6 +381,19 @@ def bench_ingest(
     print(text)
 
 
+@bench_app.command("rl")
+def bench_rl(
+    dataset: str = typer.Option("rees46", help="Dataset folder name under the data dir."),
+    steps: int = typer.Option(0, help="GRPO steps per run (0: GRPOConfig's default)."),
+    out: Optional[Path] = typer.Option(None, help="Also write the JSON here"),
+) -> None:
+    """The RL ablation: category HR@30 after SFT, GRPO (summed rewards) and GRPO (CRS, listwise
+    and pointwise reward model), violation rates, reward-model agreement, throughput."""
+    from benchmarks.rl import run_rl_benchmark
+
+    _print_result(run_rl_benchmark(Settings(), dataset, steps or None, progress=lambda m: console.print(m)), out)
+
+
 @bench_app.command("intent")
 def bench_intent(
     dataset: str = typer.Option("taobao", help="Dataset folder or name (rees46, taobao)"),
@@ -312,7 +403,11 @@ def bench_intent(
     """The intent route under the evaluation protocol, against its baselines, plus faiss recall."""
     from benchmarks.intent import run_intent_benchmark
 
-    result = run_intent_benchmark(Settings(), dataset, sasrec, progress=lambda m: console.print(m))
+    _print_result(run_intent_benchmark(Settings(), dataset, sasrec, progress=lambda m: console.print(m)), out)
+
+
+def _print_result(result: dict, out: Optional[Path]) -> None:
+    """A benchmark's JSON on stdout, and in `out` when given."""
     text = orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode()
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)

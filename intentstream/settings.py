@@ -33,7 +33,9 @@ class KafkaSettings(BaseModel):
     events_topic: str = "intentstream.events"
     """Topic the shop emits events to, keyed by user_id."""
     dead_letter_topic: str = "intentstream.dead-letters"
-    """Topic invalid events go to, each with its reason."""
+    """Topic invalid events (and invalid feedback) go to, each with its reason."""
+    feedback_topic: str = "intentstream.feedback"
+    """Topic the shop emits feedback to (impressions and actions on recommended items), keyed by user_id."""
     partitions: int = Field(default=4, ge=1)
     """Partitions of topics the project creates (events, dead letters, changelogs)."""
 
@@ -201,6 +203,9 @@ class IntentSettings(BaseModel):
     """A queued user older than this is skipped (fallback_reason intent_timeout)."""
     threads: int = Field(default=1, ge=0)
     """torch threads of the in-process model (0: torch's default); the worker keeps a core."""
+    registry_poll_s: float = Field(default=5.0, gt=0)
+    """How often the worker's intent process checks the model registry in Redis for a newly
+    promoted (or rolled back) version, which it loads between batches."""
 
     def merge_weights(self, model_meta: dict) -> tuple[float, float, float]:
         """(recent, behavioural, intent) weights: settings win, then the model's fitted ones."""
@@ -212,6 +217,51 @@ class IntentSettings(BaseModel):
 
     def resolved_model_dir(self, cache_dir: Path) -> Path:
         return (self.model_dir or cache_dir / "models" / "intent").expanduser()
+
+
+class FeedbackSettings(BaseModel):
+    """Feedback: impressions and actions on Kafka, logged to parquet by the worker."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    window_s: float = Field(default=1800.0, gt=0)
+    """An action counts for an impression of the same user shown at most this long before it."""
+    log_dir: Path | None = None
+    """Where the feedback log (parquet parts) lives; default: <state_dir>/feedback/<feedback topic>."""
+    batch_max: int = Field(default=2000, ge=1)
+    """Feedback records written per parquet part at most."""
+    batch_within_s: float = Field(default=2.0, gt=0)
+    """How long the logger collects records before writing a part."""
+    impression_every: int = Field(default=5, ge=1)
+    """`intentstream replay --feedback`: a user's every n-th event shows them their current
+    recommendations (a simulated impression)."""
+
+
+class TrainerSettings(BaseModel):
+    """The periodic trainer (`intentstream train --once / --every`)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    every: str = "15m"
+    """Default period of `intentstream train --every` (s, m or h suffix)."""
+    min_episodes: int = Field(default=100, ge=1)
+    """Feedback episodes (impressions with the context the model saw and attributed actions)
+    needed before a run trains; fewer: the run waits for more feedback."""
+    holdout_share: float = Field(default=0.2, gt=0, lt=1)
+    """Share of the episodes' users held out to compare the candidate with the serving version."""
+    promote_margin: float = Field(default=0.0, ge=0)
+    """The candidate is promoted only when its held-out category HR@30 exceeds the serving
+    version's by more than this (absolute)."""
+    grpo_steps: int = Field(default=40, ge=1)
+    """GRPO steps per run (the rest of the GRPO configuration: training/grpo.py GRPOConfig)."""
+    reward: str = "crs"
+    """crs (constrained reward shaping) or sum (the ablation)."""
+    rm_loss: str = "listwise"
+    """Reward-model loss: listwise (the paper's) or pointwise."""
+    threads: int = Field(default=0, ge=0)
+    """torch threads of the trainer (0: torch's default)."""
+    versions_dir: Path | None = None
+    """Where model versions are written; default: <cache_dir>/models/versions."""
 
 
 class ServicesSettings(BaseModel):
@@ -251,6 +301,8 @@ class Settings(BaseSettings):
     trigger: TriggerSettings = TriggerSettings()
     recs: RecsSettings = RecsSettings()
     intent: IntentSettings = IntentSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
+    trainer: TrainerSettings = TrainerSettings()
     services: ServicesSettings = ServicesSettings()
 
     @field_validator("state_dir", "cache_dir", "data_dir")
@@ -259,14 +311,20 @@ class Settings(BaseSettings):
         return value.expanduser()
 
     def isolated(self, name: str, key_prefix: str | None = None) -> "Settings":
-        """A copy with its own events and dead-letter topics (`name`, `name.dlq`), consumer
+        """A copy with its own events, dead-letter and feedback topics (`name`, `name.dlq`,
+        `name.feedback`; so also its own feedback log), consumer
         group (`name`) and Redis key prefix: how the demo, benchmarks, evaluation and tests run
         beside each other and beside production on the same services."""
         return self.model_copy(update={
             "key_prefix": self.key_prefix if key_prefix is None else key_prefix,
-            "kafka": self.kafka.model_copy(update={"events_topic": name, "dead_letter_topic": f"{name}.dlq"}),
+            "kafka": self.kafka.model_copy(update={"events_topic": name, "dead_letter_topic": f"{name}.dlq",
+                                                   "feedback_topic": f"{name}.feedback"}),
             "worker": self.worker.model_copy(update={"app_id": name}),
         })
+
+    @property
+    def feedback_dir(self) -> Path:
+        return (self.feedback.log_dir or self.state_dir / "feedback" / self.kafka.feedback_topic).expanduser()
 
     @property
     def feast_registry_path(self) -> Path:

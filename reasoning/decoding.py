@@ -136,11 +136,17 @@ class Decoder:
     @torch.no_grad()
     def generate_lists(self, prefix: Prefix, owners: Sequence[int], suffixes: Sequence[list[int]],
                        tries: Sequence[PhraseTrie], limits: Sequence[int], max_steps: int = 64,
-                       temperature: float = 0.0, seed: int = 0) -> tuple[list[list[tuple[int, float]]], int]:
-        """Per branch: the emitted (phrase id, log-prob) list; and the tokens processed."""
+                       temperature: float = 0.0, seed: int = 0,
+                       trace: list | None = None) -> tuple[list[list[tuple[int, float]]], int]:
+        """Per branch: the emitted (phrase id, log-prob) list; and the tokens processed.
+
+        With `trace` (a list), each branch's generated tokens and the tokens allowed at each step
+        are appended to it as `(tokens, allowed)`: what RL needs to score the sample under the
+        constrained distribution (training/grpo.py)."""
         logits, state = self.branch(prefix, owners, suffixes)
         last = logits[:, -1]
         cursors = [_Cursor(t, max(1, lim)) for t, lim in zip(tries, limits)]
+        steps: list[tuple[list[int], list[list[int]]]] = [([], []) for _ in cursors]
         sep, end = self.model.sep_id, self.model.end_id
         gen = torch.Generator().manual_seed(seed)
         tokens = state["tokens"]
@@ -163,6 +169,8 @@ class Decoder:
                         tok = allowed[int(torch.argmax(scores))]
                 cur.step(tok, float(logp[j, tok]), sep, end)
                 chosen[j] = tok
+                steps[j][0].append(tok)
+                steps[j][1].append(allowed)
             if all(c.done for c in cursors):
                 break
             mask = torch.cat([mask, torch.ones((len(cursors), 1), dtype=torch.long)], dim=1)
@@ -171,6 +179,8 @@ class Decoder:
                           past_key_values=cache, use_cache=True)
             tokens += sum(1 for c in cursors if not c.done)
             cache, last = out.past_key_values, out.logits[:, -1]
+        if trace is not None:
+            trace.extend(steps)
         return [list(zip(c.emitted, c.scores)) for c in cursors], tokens
 
     @torch.no_grad()

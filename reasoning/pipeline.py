@@ -84,23 +84,12 @@ def arbiter_select(candidates: Sequence[str], relevance: Sequence[float], vector
     return [(candidates[i], float(rel[i])) for i in chosen]
 
 
-def reason(engine, users: Sequence[IntentInput], popularity: Mapping[str, float], k: int,
-           mode: str | None = None) -> tuple[list[IntentResult], BatchStats]:
+def propose(engine, contexts: Sequence[UserContext], mode: str, stats: BatchStats | None = None, lap=None):
+    """Planner -> experts -> arbiter for a batch of contexts. Returns (personas per user, the
+    experts' tag lists per user, the arbiter's final (tag, relevance) list per user, the session)."""
     cfg = engine.config
-    mode = mode or cfg.mode
-    # With an LLM backend the first `llm_explanations` intent items of a user get an explanation
-    # written from the prompt; it is served only if it passes the faithfulness check.
-    writer = getattr(engine.backend, "write_explanation", None)
-    stats = BatchStats(users=len(users))
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        stats.seconds[name] = stats.seconds.get(name, 0.0) + now - clock
-        clock = now
-
-    contexts = [build_context(u.user_id, u.recent, engine.catalog, cfg.max_items) for u in users]
+    stats = stats if stats is not None else BatchStats(users=len(contexts))
+    lap = lap or (lambda name: None)
     session = engine.backend.open(contexts, mode)
     lap("context")
     personas = session.plan(cfg.personas)
@@ -122,6 +111,27 @@ def reason(engine, users: Sequence[IntentInput], popularity: Mapping[str, float]
                             cfg.final_tags, cfg.arbiter_diversity)
              for c, r in zip(candidates, relevance)]
     lap("arbiter")
+    return personas, proposals, final, session
+
+
+def reason(engine, users: Sequence[IntentInput], popularity: Mapping[str, float], k: int,
+           mode: str | None = None) -> tuple[list[IntentResult], BatchStats]:
+    cfg = engine.config
+    mode = mode or cfg.mode
+    # With an LLM backend the first `llm_explanations` intent items of a user get an explanation
+    # written from the prompt; it is served only if it passes the faithfulness check.
+    writer = getattr(engine.backend, "write_explanation", None)
+    stats = BatchStats(users=len(users))
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        stats.seconds[name] = stats.seconds.get(name, 0.0) + now - clock
+        clock = now
+
+    contexts = [build_context(u.user_id, u.recent, engine.catalog, cfg.max_items) for u in users]
+    personas, proposals, final, session = propose(engine, contexts, mode, stats, lap)
     exclude = [set(u.bought) for u in users]
     retrieved = engine.retriever.retrieve([[t for t, _ in tags] for tags in final], popularity, exclude, k,
                                           [u.affinity for u in users])

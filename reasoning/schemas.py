@@ -45,6 +45,12 @@ class Recommendations(BaseModel):
     model_version: str
     fallback_reason: str | None = None
     """Null unless a fallback served (e.g. unknown_user)."""
+    tags: list[str] = Field(default_factory=list)
+    """The intent model's final tags (empty when the intent route has not run for the user)."""
+    context_items: list[str] = Field(default_factory=list)
+    """The items the intent model read, newest first: the shop echoes them and `tags` in its
+    impression feedback, so the trainer can rebuild what the model saw (stream/feedback.py)."""
+    context_actions: list[str] = Field(default_factory=list)
 
 
 RecsPayload = dict[str, Any]

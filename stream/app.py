@@ -1,4 +1,5 @@
-"""The Faust app: the events topic, the changelog-backed user-state table, the ingest agent.
+"""The Faust app: the events topic, the changelog-backed user-state table, the ingest agent, and
+the feedback agent (impressions and actions -> the parquet feedback log, stream/feedback.py).
 
 Run it with `intentstream worker`. The agent takes events in micro-batches (`noack_take`), hands
 each batch to `stream.processor.BatchProcessor` and acknowledges the events the processor hands
@@ -10,7 +11,9 @@ like the events topic, so a user's state and events live on the same partition n
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any
 
 import faust
@@ -18,10 +21,13 @@ import redis
 
 from features.pusher import FeaturePusher
 from intentstream.settings import Settings
+from stream.errors import InvalidEvent
 from stream.fast_consumer import FastApp
+from stream.feedback import FeedbackLog, decode_feedback
 from stream.intent_route import IntentRoute
 from stream.processor import BatchProcessor, RawMessage
 from stream.producer import ensure_topics
+from stream.keys import RedisKeys
 from stream.schemas import DeadLetter
 
 log = logging.getLogger(__name__)
@@ -89,6 +95,38 @@ def build_app(settings: Settings) -> faust.App:
             ], tokens=batch)
             await ack(stream, ready)
 
+    feedback = app.topic(k.feedback_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
+                         value_serializer="raw", partitions=k.partitions)
+    feedback_log = FeedbackLog(settings.feedback_dir)
+
+    @app.agent(feedback, name="feedback")
+    async def log_feedback(stream: faust.StreamT) -> None:
+        """Validate feedback records and append the valid ones to the parquet log; a batch is
+        acknowledged only after its part is written (invalid records: dead letters)."""
+        f = settings.feedback
+        r = settings.redis
+        client = redis.Redis(host=r.host, port=r.port, db=r.db)
+        keys = RedisKeys(settings.key_prefix)
+        async for batch in stream.noack_take(f.batch_max, within=f.batch_within_s):
+            records, letters = [], []
+            now = int(time.time() * 1000)
+            for e in batch:
+                m = e.message
+                try:
+                    records.append(decode_feedback(m.value))
+                except InvalidEvent as exc:
+                    raw = m.value or b""
+                    letters.append((m.key, DeadLetter(
+                        reason=str(exc), topic=m.topic, partition=m.partition, offset=m.offset,
+                        key=m.key.decode("utf-8", "replace") if m.key is not None else None,
+                        value=raw[:4096].decode("utf-8", "replace"), value_bytes=len(raw), rejected_at=now)))
+            if records:
+                await asyncio.to_thread(feedback_log.append, records)
+            if letters:
+                await send_dead_letters(letters)
+            await asyncio.to_thread(_count_feedback, client, keys, len(records), len(letters))
+            await ack(stream, batch)
+
     @app.timer(interval=0.1)
     async def between_batches() -> None:
         if "stream" in holder:
@@ -97,11 +135,20 @@ def build_app(settings: Settings) -> faust.App:
     return app
 
 
+def _count_feedback(client: redis.Redis, keys: RedisKeys, logged: int, invalid: int) -> None:
+    pipe = client.pipeline(transaction=False)
+    pipe.hincrby(keys.metrics, "feedback_logged", logged)
+    pipe.hincrby(keys.metrics, "feedback_invalid", invalid)
+    pipe.execute()
+
+
 def _intent_route(settings: Settings) -> IntentRoute | None:
     """The intent route when enabled and a model exists; otherwise the behavioural route alone."""
+    from reasoning.registry import ModelRegistry
+
     if not settings.intent.enabled:
         return None
-    model_dir = settings.intent.resolved_model_dir(settings.cache_dir)
+    model_dir = ModelRegistry.from_settings(settings).serving_dir(settings.intent.resolved_model_dir(settings.cache_dir))
     if not (model_dir / "intent.json").exists():
         log.warning("no intent model at %s: serving the behavioural route only "
                     "(train one with `intentstream train --sft`)", model_dir)
@@ -116,7 +163,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     # Subscribing to a topic that does not exist yet leaves the consumer idle until its next
     # metadata refresh (minutes), so the worker creates its input topics first.
     k = settings.kafka
-    ensure_topics(k.bootstrap, [k.events_topic, k.dead_letter_topic], k.partitions)
+    ensure_topics(k.bootstrap, [k.events_topic, k.dead_letter_topic, k.feedback_topic], k.partitions)
     app = build_app(settings)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

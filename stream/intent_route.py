@@ -18,6 +18,11 @@ fallback_reason `intent_queue_full`; a user waiting longer than `intent.max_wait
 worker goes on). A result is written only if Redis does not already hold a newer
 state_version for that user.
 
+Hot swap: the child polls the model registry (reasoning/registry.py) every
+`intent.registry_poll_s` and loads a newly promoted or rolled-back version between batches; the
+stream loop goes on meanwhile, so no event waits or is lost. Each result carries the version
+that produced it (model_version `<behavioural>+<intent version>`).
+
 Delivery: recommendations are derived data. Events are acknowledged by the stream loop
 independently of this route; a crash loses queued intent refreshes, and the user's next trigger
 runs the route again.
@@ -65,15 +70,42 @@ def _init_child(settings_json: str, parent_pid: int) -> None:
     from reasoning.engine import IntentEngine
     from stream.keys import RedisKeys
 
+    from reasoning.registry import ModelRegistry
+
     settings = Settings.model_validate_json(settings_json)
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     r = settings.redis
     client = redis.Redis(host=r.host, port=r.port, db=r.db)
+    registry = ModelRegistry.from_settings(settings, client)
+    model_dir = registry.serving_dir(settings.intent.resolved_model_dir(settings.cache_dir))
     _child.update(
-        settings=settings, client=client, keys=RedisKeys(settings.key_prefix),
-        engine=IntentEngine(settings.intent.resolved_model_dir(settings.cache_dir), settings.intent, settings.cache_dir),
-        feast=FeastFeatures(settings), script=client.register_script(_SET_IF_NOT_NEWER),
+        settings=settings, client=client, keys=RedisKeys(settings.key_prefix), registry=registry,
+        engine=IntentEngine(model_dir, settings.intent, settings.cache_dir), model_dir=model_dir,
+        polled_at=time.monotonic(), feast=FeastFeatures(settings), script=client.register_script(_SET_IF_NOT_NEWER),
     )
+
+
+def _maybe_swap() -> None:
+    """Load the registry's serving version if it changed (between batches: the batch in flight
+    finished on the old one, the stream loop never waited). A version that fails to load is
+    logged and the current one keeps serving."""
+    from reasoning.engine import IntentEngine
+
+    now = time.monotonic()
+    settings: Settings = _child["settings"]
+    if now - _child["polled_at"] < settings.intent.registry_poll_s:
+        return
+    _child["polled_at"] = now
+    model_dir = _child["registry"].serving_dir(settings.intent.resolved_model_dir(settings.cache_dir))
+    if model_dir == _child["model_dir"]:
+        return
+    try:
+        engine = IntentEngine(model_dir, settings.intent, settings.cache_dir)
+    except Exception:
+        log.exception("could not load the registry's serving model at %s; keeping %s", model_dir, _child["model_dir"])
+        return
+    log.info("intent model swapped: %s -> %s", _child["engine"].version, engine.version)
+    _child.update(engine=engine, model_dir=model_dir)
 
 
 def _reason_in_child(jobs: list[dict]) -> dict:
@@ -82,6 +114,7 @@ def _reason_in_child(jobs: list[dict]) -> dict:
     from reasoning.retrieval import merge, recent_route
 
     started = time.perf_counter()
+    _maybe_swap()
     settings: Settings = _child["settings"]
     engine = _child["engine"]
     cfg = settings.intent
@@ -101,14 +134,15 @@ def _reason_in_child(jobs: list[dict]) -> dict:
         merged = merge([(w_recent, recent_route(job["recent"], bought, settings.recs.top_k)),
                         (w_behavioural, payload["items"]), (w_intent, result.items)],
                        bought, settings.recs.top_k)
-        out = {**payload, "items": merged, "intents": result.intents, "fallback_reason": None,
+        ctx = result.context
+        out = {**payload, "items": merged, "intents": result.intents, "fallback_reason": None, "tags": result.tags,
+               "context_items": [i for i, _ in ctx.items], "context_actions": [a for _, a in ctx.items],
                "model_version": f"{payload['model_version']}+{engine.version}",
                "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "+00:00"}
         _child["script"](keys=[keys.recs(job["user_id"])], args=[orjson.dumps(out), job["state_version"]], client=pipe)
         pipe.xadd(keys.updates, {"user_id": job["user_id"], "state_version": job["state_version"],
                                  "trigger": f"{payload['trigger']}+intent", "generated_at": out["generated_at"]},
                   maxlen=settings.recs.updates_stream_maxlen, approximate=True)
-        ctx = result.context
         contexts.append({
             "user_id": job["user_id"], "context_items": [i for i, _ in ctx.items],
             "context_actions": [a for _, a in ctx.items],
@@ -119,7 +153,9 @@ def _reason_in_child(jobs: list[dict]) -> dict:
     pipe.execute()
     _child["feast"].push_contexts(contexts)
     return {"users": len(jobs), "seconds": time.perf_counter() - started, "tokens": stats.tokens,
-            "results": {r.user_id: (r.items, r.intents, engine.version) for r in results},
+            "results": {r.user_id: {"items": r.items, "intents": r.intents, "version": engine.version, "tags": r.tags,
+                                    "context_items": [i for i, _ in r.context.items],
+                                    "context_actions": [a for _, a in r.context.items]} for r in results},
             "context_tokens": stats.context_tokens, "written_ms": written_ms,
             "latency_ms": [written_ms - j["queued_ms"] for j in jobs],
             "freshness_ms": [written_ms - j["last_produced_ms"] for j in jobs if j["last_produced_ms"]]}
@@ -142,6 +178,7 @@ def _popularity() -> dict[str, float]:
 
 
 def _warm() -> tuple[str, dict]:
+    _maybe_swap()
     return _child["engine"].version, _child["engine"].model.meta
 
 
@@ -162,9 +199,10 @@ class IntentRoute:
             initializer=_init_child, initargs=(settings.model_dump_json(), os.getpid()),
         )
         self._queue: dict[str, _Job] = {}
-        self.last: OrderedDict[str, tuple] = OrderedDict()
-        """user_id -> (intent items, intents, model version, wall ms) of the user's last intent
-        run: merged into their behavioural refreshes until the next run (LRU, remember_users)."""
+        self.last: OrderedDict[str, dict] = OrderedDict()
+        """user_id -> the user's last intent result (items, intents, version, tags, context_items,
+        context_actions, at_ms): merged into their behavioural refreshes until the next run
+        (LRU, remember_users)."""
         self._inflight: tuple[Future, list[_Job]] | None = None
         self.version = ""
         self.weights = self.cfg.merge_weights({})
@@ -187,7 +225,7 @@ class IntentRoute:
             last = self.last.get(view.user_id)
             if last is not None:
                 self._merge(payload, view, last)
-                if now - last[3] < self.cfg.min_interval_s * 1000:
+                if now - last["at_ms"] < self.cfg.min_interval_s * 1000:
                     reasons.append(None)
                     continue
             if view.user_id not in self._queue and len(self._queue) >= self.cfg.queue_max:
@@ -202,22 +240,23 @@ class IntentRoute:
             reasons.append("intent_pending")
         return reasons
 
-    def _merge(self, payload: RecsPayload, view: UserView, last: tuple) -> None:
+    def _merge(self, payload: RecsPayload, view: UserView, last: dict) -> None:
         from reasoning.retrieval import merge, recent_route
 
-        items, intents, version, _ = last
         bought = set(view.bought)
         k = self.settings.recs.top_k
         w_recent, w_behavioural, w_intent = self.weights
         payload["items"] = merge([(w_recent, recent_route(view.recent, bought, k)),
-                                  (w_behavioural, payload["items"]), (w_intent, items)], bought, k)
-        payload["intents"] = intents
-        payload["model_version"] = f"{payload['model_version']}+{version}"
+                                  (w_behavioural, payload["items"]), (w_intent, last["items"])], bought, k)
+        payload["intents"] = last["intents"]
+        payload["model_version"] = f"{payload['model_version']}+{last['version']}"
+        for key in ("tags", "context_items", "context_actions"):
+            payload[key] = last[key]
 
     def _remember(self, results: dict) -> None:
         now = int(time.time() * 1000)
-        for user_id, (items, intents, version) in results.items():
-            self.last[user_id] = (items, intents, version, now)
+        for user_id, result in results.items():
+            self.last[user_id] = {**result, "at_ms": now}
             self.last.move_to_end(user_id)
         while len(self.last) > self.cfg.remember_users:
             self.last.popitem(last=False)

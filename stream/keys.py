@@ -30,3 +30,23 @@ class RedisKeys:
 
     def samples(self, name: str) -> str:
         return f"{self.prefix}metrics:{name}"
+
+    @property
+    def model_serving(self) -> str:
+        """The intent model registry's serving entry (JSON; reasoning/registry.py)."""
+        return f"{self.prefix}model:serving"
+
+    @property
+    def model_history(self) -> str:
+        """Every registry entry ever promoted, oldest first (list of JSON)."""
+        return f"{self.prefix}model:history"
+
+    @property
+    def model_sequence(self) -> str:
+        """Counter that numbers new model versions."""
+        return f"{self.prefix}model:sequence"
+
+    @property
+    def model_retired(self) -> str:
+        """Versions rolled back from (a set): never served again by a rollback."""
+        return f"{self.prefix}model:retired"

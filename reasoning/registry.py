@@ -1,0 +1,103 @@
+"""The intent model registry: immutable version directories and a serving pointer in Redis.
+
+- Versions live in `trainer.versions_dir` (default `<cache_dir>/models/versions`), one
+  directory per name; a name is `v0007-grpo` (a sequence
+  number from Redis, never below one already on disk, plus a label), so no name is ever reused,
+  also after a rollback or a Redis flush.
+- `model:serving` (Redis, under the key prefix) holds the serving entry as JSON: version, path,
+  promoted_at, the held-out figures that promoted it, and `feedback_until` (the feedback log
+  time the version was trained up to: the next run reads what was logged after it).
+- `model:history` lists every entry ever promoted, oldest first; `rollback` points the serving
+  entry back at the previous one and records the rolled-back version in `model:retired`.
+
+The worker's intent process polls the pointer (`intent.registry_poll_s`) and loads a new version
+between batches; without a pointer it serves `intent.model_dir`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import orjson
+import redis
+
+from stream.keys import RedisKeys
+
+_NUMBER = re.compile(r"^v(\d+)-")
+
+
+class RegistryError(RuntimeError):
+    pass
+
+
+class ModelRegistry:
+    def __init__(self, client: redis.Redis, keys: RedisKeys, root: Path) -> None:
+        self.client = client
+        self.keys = keys
+        self.root = root
+
+    @classmethod
+    def from_settings(cls, settings, client: redis.Redis | None = None) -> "ModelRegistry":
+        r = settings.redis
+        client = client or redis.Redis(host=r.host, port=r.port, db=r.db)
+        root = settings.trainer.versions_dir or settings.cache_dir / "models" / "versions"
+        return cls(client, RedisKeys(settings.key_prefix), root.expanduser())
+
+    def current(self) -> dict | None:
+        raw = self.client.get(self.keys.model_serving)
+        return orjson.loads(raw) if raw else None
+
+    def serving_dir(self, default: Path) -> Path:
+        """The serving version's directory, or `default` when nothing was promoted yet."""
+        entry = self.current()
+        return Path(entry["path"]) if entry else default
+
+    def history(self) -> list[dict]:
+        return [orjson.loads(x) for x in self.client.lrange(self.keys.model_history, 0, -1)]
+
+    def new_version(self, label: str) -> tuple[str, Path]:
+        """A fresh version name and its (not yet existing) directory."""
+        on_disk = [int(m.group(1)) for p in (self.root.glob("v*") if self.root.exists() else [])
+                   if (m := _NUMBER.match(p.name))]
+        floor = max(on_disk, default=0)
+        n = int(self.client.incr(self.keys.model_sequence))
+        if n <= floor:
+            n = floor + 1
+            self.client.set(self.keys.model_sequence, n)
+        name = f"v{n:04d}-{re.sub(r'[^a-z0-9]+', '-', label.lower()).strip('-') or 'model'}"
+        return name, self.root / name
+
+    def promote(self, version: str, path: Path, **details) -> dict:
+        if not (path / "intent.json").exists():
+            raise RegistryError(f"cannot promote {version}: no model at {path}")
+        entry = {"version": version, "path": str(path), "promoted_at": int(time.time() * 1000), **details}
+        blob = orjson.dumps(entry)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.set(self.keys.model_serving, blob)
+        pipe.rpush(self.keys.model_history, blob)
+        pipe.execute()
+        return entry
+
+    def rollback(self) -> dict:
+        """Serve the version promoted before the current one again."""
+        current = self.current()
+        if current is None:
+            raise RegistryError("nothing is promoted: there is no version to roll back from")
+        retired = {x for x in self.client.smembers(self.keys.model_retired)}
+        previous = None
+        for entry in reversed(self.history()):
+            if entry["version"] != current["version"] and entry["version"].encode() not in retired \
+                    and Path(entry["path"]).joinpath("intent.json").exists():
+                previous = entry
+                break
+        if previous is None:
+            raise RegistryError(f"{current['version']} is the only version left: nothing to roll back to")
+        entry = {**previous, "rolled_back_from": current["version"], "promoted_at": int(time.time() * 1000)}
+        pipe = self.client.pipeline(transaction=True)
+        pipe.sadd(self.keys.model_retired, current["version"])
+        pipe.set(self.keys.model_serving, orjson.dumps(entry))
+        pipe.rpush(self.keys.model_history, orjson.dumps(entry))
+        pipe.execute()
+        return entry

@@ -1,0 +1,200 @@
+"""Feedback: what was shown and what the user did about it, on Kafka and in a durable log.
+
+The shop emits two kinds of JSON records to the feedback topic (keyed by user_id):
+
+- **impression**: the recommendations it showed, as read from `recs:{user_id}` (`items`, and for
+  an intent-refreshed list `tags` and `context`: the items and actions the model read), with the
+  record's `state_version` and `model_version`.
+- **action**: a click, cart or purchase of the user after an impression, with the
+  `impression_id` it follows (the shop's attribution token) or without one (then it is
+  attributed to the user's latest impression at most `feedback.window_s` before it).
+
+The worker validates every record (invalid ones go to the dead-letter topic with the reason) and
+appends valid ones to a parquet log, one part per batch (`FeedbackLog`), so that every training
+episode can be rebuilt: `episodes_from_log` joins each impression that carries a model context
+with the actions attributed to it. Redelivered records (same `feedback_id`) are dropped on read.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from stream.errors import InvalidEvent
+from stream.schemas import _reason, to_epoch_ms
+
+ACTIONS = ("click", "cart", "purchase")
+MAX_ITEMS = 200
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    feedback_id: str = Field(min_length=1, max_length=160)
+    """Unique per record; redeliveries are dropped by it."""
+    user_id: str = Field(min_length=1, max_length=128)
+    ts: int
+    """Epoch ms (ISO-8601 accepted)."""
+
+    @field_validator("user_id", "feedback_id", mode="before")
+    @classmethod
+    def _ids_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _ts_ms(cls, value: Any) -> int:
+        return to_epoch_ms(value)
+
+
+class Impression(_Record):
+    kind: Literal["impression"]
+    impression_id: str = Field(min_length=1, max_length=160)
+    items: list[str] = Field(min_length=1, max_length=MAX_ITEMS)
+    """Item ids shown, in order."""
+    state_version: int = Field(ge=0)
+    model_version: str = Field(min_length=1, max_length=256)
+    tags: list[str] = Field(default_factory=list, max_length=MAX_ITEMS)
+    """The intent model's final tags, when the list came from it."""
+    context_items: list[str] = Field(default_factory=list, max_length=MAX_ITEMS)
+    """The items the intent model read (newest first), when the list came from it."""
+    context_actions: list[str] = Field(default_factory=list, max_length=MAX_ITEMS)
+
+    @field_validator("items", "context_items", mode="before")
+    @classmethod
+    def _item_ids(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+        return value
+
+
+class Action(_Record):
+    kind: Literal["action"]
+    item_id: str = Field(min_length=1, max_length=128)
+    action: Literal["click", "cart", "purchase"]
+    impression_id: str | None = Field(default=None, max_length=160)
+
+    @field_validator("item_id", mode="before")
+    @classmethod
+    def _item_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def decode_feedback(raw: bytes | None, max_bytes: int = 65536) -> Impression | Action:
+    """Parse and validate one feedback record, or raise InvalidEvent with the reason.
+
+    >>> decode_feedback(b'{"kind":"action","feedback_id":"f1","user_id":7,"ts":1,"item_id":"i","action":"click"}').user_id
+    '7'
+    >>> decode_feedback(b'{"kind":"impression","feedback_id":"f2","user_id":"u","ts":1}')
+    Traceback (most recent call last):
+    ...
+    stream.errors.InvalidEvent: invalid_feedback: impression_id: Field required; items: Field required; ...
+    """
+    if raw is None:
+        raise InvalidEvent("empty: the message has no value")
+    if len(raw) > max_bytes:
+        raise InvalidEvent(f"oversized: {len(raw)} bytes > {max_bytes}")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"bad_json: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidEvent(f"not_an_object: expected a JSON object, got {type(data).__name__}")
+    kind = data.get("kind")
+    model = {"impression": Impression, "action": Action}.get(kind)
+    if model is None:
+        raise InvalidEvent(f"invalid_feedback: kind must be 'impression' or 'action', got {kind!r}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidEvent(f"invalid_feedback: {_reason(exc)}") from None
+
+
+IMPRESSION_COLUMNS = ("feedback_id", "impression_id", "user_id", "ts", "items", "tags", "context_items",
+                      "context_actions", "state_version", "model_version", "logged_at")
+ACTION_COLUMNS = ("feedback_id", "impression_id", "user_id", "ts", "item_id", "action", "logged_at")
+
+
+class FeedbackLog:
+    """Append-only parquet log: `impressions/` and `actions/` hold one part per written batch
+    (written to a temporary name, then renamed: a reader never sees half a part)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def append(self, records: Sequence[Impression | Action]) -> int:
+        now = int(time.time() * 1000)
+        impressions = [r for r in records if isinstance(r, Impression)]
+        actions = [r for r in records if isinstance(r, Action)]
+        if impressions:
+            self._write("impressions", pd.DataFrame(
+                [{**r.model_dump(exclude={"kind"}), "logged_at": now} for r in impressions], columns=IMPRESSION_COLUMNS))
+        if actions:
+            self._write("actions", pd.DataFrame(
+                [{**r.model_dump(exclude={"kind"}), "logged_at": now} for r in actions], columns=ACTION_COLUMNS))
+        return len(impressions) + len(actions)
+
+    def _write(self, kind: str, frame: pd.DataFrame) -> None:
+        folder = self.root / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"part-{int(time.time() * 1000):013d}-{uuid.uuid4().hex[:8]}.parquet"
+        tmp = folder / f".{name}.tmp"
+        frame.to_parquet(tmp, index=False)
+        tmp.rename(folder / name)
+
+    def read(self, since_ms: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(impressions, actions) logged after `since_ms` (by logging time), deduplicated."""
+        return self._read("impressions", IMPRESSION_COLUMNS, since_ms), self._read("actions", ACTION_COLUMNS, since_ms)
+
+    def _read(self, kind: str, columns: Iterable[str], since_ms: int) -> pd.DataFrame:
+        parts = sorted((self.root / kind).glob("part-*.parquet")) if (self.root / kind).exists() else []
+        frames = [pd.read_parquet(p) for p in parts]
+        if not frames:
+            return pd.DataFrame(columns=list(columns))
+        frame = pd.concat(frames, ignore_index=True)
+        frame = frame[frame.logged_at > since_ms]
+        return frame.drop_duplicates("feedback_id").reset_index(drop=True)
+
+
+def attribute(impressions: pd.DataFrame, actions: pd.DataFrame, window_s: float) -> pd.DataFrame:
+    """Each action with the impression it follows: its own `impression_id` when that impression
+    is logged, else the user's latest impression at most `window_s` before it. Columns of the
+    actions plus `attributed_to` (None when no impression qualifies) and `recommended` (the item
+    was in that impression).
+
+    >>> imp = pd.DataFrame({"impression_id": ["i1"], "user_id": ["u"], "ts": [1000], "items": [["a", "b"]]})
+    >>> act = pd.DataFrame({"impression_id": [None, None], "user_id": ["u", "u"], "ts": [2000, 99_000_000],
+    ...                     "item_id": ["b", "c"], "action": ["click", "click"]})
+    >>> attribute(imp, act, 60)[["attributed_to", "recommended"]].values.tolist()
+    [['i1', True], [None, False]]
+    """
+    out = actions.copy()
+    if out.empty:
+        out["attributed_to"] = pd.Series(dtype=object)
+        out["recommended"] = pd.Series(dtype=bool)
+        return out
+    by_id = {row.impression_id: row for row in impressions.itertuples(index=False)}
+    by_user: dict[str, list] = {}
+    for row in impressions.sort_values("ts").itertuples(index=False):
+        by_user.setdefault(row.user_id, []).append(row)
+    window_ms = window_s * 1000
+    attributed, recommended = [], []
+    for act in out.itertuples(index=False):
+        imp = by_id.get(act.impression_id) if isinstance(act.impression_id, str) else None
+        if imp is None:
+            for cand in reversed(by_user.get(act.user_id, [])):
+                if cand.ts <= act.ts:
+                    imp = cand if act.ts - cand.ts <= window_ms else None
+                    break
+        attributed.append(imp.impression_id if imp is not None else None)
+        recommended.append(bool(imp is not None and act.item_id in set(imp.items)))
+    out["attributed_to"] = attributed
+    out["recommended"] = recommended
+    return out
