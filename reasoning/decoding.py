@@ -118,7 +118,8 @@ class Decoder:
     @torch.no_grad()
     def branch(self, prefix: Prefix, owners: Sequence[int], suffixes: Sequence[list[int]]):
         """Continue context `owners[j]` with `suffixes[j]`; returns (logits [J, S, V], state)."""
-        index = torch.tensor(list(owners), dtype=torch.long)
+        device = self.model.device
+        index = torch.tensor(list(owners), dtype=torch.long, device=prefix.mask.device)
         cache = copy.deepcopy(prefix.cache)
         cache.batch_select_indices(index)
         length = max(len(s) for s in suffixes)
@@ -127,6 +128,7 @@ class Decoder:
         for j, s in enumerate(suffixes):
             ids[j, length - len(s):] = torch.tensor(s)
             smask[j, length - len(s):] = 1
+        ids, smask = ids.to(device), smask.to(device)
         mask = torch.cat([prefix.mask[index], smask], dim=1)
         positions = prefix.last_position[index, None] + smask.cumsum(1)
         out = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
@@ -151,8 +153,10 @@ class Decoder:
         gen = torch.Generator().manual_seed(seed)
         tokens = state["tokens"]
         cache, mask, position = state["cache"], state["mask"], state["position"]
+        device = self.model.device
         for _ in range(max_steps):
-            logp = torch.log_softmax(last.float(), dim=-1)
+            # The trie walk is Python: read the step's log-probs on the CPU once.
+            logp = torch.log_softmax(last.float(), dim=-1).cpu()
             chosen = torch.full((len(cursors),), end, dtype=torch.long)
             for j, cur in enumerate(cursors):
                 if cur.done:
@@ -173,9 +177,9 @@ class Decoder:
                 steps[j][1].append(allowed)
             if all(c.done for c in cursors):
                 break
-            mask = torch.cat([mask, torch.ones((len(cursors), 1), dtype=torch.long)], dim=1)
+            mask = torch.cat([mask, torch.ones((len(cursors), 1), dtype=torch.long, device=device)], dim=1)
             position = position + 1
-            out = self.lm(input_ids=chosen[:, None], attention_mask=mask, position_ids=position[:, None],
+            out = self.lm(input_ids=chosen[:, None].to(device), attention_mask=mask, position_ids=position[:, None],
                           past_key_values=cache, use_cache=True)
             tokens += sum(1 for c in cursors if not c.done)
             cache, last = out.past_key_values, out.logits[:, -1]
@@ -198,7 +202,7 @@ class Decoder:
             suffixes.append(seq)
             spans.append(marks)
         logits, state = self.branch(prefix, range(len(lists)), suffixes)
-        logp = torch.log_softmax(logits.float(), dim=-1)
+        logp = torch.log_softmax(logits.float(), dim=-1).cpu()
         length = logits.shape[1]
         out = []
         for j, (seq, marks) in enumerate(zip(suffixes, spans)):

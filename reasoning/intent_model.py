@@ -119,6 +119,16 @@ class IntentModel:
         self.sep_id = tokenizer.convert_tokens_to_ids(";")
 
     @property
+    def device(self) -> torch.device:
+        """Where the LM's weights are (inputs are built there)."""
+        return next(self.lm.parameters()).device
+
+    def to(self, device) -> "IntentModel":
+        self.lm.to(device)
+        self.adaptor.to(device)
+        return self
+
+    @property
     def version(self) -> str:
         return self.meta.get("version", "unversioned")
 
@@ -189,12 +199,14 @@ class IntentModel:
             else:
                 ids[b, : len(seq)] = torch.tensor(seq)
                 mask[b, : len(seq)] = 1
+        device = self.device
+        ids, mask = ids.to(device), mask.to(device)
         embeds = self.lm.get_input_embeddings()(ids)
         slots = ids == self.item_token_id
         if slots.any():
             rows = [a for a in atoms if a is not None and len(a)]
             if rows:
-                vectors = self.adaptor(torch.from_numpy(np.concatenate(rows)))
+                vectors = self.adaptor(torch.from_numpy(np.concatenate(rows)).to(device))
                 if vectors.shape[0] != int(slots.sum()):
                     raise ValueError(f"{int(slots.sum())} item slots but {vectors.shape[0]} atoms")
                 embeds = embeds.clone()

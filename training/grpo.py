@@ -131,7 +131,7 @@ class GRPOTrainer:
         self.history_tags = history_tags
         self.backend = LocalBackend(model, atoms, catalog)
         self.ref = IntentModel(copy.deepcopy(model.lm), model.tokenizer, copy.deepcopy(model.adaptor),
-                               model.vocab, model.meta)
+                               model.vocab, model.meta)  # on the policy's device
         for p in list(self.ref.lm.parameters()) + list(self.ref.adaptor.parameters()):
             p.requires_grad_(False)
         self.params = list(model.lm.parameters()) + list(model.adaptor.parameters())
@@ -249,7 +249,9 @@ class GRPOTrainer:
                     choice[k, i] = True
                     allowed[k, i] = False
                     allowed[k, i, options] = True
-        rows = logits[torch.arange(n)[:, None], index]
+        device = logits.device
+        index, targets, choice, allowed = index.to(device), targets.to(device), choice.to(device), allowed.to(device)
+        rows = logits[torch.arange(n, device=device)[:, None], index]
         logp = torch.log_softmax(rows.masked_fill(~allowed, float("-inf")), dim=-1)
         return logp.gather(-1, targets[..., None]).squeeze(-1).masked_fill(~choice, 0.0), choice
 
@@ -277,7 +279,7 @@ class GRPOTrainer:
         live = [k for k in range(len(samples)) if adv[k] != 0.0 and samples[k].tokens]
         if live:
             chosen = [samples[k] for k in live]
-            advantages = torch.from_numpy(adv[live])
+            advantages = torch.from_numpy(adv[live]).to(model.device)
             seqs, atoms, starts = self.sequences(batch, chosen)
             with torch.no_grad():
                 old, choice = self._logps(model, seqs, atoms, starts, chosen)

@@ -1,0 +1,130 @@
+"""Seconds per GRPO step on each available device, as one JSON object: the prepared script of the
+GPU check (issue 5), runnable on any machine.
+
+    # here: write a bundle (the REES46 eval model, its item atoms, 256 train episodes)
+    python -m benchmarks.grpo_step export --out .device/grpo
+    # anywhere with torch and transformers (no Kafka, Redis, faiss or settings needed):
+    python -m benchmarks.grpo_step run --bundle .device/grpo --steps 8
+
+`run` times the same `GRPOTrainer.step` (sampling with the KV cache and the trie, rewards,
+three teacher-forced passes, two updates) on the CPU and, when CUDA is there, on the GPU, with
+the same episodes and seeds; the CPU figure is the baseline measured in the same run. R_align
+is a constant here (the reward model is a 60k-parameter MLP on the CPU, not what a GPU changes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def export(out: Path, dataset: str = "rees46", episodes_n: int = 256) -> None:
+    from evaluation.intent_method import IntentMethod
+    from evaluation.splits import make_split
+    from features.catalog import Catalog
+    from intentstream.settings import Settings
+    from stream import datasets
+    from training.data import episodes
+    from training.rl import engine_for
+
+    settings = Settings()
+    data = datasets.load(dataset, settings.data_dir)
+    split = make_split(data.events, "global-time")
+    catalog = Catalog.from_frames(data.items, data.events)
+    model_dir = IntentMethod(settings, data)._model_dir(split, catalog)
+    engine = engine_for(model_dir, settings.cache_dir, settings.intent)
+    eps = episodes(split.train, catalog, engine.model.vocab, settings.intent.max_items, 5, 12, seed=1)
+    eps = random.Random(0).sample(eps, min(episodes_n, len(eps)))
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(model_dir, out / "model")
+    ids = sorted(engine.atoms.row)
+    np.savez(out / "atoms.npz", ids=np.array(ids), vectors=engine.atoms.vectors[[engine.atoms.row[i] for i in ids]])
+    (out / "episodes.json").write_text(json.dumps([
+        {"user_id": e.context.user_id, "items": list(e.context.items), "situation": e.context.situation,
+         "profile": e.context.profile, "categories": sorted(e.target_categories)} for e in eps]))
+    print(json.dumps({"bundle": str(out), "model": engine.version, "episodes": len(eps)}))
+
+
+def _time(bundle: Path, device: str, steps: int, contexts: int) -> dict:
+    import torch
+
+    from features.catalog import Catalog
+    from reasoning.context import UserContext
+    from reasoning.intent_model import AtomTable, IntentModel
+    from training.data import Episode
+    from training.grpo import GRPOConfig, GRPOTrainer
+
+    import pandas as pd
+
+    torch.manual_seed(0)
+    model_dir = bundle / "model"
+    catalog = Catalog.from_frames(pd.read_parquet(model_dir / "catalog.parquet"))
+    z = np.load(bundle / "atoms.npz")
+    atoms = AtomTable([str(i) for i in z["ids"]], z["vectors"], None, catalog)
+    tag_vectors = np.load(model_dir / "tag_vectors.npy")
+    eps = [Episode(UserContext(e["user_id"], tuple(tuple(x) for x in e["items"]), e["situation"], e["profile"]),
+                   (), frozenset(e["categories"])) for e in json.loads((bundle / "episodes.json").read_text())]
+    model = IntentModel.load(model_dir).to(device)
+    cfg = GRPOConfig(steps=steps, contexts_per_step=contexts)
+    trainer = GRPOTrainer(model, atoms, catalog, tag_vectors, lambda h, p, t: np.full(len(t), 0.9), lambda c: [], cfg)
+    rng = random.Random(0)
+    trainer.step(rng.sample(eps, contexts))  # warm-up (allocations, kernels)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    history = []
+    for _ in range(steps):
+        history.append(trainer.step(rng.sample(eps, contexts)))
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = [h["seconds"] for h in history]
+    return {"device": device, "steps": steps, "contexts_per_step": contexts, "samples_per_step": history[0]["samples"],
+            "seconds_per_step": float(np.mean(seconds)), "seconds_per_step_min": float(np.min(seconds)),
+            "sampling_share": float(np.sum([h["sample_seconds"] for h in history]) / np.sum(seconds)),
+            "contexts_per_s": float(np.mean([h["contexts_per_s"] for h in history])),
+            "samples_per_s": float(np.mean([h["samples_per_s"] for h in history])),
+            "torch_threads": torch.get_num_threads()}
+
+
+def run(bundle: Path, steps: int, contexts: int) -> None:
+    import torch
+
+    results = [_time(bundle, "cpu", steps, contexts)]
+    if torch.cuda.is_available():
+        results.append(_time(bundle, "cuda", steps, contexts))
+    out = {"command": f"python -m benchmarks.grpo_step run --bundle {bundle} --steps {steps} --contexts {contexts}",
+           "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "processor": platform.processor(),
+                       "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                       "torch": torch.__version__},
+           "results": results}
+    if len(results) == 2:
+        out["cpu_over_gpu_seconds_per_step"] = results[0]["seconds_per_step"] / results[1]["seconds_per_step"]
+    print(json.dumps(out, indent=1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("export")
+    e.add_argument("--out", type=Path, required=True)
+    e.add_argument("--dataset", default="rees46")
+    r = sub.add_parser("run")
+    r.add_argument("--bundle", type=Path, required=True)
+    r.add_argument("--steps", type=int, default=8)
+    r.add_argument("--contexts", type=int, default=8)
+    args = parser.parse_args()
+    if args.cmd == "export":
+        export(args.out, args.dataset)
+    else:
+        run(args.bundle, args.steps, args.contexts)
+
+
+if __name__ == "__main__":
+    main()
