@@ -130,6 +130,69 @@ def _intent_section(result: dict) -> list[str]:
     return lines
 
 
+def _rl_section(result: dict) -> list[str]:
+    hr = result["category_hr@30"]
+    rel = result["relative_to_sft"]
+    rm = result["reward_models"]
+    g = result["grpo_config"]
+    lines = [f"## Feedback loop and RL: {result['dataset']}", "",
+             f"Command: `{result['command']}` (commit `{result['commit']}`). Held-out users: the {result['held_out_users']} "
+             f"test users of the global-time split (contexts from their train events, targets the categories of their "
+             f"test events); GRPO on {result['train_episodes']:,} train episodes (context + categories of the next 5 "
+             f"events). GRPO: {g['steps']} steps x {g['contexts_per_step']} contexts (a plan and an expert input each) x "
+             f"G={g['group_size']}, lr {g['lr']}, clip {g['clip_eps']}, KL {g['kl_coef']}, gates align/div/len "
+             f"{g['gates']['align']}/{g['gates']['div']}/{g['gates']['len']}.", "",
+             "| model | category HR@30 | vs SFT | violations align/div/len, first -> last tenth | zero-advantage groups | s/step |",
+             "|---|---|---|---|---|---|",
+             f"| SFT | {hr['sft']:.4f} | | | | |"]
+    for name, run in result["runs"].items():
+        first, last = run["violation_rate_first_tenth"], run["violation_rate_last_tenth"]
+        viol = " / ".join(f"{first[k]:.2f} -> {last[k]:.2f}" for k in ("align", "div", "len"))
+        lines.append(f"| {name} ({run['reward']}, {run['rm_loss']} RM) | {run['category_hr@30']:.4f} | "
+                     f"{100 * rel[name]:+.1f}% | {viol} | {run['zero_advantage_groups']} / {run['groups']} | "
+                     f"{run['seconds_per_step']:.1f} |")
+    lines += ["", f"Reward models distilled from {rm['judged_tags']:,} judged tags in {rm['groups']} groups "
+              f"(judge grades B/A/S {rm['grades'].get('B', 0):.2f}/{rm['grades'].get('A', 0):.2f}/{rm['grades'].get('S', 0):.2f}): "
+              + "; ".join(f"{loss}: pairwise agreement with the judge {rm[loss]['pairwise_agreement']:.3f}, Bad-vs-rest "
+                          f"balanced accuracy {rm[loss]['bad_vs_rest_accuracy']:.3f}" for loss in ("listwise", "pointwise")
+                          if loss in rm) + " (held-out judged groups).", "",
+              "s/step is wall time on the machine that ran the command, with whatever else ran on it at the "
+              "time (the 2-core machine here was shared during some runs; benchmarks/grpo_step.py measures a "
+              "step on its own).", ""]
+    step = _load("grpo-step-h200.json")
+    if step:
+        cpu, gpu = step["results"][0], step["results"][-1]
+        lines += [f"One GRPO step on another machine (`{step['command']}`, {step['machine']['cpus']} CPU cores, "
+                  f"{step['machine']['gpu']}): CPU {cpu['seconds_per_step']:.2f} s/step ({cpu['contexts_per_s']:.1f} "
+                  f"contexts/s), GPU {gpu['seconds_per_step']:.2f} s/step ({gpu['contexts_per_s']:.1f} contexts/s); "
+                  f"{100 * gpu['sampling_share']:.0f}% of a step is constrained sampling, a Python trie walk per token.", ""]
+    return lines
+
+
+def _loop_section(result: dict) -> list[str]:
+    t = result["trainer"]
+    before = result["before"]
+    lines = [f"## The loop on the real services: {result['dataset']}", "",
+             f"Command: `{result['command']}` (commit `{result['commit']}`). The replay method with the intent route "
+             f"on: the train events through Kafka -> worker -> Redis (the second half with simulated feedback, "
+             f"{before['worker'].get('feedback_logged')} records logged), Recall@20 of what Redis serves on the "
+             f"{result['users']} test users; then one `train --once` run on that feedback; then the replay method "
+             f"again serving the trainer's candidate.", "",
+             "| | model | R@20 all | R@20 new |", "|---|---|---|---|",
+             f"| before | SFT | {before['all']['recall@20']:.4f} | {before['new']['recall@20']:.4f} |"]
+    if "after" in result:
+        a = result["after"]
+        lines.append(f"| after ({'promoted' if a['promoted'] else 'not promoted: the gate said no'}) | {a['model']} | "
+                     f"{a['all']['recall@20']:.4f} | {a['new']['recall@20']:.4f} |")
+    hr = t.get("category_hr@30", {})
+    lines += ["", f"Trainer: {t.get('episodes')} episodes from {t.get('impressions')} impressions and {t.get('actions')} "
+              f"actions ({t.get('train_episodes')} train / {t.get('held_out_episodes')} held out); held-out category "
+              f"HR@30 serving {hr.get('serving', float('nan')):.4f} vs candidate {hr.get('candidate', float('nan')):.4f}: "
+              f"{t.get('status')}; {t.get('seconds')} s for the run, {t.get('seconds_per_step', float('nan')):.2f} s per "
+              f"GRPO step.", ""]
+    return lines
+
+
 def render() -> Path:
     ingest = _load("ingest.json")
     evals = [r for r in (_load("eval-taobao.json"), _load("eval-rees46.json")) if r]
@@ -169,6 +232,13 @@ def render() -> Path:
         result = _load(f"intent-{name}.json")
         if result:
             lines += _intent_section(result)
+    for name in ("rees46", "taobao"):
+        result = _load(f"rl-{name}.json")
+        if result:
+            lines += _rl_section(result)
+        result = _load(f"loop-{name}.json")
+        if result:
+            lines += _loop_section(result)
     out = HERE / "REPORT.md"
     out.write_text("\n".join(lines) + "\n")
     return out

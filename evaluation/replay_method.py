@@ -2,7 +2,11 @@
 → Feast/Redis), and what Redis serves at the end of the train period is scored.
 
 It runs on fresh topics, a fresh consumer group and a fresh Redis/Feast namespace, with the
-same worker code and settings that serve users (only the names differ).
+same worker code and settings that serve users (only the names differ). With `wait_intent` it
+also waits for the intent route to drain before scoring. With `feedback` the first half of the
+train events is replayed, the intent route drained, and the second half replayed with simulated
+feedback (stream/replay.py `FeedbackSimulator`), which the worker logs under this run's feedback
+topic (`self.settings.feedback_dir`): what the periodic trainer then learns from.
 """
 
 from __future__ import annotations
@@ -27,35 +31,75 @@ from stream.topics import worker_topics
 class ReplayMethod:
     name = "replay"
 
-    def __init__(self, settings: Settings, timeout_s: float = 1800) -> None:
+    def __init__(self, settings: Settings, timeout_s: float = 1800, wait_intent: bool = False,
+                 feedback: bool = False) -> None:
         run = uuid.uuid4().hex[:8]
         self.prefix = f"eval-{run}:"
         self.settings = settings.isolated(f"intentstream.eval.{run}", key_prefix=self.prefix)
         self.timeout_s = timeout_s
+        self.wait_intent = wait_intent or feedback
+        self.feedback = feedback
         self.stats: dict = {}
 
     def fit(self, split: Split, catalog: Sequence[str]) -> None:
         s = self.settings
         k = s.kafka
-        ensure_topics(k.bootstrap, [k.events_topic, k.dead_letter_topic], k.partitions)
+        ensure_topics(k.bootstrap, [k.events_topic, k.dead_letter_topic, k.feedback_topic], k.partitions)
         worker = WorkerProcess(s, s.state_dir / "logs" / f"{s.worker.app_id}.log")
         worker.start()
         try:
-            train = Dataset("train", split.train, split.train[["item_id"]].drop_duplicates())
-            with EventProducer.from_settings(s) as producer:
-                sent, _ = replay(train, producer, user_prefix=self.prefix, id_prefix=self.prefix)
             deadline = time.monotonic() + self.timeout_s
-            while worker.processed() < sent:
-                if time.monotonic() > deadline or not worker.alive():
-                    raise RuntimeError(f"the worker did not process the replay:\n{worker.log_tail()}")
-                time.sleep(0.5)
-            time.sleep(s.trigger.min_interval_s + 1.0)  # debounced refreshes come due
-            self.stats = worker.metrics()
+            events = split.train
+            halves = [events.iloc[: len(events) // 2], events.iloc[len(events) // 2:]] if self.feedback else [events]
+            sent = 0
+            for part, with_feedback in zip(halves, [False, True] if self.feedback else [False]):
+                train = Dataset("train", part, part[["item_id"]].drop_duplicates())
+                simulator = self._simulator() if with_feedback else None
+                with EventProducer.from_settings(s) as producer:
+                    n, _ = replay(train, producer, user_prefix=self.prefix, id_prefix=self.prefix, feedback=simulator)
+                sent += n
+                if simulator is not None:
+                    simulator.producer.close()
+                    self.stats["feedback_sent"] = simulator.impressions + simulator.actions
+                self._wait(worker, lambda: worker.processed() >= sent, deadline, "process the replay")
+                time.sleep(s.trigger.min_interval_s + 1.0)  # debounced refreshes come due
+                if self.wait_intent:
+                    self._wait(worker, self._intent_idle, deadline, "drain the intent route")
+            if self.feedback:
+                self._wait(worker, lambda: int(self._metric("feedback_logged")) >= self.stats["feedback_sent"],
+                           deadline, "log the feedback")
+            self.stats = {**worker.metrics(), **self.stats}
         finally:
             worker.stop()
             delete_topics(k.bootstrap, worker_topics(s))
         self.client = redis.Redis(host=s.redis.host, port=s.redis.port, db=s.redis.db)
         self.reader = RecommendationReader(self.client, RedisKeys(s.key_prefix))
+
+    def _metric(self, name: str) -> float:
+        s = self.settings
+        client = redis.Redis(host=s.redis.host, port=s.redis.port, db=s.redis.db)
+        return float(client.hget(RedisKeys(s.key_prefix).metrics, name) or 0)
+
+    def _intent_idle(self) -> bool:
+        s = self.settings
+        client = redis.Redis(host=s.redis.host, port=s.redis.port, db=s.redis.db)
+        backlog = client.hget(RedisKeys(s.key_prefix).metrics, "intent_backlog")
+        return backlog is not None and int(backlog) == 0
+
+    @staticmethod
+    def _wait(worker: WorkerProcess, check, deadline: float, what: str) -> None:
+        while not check():
+            if time.monotonic() > deadline or not worker.alive():
+                raise RuntimeError(f"the worker did not {what}:\n{worker.log_tail()}")
+            time.sleep(0.5)
+
+    def _simulator(self):
+        from stream.replay import FeedbackSimulator
+
+        s = self.settings
+        client = redis.Redis(host=s.redis.host, port=s.redis.port, db=s.redis.db)
+        return FeedbackSimulator(EventProducer.from_settings(s, s.kafka.feedback_topic), client, RedisKeys(s.key_prefix),
+                                 s.feedback.window_s, s.feedback.impression_every)
 
     def rank(self, case: UserCase, n: int) -> list[str]:
         recs = self.reader.get_recommendations(self.prefix + case.user_id)

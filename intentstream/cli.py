@@ -394,6 +394,18 @@ def bench_rl(
     _print_result(run_rl_benchmark(Settings(), dataset, steps or None, progress=lambda m: console.print(m)), out)
 
 
+@bench_app.command("loop")
+def bench_loop(
+    dataset: str = typer.Option("rees46", help="Dataset folder name under the data dir."),
+    out: Optional[Path] = typer.Option(None, help="Also write the JSON here"),
+) -> None:
+    """The feedback loop on the real services: Recall@20 served through the replay method before
+    and after one trainer run (with the trainer's report)."""
+    from benchmarks.loop import run_loop_benchmark
+
+    _print_result(run_loop_benchmark(Settings(), dataset, progress=lambda m: console.print(m)), out)
+
+
 @bench_app.command("intent")
 def bench_intent(
     dataset: str = typer.Option("taobao", help="Dataset folder or name (rees46, taobao)"),

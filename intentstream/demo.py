@@ -1,7 +1,9 @@
 """`intentstream demo`: the main job, end to end on the real services.
 
 Starts Kafka, Redis and Feast (`up`), starts a worker, replays the REES46 events through Kafka at
-a steady rate while showing live progress, then prints a summary (events, events/s, dead letters,
+a steady rate while showing live progress (with simulated feedback: impressions of what Redis
+serves and the users' later events as actions, logged where `intentstream train --once` reads
+them), then prints a summary (events, events/s, dead letters,
 users refreshed, freshness percentiles) and the recommendations of a few users, read back from
 Redis exactly as a shop would. Each run uses fresh topics and a fresh consumer group, and clears
 the previous run's metrics and behavioural model, so running it again is safe; recommendations
@@ -27,7 +29,7 @@ from stream.keys import RedisKeys
 from stream.metrics import read_metrics, reset_metrics
 from stream.producer import EventProducer, delete_topics, ensure_topics
 from stream.reader import RecommendationReader
-from stream.replay import replay
+from stream.replay import FeedbackSimulator, replay
 
 DEMO_TOPIC_PREFIX = "intentstream.demo."
 
@@ -79,11 +81,14 @@ def run_demo(settings: Settings, dataset: str, rate: float, console: Console) ->
     delete_topics(bootstrap, _old_demo_topics(bootstrap))
     run = uuid.uuid4().hex[:8]
     demo = settings.isolated(f"{DEMO_TOPIC_PREFIX}{run}")
+    # The simulated feedback goes to the default log, where `intentstream train --once` reads it.
+    demo = demo.model_copy(update={"feedback": demo.feedback.model_copy(update={"log_dir": settings.feedback_dir})})
     keys = RedisKeys(demo.key_prefix)
     client = redis.Redis(host=demo.redis.host, port=demo.redis.port, db=demo.redis.db)
     reset_metrics(client, keys)
     client.delete(keys.behavioural_model, keys.behavioural_model + ":items")
-    ensure_topics(bootstrap, [demo.kafka.events_topic, demo.kafka.dead_letter_topic], demo.kafka.partitions)
+    ensure_topics(bootstrap, [demo.kafka.events_topic, demo.kafka.dead_letter_topic, demo.kafka.feedback_topic],
+                  demo.kafka.partitions)
 
     model_dir = settings.intent.resolved_model_dir(settings.cache_dir)
     if settings.intent.enabled:
@@ -111,9 +116,14 @@ def run_demo(settings: Settings, dataset: str, rate: float, console: Console) ->
         sent_box = {"n": 0}
         total = len(data.events)
 
+        simulator = FeedbackSimulator(EventProducer.from_settings(demo, demo.kafka.feedback_topic), client, keys,
+                                      demo.feedback.window_s, demo.feedback.impression_every)
+
         def produce() -> None:
             with EventProducer.from_settings(demo) as producer:
-                replay(data, producer, rate, on_progress=lambda n: sent_box.__setitem__("n", sent_box["n"] + n))
+                replay(data, producer, rate, on_progress=lambda n: sent_box.__setitem__("n", sent_box["n"] + n),
+                       feedback=simulator)
+            simulator.producer.close()
 
         thread = threading.Thread(target=produce, daemon=True)
         replay_started = time.monotonic()
@@ -133,7 +143,12 @@ def run_demo(settings: Settings, dataset: str, rate: float, console: Console) ->
         time.sleep(demo.trigger.min_interval_s + 0.5)  # debounced refreshes come due
         if settings.intent.enabled:
             _wait_for_intent(client, keys, console)
+        deadline = time.monotonic() + 30
+        while (int(client.hget(keys.metrics, "feedback_logged") or 0) < simulator.impressions + simulator.actions
+               and time.monotonic() < deadline):
+            time.sleep(0.5)
         m = read_metrics(client, keys)
+        feedback_logged = int(client.hget(keys.metrics, "feedback_logged") or 0)
     finally:
         worker.stop()
 
@@ -162,6 +177,9 @@ def run_demo(settings: Settings, dataset: str, rate: float, console: Console) ->
         summary.add_row("freshness: event → intent recs", f"p50 {ifr['p50']:.0f} ms · p99 {ifr['p99']:.0f} ms")
         summary.add_row("intent fallbacks", f"queue full {m.get('intent_queue_full', 0):,} · timeouts "
                         f"{m.get('intent_timeouts', 0):,} · failed batches {m.get('intent_errors', 0):,}")
+    summary.add_row("feedback (simulated: replay --feedback)",
+                    f"{simulator.impressions:,} impressions and {simulator.actions:,} actions sent, "
+                    f"{feedback_logged:,} logged to {demo.feedback_dir}")
     summary.add_row("wall time", f"{time.monotonic() - started:.0f}s")
     console.print(summary)
 
@@ -200,4 +218,5 @@ def run_demo(settings: Settings, dataset: str, rate: float, console: Console) ->
     if unknown is not None:
         console.print(f"an unknown user gets fallback_reason={unknown.fallback_reason!r} "
                       f"({len(unknown.items)} popular items)")
-    console.print("Read any user's recommendations: intentstream recs USER [--json]; stop services: intentstream down")
+    console.print("Read any user's recommendations: intentstream recs USER [--json]; train on the logged feedback: "
+                  "intentstream train --once; stop services: intentstream down")

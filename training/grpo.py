@@ -76,6 +76,7 @@ class GRPOConfig:
     personas: int = 4              # K: personas the planner proposes
     tags_per_persona: int = 10     # M: tags per expert output
     tasks: tuple[str, ...] = ("plan", "expert")  # which tasks get GRPO inputs (see the module doc)
+    expert_persona: str = "random"  # random: any planned persona; target: prefer one covering a next category
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -86,6 +87,8 @@ class GRPOConfig:
             self.band = LengthBand(**{k: tuple(v) for k, v in self.band.items()})
         self.sum_weights = tuple(self.sum_weights)
         self.tasks = tuple(self.tasks)
+        if self.expert_persona not in ("random", "target"):
+            raise ValueError("GRPOConfig.expert_persona must be 'random' or 'target'")
         if self.reward not in REWARDS:
             raise ValueError(f"GRPOConfig.reward must be one of {REWARDS}, not {self.reward!r}")
         for name in ("steps", "contexts_per_step", "inner_epochs", "personas", "tags_per_persona"):
@@ -168,7 +171,12 @@ class GRPOTrainer:
                     tries.append(backend.persona_trie)
                     limits.append(cfg.personas)
             if "expert" in cfg.tasks and names:
-                name = self.rng.choice(names)
+                options = names
+                if cfg.expert_persona == "target":
+                    # Inputs where the samples' R_acc can differ (the persona holds a next category).
+                    wanted = batch[b].target_categories
+                    options = [n for n in names if self.persona_categories[self.persona_index[n]] & wanted] or names
+                name = self.rng.choice(options)
                 for _ in range(cfg.group_size):
                     owners.append(b)
                     kinds.append("expert")
