@@ -115,11 +115,7 @@ def build_app(settings: Settings) -> faust.App:
                 try:
                     records.append(decode_feedback(m.value))
                 except InvalidEvent as exc:
-                    raw = m.value or b""
-                    letters.append((m.key, DeadLetter(
-                        reason=str(exc), topic=m.topic, partition=m.partition, offset=m.offset,
-                        key=m.key.decode("utf-8", "replace") if m.key is not None else None,
-                        value=raw[:4096].decode("utf-8", "replace"), value_bytes=len(raw), rejected_at=now)))
+                    letters.append((m.key, DeadLetter.of(str(exc), m.topic, m.partition, m.offset, m.key, m.value, now)))
             if records:
                 await asyncio.to_thread(feedback_log.append, records)
             if letters:

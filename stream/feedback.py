@@ -23,12 +23,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import orjson
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from stream.errors import InvalidEvent
-from stream.schemas import _reason, to_epoch_ms
+from stream.schemas import _reason, decode_object, to_epoch_ms
 
 ACTIONS = ("click", "cart", "purchase")
 MAX_ITEMS = 200
@@ -97,16 +96,7 @@ def decode_feedback(raw: bytes | None, max_bytes: int = 65536) -> Impression | A
     ...
     stream.errors.InvalidEvent: invalid_feedback: impression_id: Field required; items: Field required; ...
     """
-    if raw is None:
-        raise InvalidEvent("empty: the message has no value")
-    if len(raw) > max_bytes:
-        raise InvalidEvent(f"oversized: {len(raw)} bytes > {max_bytes}")
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidEvent(f"bad_json: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidEvent(f"not_an_object: expected a JSON object, got {type(data).__name__}")
+    data = decode_object(raw, max_bytes)
     kind = data.get("kind")
     model = {"impression": Impression, "action": Action}.get(kind)
     if model is None:

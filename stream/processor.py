@@ -250,12 +250,7 @@ class BatchProcessor:
         return UserState.from_record(record) if record is not None else UserState(user_id)
 
     def _dead_letter(self, msg: RawMessage, reason: str, at_ms: int) -> DeadLetter:
-        raw = msg.value or b""
-        return DeadLetter(
-            reason=reason, topic=msg.topic, partition=msg.partition, offset=msg.offset,
-            key=msg.key.decode("utf-8", "replace") if msg.key is not None else None,
-            value=raw[:4096].decode("utf-8", "replace"), value_bytes=len(raw), rejected_at=at_ms,
-        )
+        return DeadLetter.of(reason, msg.topic, msg.partition, msg.offset, msg.key, msg.value, at_ms)
 
     def _refresh(self, states: list[UserState], reasons: list[str], pipe: redis.client.Pipeline) -> None:
         if not states:

@@ -117,16 +117,9 @@ def _reason(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def decode_event(raw: bytes | None, max_bytes: int) -> Event:
-    """Parse and validate one raw Kafka value, or raise InvalidEvent with the reason.
-
-    >>> decode_event(b'{"event_id":"e1","user_id":7,"item_id":"i","type":"view","ts":1}', 1024).user_id
-    '7'
-    >>> decode_event(b'{"event_id":"e1"', 1024)
-    Traceback (most recent call last):
-    ...
-    stream.errors.InvalidEvent: bad_json: ...
-    """
+def decode_object(raw: bytes | None, max_bytes: int) -> dict:
+    """The JSON object in a raw Kafka value, or InvalidEvent (empty, oversized, bad_json,
+    not_an_object): the checks every topic's records go through before their own schema."""
     if raw is None:
         raise InvalidEvent("empty: the message has no value")
     if len(raw) > max_bytes:
@@ -137,6 +130,20 @@ def decode_event(raw: bytes | None, max_bytes: int) -> Event:
         raise InvalidEvent(f"bad_json: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidEvent(f"not_an_object: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def decode_event(raw: bytes | None, max_bytes: int) -> Event:
+    """Parse and validate one raw Kafka value, or raise InvalidEvent with the reason.
+
+    >>> decode_event(b'{"event_id":"e1","user_id":7,"item_id":"i","type":"view","ts":1}', 1024).user_id
+    '7'
+    >>> decode_event(b'{"event_id":"e1"', 1024)
+    Traceback (most recent call last):
+    ...
+    stream.errors.InvalidEvent: bad_json: ...
+    """
+    data = decode_object(raw, max_bytes)
     try:
         return Event.model_validate(data)
     except ValidationError as exc:
@@ -156,4 +163,12 @@ class DeadLetter(BaseModel):
     value_bytes: int
     rejected_at: int
     """Epoch ms."""
+
+    @classmethod
+    def of(cls, reason: str, topic: str, partition: int, offset: int, key: bytes | None, raw: bytes | None,
+           at_ms: int) -> "DeadLetter":
+        raw = raw or b""
+        return cls(reason=reason, topic=topic, partition=partition, offset=offset,
+                   key=key.decode("utf-8", "replace") if key is not None else None,
+                   value=raw[:4096].decode("utf-8", "replace"), value_bytes=len(raw), rejected_at=at_ms)
 

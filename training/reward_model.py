@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.judge import GRADES, TagJudge
+from training.judge import TagJudge
 
 LOSSES = ("listwise", "pointwise")
 
