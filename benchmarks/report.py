@@ -159,6 +159,13 @@ def _rl_section(result: dict) -> list[str]:
               "s/step is wall time on the machine that ran the command, with whatever else ran on it at the "
               "time (the 2-core machine here was shared during some runs; benchmarks/grpo_step.py measures a "
               "step on its own).", ""]
+    here = _load("grpo-step-cpu.json")
+    if here:
+        cpu = here["results"][0]
+        lines += [f"One GRPO step on this machine alone (`{here['command']}`, {here['machine']['cpus']} cores, "
+                  f"{cpu['torch_threads']} torch threads): {cpu['seconds_per_step']:.2f} s/step, "
+                  f"{cpu['contexts_per_s']:.1f} contexts/s, {cpu['samples_per_s']:.0f} sampled outputs/s; "
+                  f"{100 * cpu['sampling_share']:.0f}% of it constrained sampling.", ""]
     step = _load("grpo-step-h200.json")
     if step:
         cpu, gpu = step["results"][0], step["results"][-1]
