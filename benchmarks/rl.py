@@ -33,7 +33,8 @@ from stream import datasets
 from training.data import episodes, user_histories
 from training.grpo import GRPOConfig
 from training.judge import JudgeLog
-from training.rl import RLConfig, build_reward_model, category_hit_rate, engine_for, run_grpo
+from evaluation.tags import category_hit_rate
+from training.rl import RLConfig, build_reward_model, engine_for, run_grpo
 from training.sft import train_sft
 
 RUNS = (("grpo_sum", "sum", "listwise"), ("grpo_crs", "crs", "listwise"), ("grpo_crs_pointwise_rm", "crs", "pointwise"))

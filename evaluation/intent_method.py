@@ -26,6 +26,7 @@ import numpy as np
 
 from evaluation.methods import ItemKNN
 from evaluation.splits import Split, UserCase
+from evaluation.tags import HR_AT, category_hit
 from features.catalog import Catalog
 from reasoning.context import build_context
 from reasoning.engine import IntentEngine
@@ -33,12 +34,10 @@ from reasoning.explanations import diversity
 from reasoning.pipeline import IntentInput, reason
 from reasoning.retrieval import merge, recent_route
 from reasoning.schemas import rec_item
-from reasoning.tags import categories_of_tags
 from stream.datasets import Dataset
 from training.data import user_histories
 from training.sft import SFTConfig, train_sft
 
-HR_AT = 30
 K_EVAL = 20
 
 
@@ -151,8 +150,7 @@ class IntentMethod:
 
     def _category_hit(self, case: UserCase, tags: Sequence[str], catalog: Catalog) -> float:
         wanted = {catalog.get(t).category for t in case.targets if catalog.get(t).category}
-        got = categories_of_tags(self.engine.model.vocab, tags)[:HR_AT]
-        return float(bool(wanted & set(got)))
+        return float(category_hit(self.engine.model.vocab, tags, wanted))
 
     def _explanation_stats(self) -> None:
         by_item: dict[str, list[str]] = {}

@@ -9,8 +9,8 @@
 4. **Write** the candidate directory: the serving directory's files (catalog, tag vectors) with
    the new weights, and in intent.json the parent version, the configs and the training history.
 
-`category_hit_rate` is the held-out measure the trainer gates on and the ablation reports:
-category HR@30 of the arbiter's final tags (the pipeline's planner -> experts -> arbiter).
+`episode_hit_rate` is the held-out measure the trainer gates on: category HR@30 of the
+arbiter's final tags against the episodes' next categories (evaluation/tags.py).
 """
 
 from __future__ import annotations
@@ -25,19 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
+from evaluation.tags import category_hit_rate
 from intentstream.settings import IntentSettings
 from reasoning.context import UserContext, task_expert
 from reasoning.engine import IntentEngine
-from reasoning.pipeline import propose
-from reasoning.tags import categories_of_tags
 from training.data import Episode
 from training.grpo import GRPOConfig, GRPOTrainer
 from training.judge import GRADES, JudgeConfig, JudgeLog, TagJudge
 from training.reward_model import Group, agreement, bad_accuracy, tag_features, train_reward_model
 
 log = logging.getLogger(__name__)
-
-HR_AT = 30
 
 
 @dataclass
@@ -52,20 +49,6 @@ class RLConfig:
     rm_epochs: int = 30
     rm_holdout: float = 0.2        # share of judged groups kept to measure judge agreement
     threads: int = 0               # torch threads (0: torch's default)
-
-
-def category_hit_rate(engine: IntentEngine, contexts: Sequence[UserContext], wanted: Sequence[set[str]],
-                      mode: str | None = None, batch_size: int = 32) -> float:
-    """Share of users with at least one next-interaction category among the categories of the
-    arbiter's final tags (first `HR_AT`)."""
-    hits = []
-    mode = mode or engine.config.mode
-    for start in range(0, len(contexts), batch_size):
-        _, _, final, _ = propose(engine, contexts[start:start + batch_size], mode)
-        for tags, want in zip(final, wanted[start:start + batch_size]):
-            got = categories_of_tags(engine.model.vocab, [t for t, _ in tags])[:HR_AT]
-            hits.append(bool(set(want) & set(got)))
-    return float(np.mean(hits)) if hits else 0.0
 
 
 def episode_hit_rate(engine: IntentEngine, episodes: Sequence[Episode]) -> float:
