@@ -135,16 +135,25 @@ def _rl_section(result: dict) -> list[str]:
     rel = result["relative_to_sft"]
     rm = result["reward_models"]
     g = result["grpo_config"]
-    lines = [f"## Feedback loop and RL: {result['dataset']}", "",
-             f"Command: `{result['command']}` (commit `{result['commit']}`). Held-out users: the {result['held_out_users']} "
-             f"test users of the global-time split (contexts from their train events, targets the categories of their "
-             f"test events); GRPO on {result['train_episodes']:,} train episodes (context + categories of the next 5 "
-             f"events). GRPO: {g['steps']} steps x {g['contexts_per_step']} contexts (a plan and an expert input each) x "
-             f"G={g['group_size']}, lr {g['lr']}, clip {g['clip_eps']}, KL {g['kl_coef']}, gates align/div/len "
-             f"{g['gates']['align']}/{g['gates']['div']}/{g['gates']['len']}.", "",
-             "| model | category HR@30 | vs SFT | violations align/div/len, first -> last tenth | zero-advantage groups | s/step |",
-             "|---|---|---|---|---|---|",
-             f"| SFT | {hr['sft']:.4f} | | | | |"]
+    fresh = result.get("fresh_share") or 0
+    title = (f"RL on data the SFT model did not see: {result['dataset']}" if fresh
+             else f"Feedback loop and RL: {result['dataset']}")
+    lines = [f"## {title}", ""]
+    if fresh:
+        lines += [f"The SFT model here was trained on the first {result['sft_train_events']:,} train events "
+                  f"(all but the last {100 * fresh:.0f}%); GRPO's episodes come from the last {100 * fresh:.0f}% (their "
+                  f"contexts include the earlier history), as feedback arrives after a model is deployed. Held-out "
+                  f"users and targets as above.", ""]
+    lines += [
+        f"Command: `{result['command']}` (commit `{result['commit']}`). Held-out users: the {result['held_out_users']} "
+        f"test users of the global-time split (contexts from their train events, targets the categories of their "
+        f"test events); GRPO on {result['train_episodes']:,} train episodes (context + categories of the next 5 "
+        f"events). GRPO: {g['steps']} steps x {g['contexts_per_step']} contexts (a plan and an expert input each) x "
+        f"G={g['group_size']}, lr {g['lr']}, clip {g['clip_eps']}, KL {g['kl_coef']}, gates align/div/len "
+        f"{g['gates']['align']}/{g['gates']['div']}/{g['gates']['len']}.", "",
+        "| model | category HR@30 | vs SFT | violations align/div/len, first -> last tenth | zero-advantage groups | s/step |",
+        "|---|---|---|---|---|---|",
+        f"| SFT | {hr['sft']:.4f} | | | | |"]
     for name, run in result["runs"].items():
         first, last = run["violation_rate_first_tenth"], run["violation_rate_last_tenth"]
         viol = " / ".join(f"{first[k]:.2f} -> {last[k]:.2f}" for k in ("align", "div", "len"))
@@ -240,9 +249,10 @@ def render() -> Path:
         if result:
             lines += _intent_section(result)
     for name in ("rees46", "taobao"):
-        result = _load(f"rl-{name}.json")
-        if result:
-            lines += _rl_section(result)
+        for variant in (f"rl-{name}.json", f"rl-{name}-fresh.json"):
+            result = _load(variant)
+            if result:
+                lines += _rl_section(result)
         result = _load(f"loop-{name}.json")
         if result:
             lines += _loop_section(result)

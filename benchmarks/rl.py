@@ -25,7 +25,7 @@ import numpy as np
 
 from benchmarks.ingest import commit, machine
 from evaluation.intent_method import IntentMethod
-from evaluation.splits import make_split
+from evaluation.splits import Split, make_split
 from features.catalog import Catalog
 from intentstream.settings import Settings
 from reasoning.context import build_context
@@ -45,22 +45,34 @@ def _phase(history: list[dict], key: str, part: slice) -> float:
     return float(np.mean([h[key] for h in rows])) if rows else 0.0
 
 
-def run_rl_benchmark(settings: Settings, dataset: str, steps: int | None = None, progress=None) -> dict[str, Any]:
+def run_rl_benchmark(settings: Settings, dataset: str, steps: int | None = None, progress=None,
+                     fresh_share: float = 0.0) -> dict[str, Any]:
+    """With `fresh_share` > 0 the SFT model sees only the train events before the last
+    `fresh_share` of them (in time order), and GRPO's episodes come from that last part: RL on
+    feedback the SFT model never saw, as in the deployed loop (with 0, both use all train events)."""
     say = progress or (lambda message: None)
     data = datasets.load(dataset, settings.data_dir)
     split = make_split(data.events, "global-time")
     catalog = Catalog.from_frames(data.items, data.events)
     method = IntentMethod(settings, data, progress=say)
-    model_dir = method._model_dir(split, catalog)
+    fresh_from = None
+    sft_split = split
+    if fresh_share > 0:
+        # By events, not by time: REES46's traffic is concentrated at the end of its slice.
+        fresh_from = int(split.train.ts.quantile(1 - fresh_share))
+        sft_split = Split(split.name, split.train[split.train.ts < fresh_from], split.test, split.cases,
+                          {**split.protocol, "sft_before_ts": fresh_from})
+    model_dir = method._model_dir(sft_split, catalog)
     if not (model_dir / "intent.json").exists():
-        train_sft(split.train, catalog, model_dir, settings.cache_dir, method.sft, version=f"eval-{model_dir.name}",
-                  progress=say)
+        train_sft(sft_split.train, catalog, model_dir, settings.cache_dir, method.sft,
+                  version=f"eval-{model_dir.name}", progress=say)
     sft = engine_for(model_dir, settings.cache_dir, settings.intent)
     histories = user_histories(split.train)
     contexts = [build_context(c.user_id, list(reversed(histories.get(c.user_id, []))), catalog, settings.intent.max_items)
                 for c in split.cases]
     wanted = [{catalog.get(t).category for t in c.targets if catalog.get(t).category} for c in split.cases]
-    train_eps = episodes(split.train, catalog, sft.model.vocab, settings.intent.max_items, 5, 12, seed=1)
+    train_eps = episodes(split.train, catalog, sft.model.vocab, settings.intent.max_items, 5, 12, seed=1,
+                         from_ts=fresh_from)
     grpo = GRPOConfig() if steps is None else GRPOConfig(steps=steps)
     cfg = RLConfig(grpo=grpo)
     judge_log = JudgeLog()
@@ -69,7 +81,9 @@ def run_rl_benchmark(settings: Settings, dataset: str, steps: int | None = None,
     rm_stats["seconds"] = round(time.perf_counter() - started, 1)
     say(f"judge + reward models: {rm_stats}")
     result: dict[str, Any] = {
-        "command": f"intentstream bench rl --dataset {dataset}" + (f" --steps {steps}" if steps else ""),
+        "command": f"intentstream bench rl --dataset {dataset}" + (f" --steps {steps}" if steps else "")
+        + (f" --fresh-share {fresh_share}" if fresh_share else ""),
+        "fresh_share": fresh_share, "sft_train_events": len(sft_split.train),
         "machine": machine(), "commit": commit(), "dataset": dataset, "split": "global-time",
         "held_out_users": len(split.cases), "train_episodes": len(train_eps), "sft_model": sft.version,
         "grpo_config": grpo.as_dict(), "judge_config": cfg.judge.__dict__, "reward_models": rm_stats,
@@ -80,7 +94,8 @@ def run_rl_benchmark(settings: Settings, dataset: str, steps: int | None = None,
     runs = {}
     for name, reward, loss in RUNS:
         run_cfg = RLConfig(grpo=GRPOConfig(**{**grpo.as_dict(), "reward": reward}), rm_loss=loss)
-        out = settings.cache_dir / "bench" / f"rl-{dataset}-{name}"
+        suffix = f"-fresh{fresh_share}" if fresh_share else ""
+        out = settings.cache_dir / "bench" / f"rl-{dataset}-{name}{suffix}"
         shutil.rmtree(out, ignore_errors=True)
         out.parent.mkdir(parents=True, exist_ok=True)
         trained = run_grpo(model_dir, sft, rms[loss], judge, train_eps, out, run_cfg, f"bench-{name}", progress=say)

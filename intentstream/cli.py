@@ -385,13 +385,16 @@ def bench_ingest(
 def bench_rl(
     dataset: str = typer.Option("rees46", help="Dataset folder name under the data dir."),
     steps: int = typer.Option(0, help="GRPO steps per run (0: GRPOConfig's default)."),
+    fresh_share: float = typer.Option(0.0, help="SFT on the train events before the last this share of them (in "
+                                                "time order), GRPO on episodes from that last part (0: both on all)"),
     out: Optional[Path] = typer.Option(None, help="Also write the JSON here"),
 ) -> None:
     """The RL ablation: category HR@30 after SFT, GRPO (summed rewards) and GRPO (CRS, listwise
     and pointwise reward model), violation rates, reward-model agreement, throughput."""
     from benchmarks.rl import run_rl_benchmark
 
-    _print_result(run_rl_benchmark(Settings(), dataset, steps or None, progress=lambda m: console.print(m)), out)
+    _print_result(run_rl_benchmark(Settings(), dataset, steps or None, progress=lambda m: console.print(m),
+                                   fresh_share=fresh_share), out)
 
 
 @bench_app.command("loop")

@@ -8,6 +8,7 @@ a group and its field, e.g. `INTENTSTREAM_KAFKA__PORT=9092` or `INTENTSTREAM_TRI
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -204,8 +205,8 @@ class IntentSettings(BaseModel):
     threads: int = Field(default=1, ge=0)
     """torch threads of the in-process model (0: torch's default); the worker keeps a core."""
     registry_poll_s: float = Field(default=5.0, gt=0)
-    """How often the worker's intent process checks the model registry in Redis for a newly
-    promoted (or rolled back) version, which it loads between batches."""
+    """How often (at most, before a batch) the worker's intent process checks the model registry
+    in Redis for a newly promoted or rolled-back version, which it then loads between batches."""
 
     def merge_weights(self, model_meta: dict) -> tuple[float, float, float]:
         """(recent, behavioural, intent) weights: settings win, then the model's fitted ones."""
@@ -254,9 +255,9 @@ class TrainerSettings(BaseModel):
     version's by more than this (absolute)."""
     grpo_steps: int = Field(default=40, ge=1)
     """GRPO steps per run (the rest of the GRPO configuration: training/grpo.py GRPOConfig)."""
-    reward: str = "crs"
+    reward: Literal["crs", "sum"] = "crs"
     """crs (constrained reward shaping) or sum (the ablation)."""
-    rm_loss: str = "listwise"
+    rm_loss: Literal["listwise", "pointwise"] = "listwise"
     """Reward-model loss: listwise (the paper's) or pointwise."""
     threads: int = Field(default=0, ge=0)
     """torch threads of the trainer (0: torch's default)."""

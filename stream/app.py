@@ -25,9 +25,9 @@ from stream.errors import InvalidEvent
 from stream.fast_consumer import FastApp
 from stream.feedback import FeedbackLog, decode_feedback
 from stream.intent_route import IntentRoute
+from stream.keys import RedisKeys
 from stream.processor import BatchProcessor, RawMessage
 from stream.producer import ensure_topics
-from stream.keys import RedisKeys
 from stream.schemas import DeadLetter
 
 log = logging.getLogger(__name__)

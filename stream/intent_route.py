@@ -18,8 +18,8 @@ fallback_reason `intent_queue_full`; a user waiting longer than `intent.max_wait
 worker goes on). A result is written only if Redis does not already hold a newer
 state_version for that user.
 
-Hot swap: the child polls the model registry (reasoning/registry.py) every
-`intent.registry_poll_s` and loads a newly promoted or rolled-back version between batches; the
+Hot swap: before a batch, at most every `intent.registry_poll_s`, the child reads the model
+registry's serving pointer (reasoning/registry.py) and loads a newly promoted or rolled-back version between batches; the
 stream loop goes on meanwhile, so no event waits or is lost. Each result carries the version
 that produced it (model_version `<behavioural>+<intent version>`).
 
@@ -68,9 +68,8 @@ def _init_child(settings_json: str, parent_pid: int) -> None:
     from features.feast_store import FeastFeatures
     from features.pusher import _exit_with_parent
     from reasoning.engine import IntentEngine
-    from stream.keys import RedisKeys
-
     from reasoning.registry import ModelRegistry
+    from stream.keys import RedisKeys
 
     settings = Settings.model_validate_json(settings_json)
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()

@@ -47,11 +47,14 @@ def user_histories(events: pd.DataFrame) -> dict[str, list[list]]:
 
 
 def episodes(events: pd.DataFrame, catalog: Catalog, vocab: TagVocabulary, max_items: int = 20,
-             horizon: int = 5, per_user: int = 12, min_history: int = 3, seed: int = 0) -> list[Episode]:
+             horizon: int = 5, per_user: int = 12, min_history: int = 3, seed: int = 0,
+             from_ts: int | None = None) -> list[Episode]:
+    """Up to `per_user` episodes per user; with `from_ts`, only positions at or after that time
+    (the history before it still forms the context)."""
     rng = random.Random(seed)
     out = []
     for user, history in user_histories(events).items():
-        positions = list(range(min_history, len(history)))
+        positions = [t for t in range(min_history, len(history)) if from_ts is None or history[t][2] >= from_ts]
         if len(positions) > per_user:
             positions = sorted(rng.sample(positions, per_user))
         for t in positions:
