@@ -165,9 +165,9 @@ def _rl_section(result: dict) -> list[str]:
               + "; ".join(f"{loss}: pairwise agreement with the judge {rm[loss]['pairwise_agreement']:.3f}, Bad-vs-rest "
                           f"balanced accuracy {rm[loss]['bad_vs_rest_accuracy']:.3f}" for loss in ("listwise", "pointwise")
                           if loss in rm) + " (held-out judged groups).", "",
-              "s/step is wall time on the machine that ran the command, with whatever else ran on it at the "
-              "time (the 2-core machine here was shared during some runs; benchmarks/grpo_step.py measures a "
-              "step on its own).", ""]
+              "s/step is wall time on the machine that ran the command. A GRPO update only reads the samples "
+              "of groups with some advantage: under CRS most groups have none, so its steps are cheaper than "
+              "the summed reward's (few zero-advantage groups, every sample trained on).", ""]
     here = _load("grpo-step-cpu.json")
     if here:
         cpu = here["results"][0]
