@@ -8,8 +8,9 @@ their contexts the train events, their targets the categories of their test even
    reward model distilled with the listwise and the pointwise loss; their agreement with the
    judge on held-out judged groups.
 3. GRPO from the SFT model on train episodes (context + categories of the next 5 events: what a
-   feedback episode holds, training/feedback.py), three runs with the same seed and steps:
-   summed rewards (listwise RM), CRS (listwise RM), CRS (pointwise RM).
+   feedback episode holds, training/trainer.py::episodes_from_log), three runs with the same
+   seed and steps: summed rewards (listwise RM), CRS (listwise RM), CRS (pointwise RM). With
+   `--fresh-share`, SFT sees only the earlier train events and GRPO's episodes come from the rest.
 4. Category HR@30 of the arbiter's tags on the held-out users for SFT and each run; per-step
    violation rates (first vs last tenth of the steps), zero-advantage groups, seconds per step
    and contexts/s.
