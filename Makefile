@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export INTENTSTREAM_WITH_COMPOSE ?= 0
 
-.PHONY: setup up down demo test test-unit bench compose-check clean
+.PHONY: setup up down demo test test-unit lint bench compose-check clean
 
 setup:
 	bash infra/bootstrap.sh
@@ -18,7 +18,11 @@ down:
 demo: setup
 	$(BIN)/intentstream demo
 
-test: setup
+# The layers (pyproject.toml [tool.importlinter]) are checked before the suite runs.
+lint: setup
+	$(BIN)/lint-imports
+
+test: lint
 	$(BIN)/intentstream up
 	$(BIN)/python -m pytest
 

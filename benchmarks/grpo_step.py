@@ -27,11 +27,11 @@ import numpy as np
 
 
 def export(out: Path, dataset: str = "rees46", episodes_n: int = 256) -> None:
+    from contracts.settings import Settings
     from evaluation.intent_method import IntentMethod
-    from evaluation.splits import make_split
     from features.catalog import Catalog
-    from intentstream.settings import Settings
-    from stream import datasets
+    from offline import datasets
+    from offline.splits import make_split
     from training.data import episodes
     from training.rl import engine_for
 
@@ -54,6 +54,7 @@ def export(out: Path, dataset: str = "rees46", episodes_n: int = 256) -> None:
 
 
 def _time(bundle: Path, device: str, steps: int, contexts: int) -> dict:
+    import pandas as pd
     import torch
 
     from features.catalog import Catalog
@@ -61,8 +62,6 @@ def _time(bundle: Path, device: str, steps: int, contexts: int) -> dict:
     from reasoning.intent_model import AtomTable, IntentModel
     from training.data import Episode
     from training.grpo import GRPOConfig, GRPOTrainer
-
-    import pandas as pd
 
     torch.manual_seed(0)
     model_dir = bundle / "model"

@@ -31,10 +31,10 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from intentstream.settings import Settings
-from intentstream.worker_process import WorkerProcess
+from contracts.settings import Settings
+from contracts.topics import worker_topics
+from infra.worker_process import WorkerProcess
 from stream.producer import delete_topics, ensure_topics
-from stream.topics import worker_topics
 
 CATEGORIES = [f"dept{d}.cat{c}" for d in range(20) for c in range(10)]
 

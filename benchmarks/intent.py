@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from benchmarks.ingest import commit, machine
+from contracts.settings import Settings
 from evaluation.harness import evaluate
-from intentstream.settings import Settings
-from stream import datasets
+from offline import datasets
 
 
 def index_figures(settings: Settings, data: datasets.Dataset) -> dict[str, Any] | None:

@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.ingest import commit, machine
+from contracts.settings import Settings
 from evaluation.harness import score_method
 from evaluation.intent_method import IntentMethod
-from evaluation.methods import category_lookup
 from evaluation.replay_method import ReplayMethod
-from evaluation.splits import make_split
 from features.catalog import Catalog
-from intentstream.settings import Settings
-from stream import datasets
+from offline import datasets
+from offline.methods import category_lookup
+from offline.splits import make_split
 from training.sft import train_sft
 from training.trainer import run_once
 

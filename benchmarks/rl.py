@@ -25,16 +25,16 @@ from typing import Any
 import numpy as np
 
 from benchmarks.ingest import commit, machine
+from contracts.settings import Settings
 from evaluation.intent_method import IntentMethod
-from evaluation.splits import Split, make_split
 from features.catalog import Catalog
-from intentstream.settings import Settings
+from offline import datasets
+from offline.splits import Split, make_split
+from offline.tags import category_hit_rate
 from reasoning.context import build_context
-from stream import datasets
 from training.data import episodes, user_histories
 from training.grpo import GRPOConfig
 from training.judge import JudgeLog
-from evaluation.tags import category_hit_rate
 from training.rl import RLConfig, build_reward_model, engine_for, run_grpo
 from training.sft import train_sft
 

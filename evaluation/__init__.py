@@ -1,2 +1,3 @@
-"""Offline evaluation: splits, metrics, baselines (popularity, recent history, item-kNN, SASRec),
-the system itself replayed through the real pipeline, and the harness that scores them alike."""
+"""Offline evaluation: SASRec, the intent pipeline, the system itself replayed through the real
+pipeline, and the harness that scores them alike with the splits, metrics and baselines of
+offline/."""

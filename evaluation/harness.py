@@ -14,10 +14,18 @@ from typing import Any
 
 import numpy as np
 
-from evaluation import metrics as m
-from evaluation.methods import ItemKNN, Method, Oracle, Popularity, RandomItems, RecentHistory, category_lookup
-from evaluation.splits import Split, UserCase, make_split
-from stream.datasets import Dataset
+from offline import metrics as m
+from offline.datasets import Dataset
+from offline.methods import (
+    ItemKNN,
+    Method,
+    Oracle,
+    Popularity,
+    RandomItems,
+    RecentHistory,
+    category_lookup,
+)
+from offline.splits import Split, UserCase, make_split
 
 METHODS = ("popularity", "recent_history", "itemknn", "sasrec", "replay", "oracle", "random")
 OPTIONAL_METHODS = ("intent",)

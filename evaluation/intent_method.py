@@ -24,17 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.methods import ItemKNN
-from evaluation.splits import Split, UserCase
-from evaluation.tags import HR_AT, category_hit
+from contracts.recs import rec_item
 from features.catalog import Catalog
+from offline.datasets import Dataset
+from offline.methods import ItemKNN
+from offline.splits import Split, UserCase
+from offline.tags import HR_AT, category_hit
 from reasoning.context import build_context
 from reasoning.engine import IntentEngine
 from reasoning.explanations import diversity
 from reasoning.pipeline import IntentInput, reason
 from reasoning.retrieval import merge, recent_route
-from reasoning.schemas import rec_item
-from stream.datasets import Dataset
 from training.data import user_histories
 from training.sft import SFTConfig, train_sft
 

@@ -5,7 +5,7 @@ It runs on fresh topics, a fresh consumer group and a fresh Redis/Feast namespac
 same worker code and settings that serve users (only the names differ). With `wait_intent` it
 also waits for the intent route to drain before scoring. With `feedback` the first half of the
 train events is replayed, the intent route drained, and the second half replayed with simulated
-feedback (stream/replay.py `FeedbackSimulator`), which the worker logs under this run's feedback
+feedback (offline/replay.py `FeedbackSimulator`), which the worker logs under this run's feedback
 topic (`self.settings.feedback_dir`): what the periodic trainer then learns from.
 """
 
@@ -17,15 +17,16 @@ from collections.abc import Sequence
 
 import redis
 
-from evaluation.splits import Split, UserCase
-from intentstream.settings import Settings
-from intentstream.worker_process import WorkerProcess
-from stream.datasets import Dataset
-from stream.keys import RedisKeys
+from contracts.keys import RedisKeys
+from contracts.recs import FallbackReason
+from contracts.settings import Settings
+from contracts.topics import worker_topics
+from infra.worker_process import WorkerProcess
+from offline.datasets import Dataset
+from offline.replay import replay
+from offline.splits import Split, UserCase
 from stream.producer import EventProducer, delete_topics, ensure_topics
 from stream.reader import RecommendationReader
-from stream.replay import replay
-from stream.topics import worker_topics
 
 
 class ReplayMethod:
@@ -94,7 +95,7 @@ class ReplayMethod:
             time.sleep(0.5)
 
     def _simulator(self):
-        from stream.replay import FeedbackSimulator
+        from offline.replay import FeedbackSimulator
 
         s = self.settings
         client = redis.Redis(host=s.redis.host, port=s.redis.port, db=s.redis.db)
@@ -103,7 +104,7 @@ class ReplayMethod:
 
     def rank(self, case: UserCase, n: int) -> list[str]:
         recs = self.reader.get_recommendations(self.prefix + case.user_id)
-        if recs is None or recs.fallback_reason == "unknown_user":
+        if recs is None or recs.fallback_reason is FallbackReason.unknown_user:
             return []
         return [item.item_id for item in recs.items]
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evaluation.metrics import recall_at
-from evaluation.splits import Split, UserCase, global_time
+from offline.metrics import recall_at
+from offline.splits import Split, UserCase, global_time
 
 
 @dataclass

@@ -65,7 +65,7 @@ class Catalog:
 
     @classmethod
     def from_frames(cls, items: pd.DataFrame, events: pd.DataFrame | None = None) -> "Catalog":
-        """Build from a `stream.datasets.Dataset`'s items (and events for missing categories).
+        """Build from a `offline.datasets.Dataset`'s items (and events for missing categories).
 
         >>> cat = Catalog.from_frames(pd.DataFrame({"item_id": ["1"], "category": ["a.b"], "brand": ["acme"]}))
         >>> cat.get("1").text, cat.has_text

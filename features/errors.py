@@ -1,7 +1,9 @@
 """Errors of the features layer."""
 
+from contracts.errors import IntentstreamError
 
-class FeaturesError(Exception):
+
+class FeaturesError(IntentstreamError):
     """Root of feature errors."""
 
     retryable: bool = False

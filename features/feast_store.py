@@ -24,8 +24,8 @@ import yaml
 from feast import FeatureStore, RepoConfig
 from feast.data_source import PushMode
 
+from contracts.settings import Settings
 from features.errors import FeatureStoreError
-from intentstream.settings import Settings
 
 USER_FEATURES = [
     "event_count", "view_count", "click_count", "cart_count", "fav_count", "purchase_count",

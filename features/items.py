@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stream.schemas import Event
+from contracts.events import Event
 
 _COUNTED = {"view": "views", "click": "views", "cart": "carts", "purchase": "purchases"}
 

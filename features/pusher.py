@@ -8,7 +8,11 @@ the machine's other core. At most one push is in flight; rows that change meanwh
 
 Delivery: the caller hands in, with the rows, the Kafka events whose effects they carry, and gets
 them back only when the push that carried them has finished; the worker acknowledges (and so
-commits) offsets only then. A crash before that re-delivers the events (at-least-once).
+commits) offsets only then. A crash before that re-delivers the events (at-least-once). A push
+that fails is queued again under the rows that changed since (newer rows win) and its tokens stay
+with it: `cycle` raises a retryable `FeatureStoreError`, and the next cycle pushes it again.
+`cycle` may be called from several tasks (the agent and the timer): a lock makes each collect and
+submit one step, so no caller can drop a push another just submitted.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ import os
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
-from intentstream.settings import Settings
+from contracts.settings import Settings
+from features.errors import FeatureStoreError
 
 PUSH_ATTEMPTS = 5
 _features = None  # the child's FeastFeatures
@@ -73,14 +79,19 @@ class _Pending:
 
 class FeaturePusher:
     def __init__(self, settings: Settings) -> None:
-        self._pool = ProcessPoolExecutor(
+        self._settings_json = settings.model_dump_json()
+        self._pool = self._new_pool()
+        self._next = _Pending()
+        self._inflight: tuple[Future, _Pending] | None = None
+        self._lock = asyncio.Lock()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),  # the worker has threads: never fork it
             initializer=_init_child,
-            initargs=(settings.model_dump_json(), os.getpid()),
+            initargs=(self._settings_json, os.getpid()),
         )
-        self._next = _Pending()
-        self._inflight: tuple[Future, _Pending] | None = None
 
     def warm_up(self) -> None:
         """Start the child and load Feast now, not on the first batch."""
@@ -101,23 +112,41 @@ class FeaturePusher:
 
         Returns (tokens now safe to acknowledge, broker timestamps of their events, wall-clock ms
         when their push finished). With `wait`, waits for the push in flight. A failed push raises
-        here (its tokens are never returned, so their events are never acknowledged).
+        `FeatureStoreError` (retryable) here and is queued again with its tokens, so its events
+        are acknowledged only after a later push carried them; a child that died is replaced.
         """
-        done_tokens: list[Any] = []
-        done_produced: list[int] = []
-        finished_ms = 0
-        if self._inflight is not None:
-            future, pending = self._inflight
-            if wait or future.done():
-                await asyncio.wrap_future(future)
-                finished_ms = int(time.time() * 1000)
-                done_tokens, done_produced = pending.tokens, pending.produced_ms
-                self._inflight = None
-        if self._inflight is None and not self._next.empty():
-            pending, self._next = self._next, _Pending()
-            future = self._pool.submit(_push_in_child, list(pending.users.values()), list(pending.items.values()))
-            self._inflight = (future, pending)
-        return done_tokens, done_produced, finished_ms
+        async with self._lock:
+            done_tokens: list[Any] = []
+            done_produced: list[int] = []
+            finished_ms = 0
+            if self._inflight is not None:
+                future, pending = self._inflight
+                if wait or future.done():
+                    try:
+                        await asyncio.wrap_future(future)
+                    except Exception as exc:
+                        self._inflight = None
+                        self._requeue(pending)
+                        if isinstance(exc, BrokenProcessPool):  # the child died (OOM, kill): a new one
+                            self._pool.shutdown(wait=False, cancel_futures=True)
+                            self._pool = self._new_pool()
+                        raise FeatureStoreError(f"Feast push of {len(pending.users)} users failed: {exc!r}") from exc
+                    finished_ms = int(time.time() * 1000)
+                    done_tokens, done_produced = pending.tokens, pending.produced_ms
+                    self._inflight = None
+            if self._inflight is None and not self._next.empty():
+                pending, self._next = self._next, _Pending()
+                future = self._pool.submit(_push_in_child, list(pending.users.values()), list(pending.items.values()))
+                self._inflight = (future, pending)
+            return done_tokens, done_produced, finished_ms
+
+    def _requeue(self, failed: _Pending) -> None:
+        """Put a failed push back in front of what was queued since (queued rows are newer)."""
+        queued, self._next = self._next, failed
+        self._next.users.update(queued.users)
+        self._next.items.update(queued.items)
+        self._next.produced_ms.extend(queued.produced_ms)
+        self._next.tokens.extend(queued.tokens)
 
     async def drain(self) -> tuple[list[Any], list[int], int]:
         """Push everything queued and wait for it (shutdown, tests)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from stream.schemas import Event
+from contracts.events import Event
 
 # How much an interaction of each type says about the user's interest (affinities, co-visitation).
 TYPE_WEIGHT = {"view": 1.0, "click": 1.0, "fav": 2.0, "cart": 3.0, "purchase": 4.0}
@@ -118,7 +118,7 @@ def _bump(affinities: dict[str, float], key: str, weight: float, decay: float, k
 def apply(state: UserState, event: Event, produced_ms: int, limits: StateLimits) -> bool:
     """Fold one event into `state`; False when it is a duplicate (already applied).
 
-    >>> from stream.schemas import Event
+    >>> from contracts.events import Event
     >>> s = UserState("u1")
     >>> e = Event(event_id="e1", user_id="u1", item_id="i9", type="purchase", ts=5,
     ...           context={"category": "kids.toys"})

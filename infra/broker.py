@@ -13,9 +13,9 @@ import subprocess
 import uuid
 from pathlib import Path
 
+from contracts.settings import Settings
 from infra.errors import MissingTool, ServiceError
 from infra.process import port_open, read_pid, stop_pid, wait_until
-from intentstream.settings import Settings
 
 CONFIG_DIR = Path(__file__).resolve().parent / "kafka"
 

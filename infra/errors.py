@@ -1,7 +1,9 @@
 """Errors of the embedded services."""
 
+from contracts.errors import IntentstreamError
 
-class ServiceError(Exception):
+
+class ServiceError(IntentstreamError):
     """A service could not be set up or started. `retryable` says whether trying again can help."""
 
     def __init__(self, message: str, retryable: bool = False) -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import redis
 
+from contracts.settings import Settings
 from infra.errors import MissingTool, ServiceError
 from infra.process import port_open, read_pid, stop_pid, wait_until
-from intentstream.settings import Settings
 
 CONFIG = Path(__file__).resolve().parent / "redis" / "redis.conf"
 

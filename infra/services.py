@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from contracts.settings import Settings
 from features import feast_store
 from infra.broker import EmbeddedKafka
 from infra.redis_server import EmbeddedRedis
-from intentstream.settings import Settings
 
 
 @dataclass

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from intentstream.settings import Settings
+from contracts.settings import Settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks; each prints one JSON object.")
@@ -70,7 +70,7 @@ def status() -> None:
 @app.command("settings")
 def settings_cmd() -> None:
     """Print every setting with its meaning and default (the text of .env.example)."""
-    from intentstream.settings import env_example
+    from contracts.settings import env_example
 
     print(env_example(), end="")
 
@@ -97,8 +97,8 @@ def emit(
     """Emit one event (validated against the contract first)."""
     from pydantic import ValidationError
 
+    from contracts.events import Event
     from stream.producer import EventProducer
-    from stream.schemas import Event
 
     if json_event:
         data = orjson.loads(json_event)
@@ -131,10 +131,10 @@ def replay(
                                               "(their later events within feedback.window_s) to the feedback topic"),
 ) -> None:
     """Replay a dataset's events into Kafka, in time order, with a progress bar."""
-    from stream import datasets
-    from stream.errors import StreamError
+    from contracts.errors import IntentstreamError
+    from offline import datasets
+    from offline.replay import replay as run_replay
     from stream.producer import EventProducer
-    from stream.replay import replay as run_replay
 
     settings = Settings()
     try:
@@ -148,7 +148,7 @@ def replay(
                                        on_progress=lambda n: bar.advance(task, n), feedback=simulator)
             if simulator is not None:
                 simulator.producer.close()
-    except StreamError as exc:
+    except IntentstreamError as exc:
         _fail(str(exc))
     console.print(f"replayed {sent} events of {data.name} in {seconds:.1f}s ({sent / max(seconds, 1e-9):,.0f}/s)")
     if simulator is not None:
@@ -158,9 +158,9 @@ def replay(
 def _feedback_simulator(settings: Settings):
     import redis
 
-    from stream.keys import RedisKeys
+    from contracts.keys import RedisKeys
+    from offline.replay import FeedbackSimulator
     from stream.producer import EventProducer
-    from stream.replay import FeedbackSimulator
 
     r = settings.redis
     return FeedbackSimulator(EventProducer.from_settings(settings, settings.kafka.feedback_topic),
@@ -176,6 +176,7 @@ def _progress() -> Progress:
 @app.command()
 def recs(user: str, as_json: bool = typer.Option(False, "--json", help="Print the stored JSON")) -> None:
     """Show a user's recommendations from Redis."""
+    from intentstream.render import print_recommendations
     from stream.reader import RecommendationReader
 
     result = RecommendationReader.from_settings(Settings()).get_recommendations(user)
@@ -185,21 +186,6 @@ def recs(user: str, as_json: bool = typer.Option(False, "--json", help="Print th
         print(result.model_dump_json(indent=2))
         return
     print_recommendations(result, limit=10)
-
-
-def print_recommendations(result, limit: int = 10) -> None:
-    title = f"user {result.user_id} · trigger {result.trigger} · state v{result.state_version}"
-    if result.fallback_reason:
-        title += f" · fallback: {result.fallback_reason}"
-    table = Table(title=title, show_lines=False)
-    for column in ("#", "item", "score", "route", "why"):
-        table.add_column(column)
-    table.add_column("tag")
-    for rank, item in enumerate(result.items[:limit], 1):
-        table.add_row(str(rank), item.item_id, f"{item.score:.3f}", item.route, item.explanation, item.tag or "")
-    Console().print(table)
-    for intent in result.intents:
-        Console().print(f"  persona [bold]{intent.persona}[/bold]: {', '.join(intent.tags)}")
 
 
 @app.command()
@@ -233,14 +219,14 @@ def train(
     if once or every:
         _train_rl(once, every)
         return
-    from stream import datasets
-    from stream.errors import StreamError
+    from contracts.errors import IntentstreamError
+    from offline import datasets
     from training.sft import SFTConfig, train_model
 
     settings = Settings()
     try:
         data = datasets.load(dataset, settings.data_dir, fmt)
-    except StreamError as exc:
+    except IntentstreamError as exc:
         _fail(str(exc))
     overrides = {k: v for k, v in {"lm_steps": lm_steps, "adaptor_steps": adaptor_steps}.items() if v}
     target = out or settings.intent.resolved_model_dir(settings.cache_dir)
@@ -309,9 +295,9 @@ def eval_(
     out: Optional[Path] = typer.Option(None, help="Also write the JSON here"),
 ) -> None:
     """Evaluate recommendation methods on a dataset under one protocol."""
+    from contracts.errors import IntentstreamError
     from evaluation.harness import METHODS, OPTIONAL_METHODS, evaluate
-    from stream import datasets
-    from stream.errors import StreamError
+    from offline import datasets
 
     settings = Settings()
     names = [m.strip() for m in methods.split(",") if m.strip()]
@@ -321,7 +307,7 @@ def eval_(
     try:
         ks = sorted({int(x) for x in k.split(",")})
         data = datasets.load(dataset, settings.data_dir, fmt)
-    except (StreamError, ValueError) as exc:
+    except (IntentstreamError, ValueError) as exc:
         _fail(str(exc))
     if "replay" in names:
         from infra import services

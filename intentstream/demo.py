@@ -21,15 +21,16 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from contracts.keys import RedisKeys
+from contracts.settings import Settings
 from infra import services
-from intentstream.settings import Settings
-from intentstream.worker_process import WorkerProcess
-from stream import datasets
-from stream.keys import RedisKeys
+from infra.worker_process import WorkerProcess
+from intentstream.render import print_recommendations
+from offline import datasets
+from offline.replay import FeedbackSimulator, replay
 from stream.metrics import read_metrics, reset_metrics
 from stream.producer import EventProducer, delete_topics, ensure_topics
 from stream.reader import RecommendationReader
-from stream.replay import FeedbackSimulator, replay
 
 DEMO_TOPIC_PREFIX = "intentstream.demo."
 
@@ -86,7 +87,7 @@ def run_demo(settings: Settings, dataset: str, rate: float, console: Console) ->
     keys = RedisKeys(demo.key_prefix)
     client = redis.Redis(host=demo.redis.host, port=demo.redis.port, db=demo.redis.db)
     reset_metrics(client, keys)
-    client.delete(keys.behavioural_model, keys.behavioural_model + ":items")
+    client.delete(keys.behavioural_model, keys.item_stats)
     ensure_topics(bootstrap, [demo.kafka.events_topic, demo.kafka.dead_letter_topic, demo.kafka.feedback_topic],
                   demo.kafka.partitions)
 
@@ -183,7 +184,6 @@ def run_demo(settings: Settings, dataset: str, rate: float, console: Console) ->
     summary.add_row("wall time", f"{time.monotonic() - started:.0f}s")
     console.print(summary)
 
-    from intentstream.cli import print_recommendations
 
     reader = RecommendationReader.from_settings(demo)
     events = data.events

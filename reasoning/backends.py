@@ -30,7 +30,14 @@ import numpy as np
 import torch
 
 from features.catalog import Catalog
-from reasoning.context import UserContext, messages, parse_answer, task_expert, task_plan, task_tags
+from reasoning.context import (
+    UserContext,
+    messages,
+    parse_answer,
+    task_expert,
+    task_plan,
+    task_tags,
+)
 from reasoning.decoding import Decoder, PhraseTrie, Prefix
 from reasoning.errors import BackendError
 from reasoning.intent_model import AtomTable, IntentModel

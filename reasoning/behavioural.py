@@ -18,9 +18,9 @@ from datetime import datetime, timezone
 
 import orjson
 
+from contracts.recs import FallbackReason, RecsPayload, recommendations_payload
 from features.state import TYPE_WEIGHT
 from reasoning.reasoner import UserView
-from reasoning.schemas import RecsPayload, recommendations_payload
 
 # Forward decay: scores are stored as w * 2^((t - t0) / half_life); renormalised when they grow.
 _MAX_EXPONENT = 60.0
@@ -221,11 +221,11 @@ class BehaviouralReasoner:
             covisited = any(entry["route"] == "covisit" for entry in items)
             results.append(recommendations_payload(
                 user.user_id, items, generated_at, user.state_version, user.trigger, self.model_version,
-                fallback_reason=None if covisited else "no_covisitation",
+                fallback_reason=None if covisited else FallbackReason.no_covisitation,
             ))
         return results
 
-    def popular_fallback(self, user_id: str, top_k: int, reason: str) -> RecsPayload:
+    def popular_fallback(self, user_id: str, top_k: int, reason: FallbackReason) -> RecsPayload:
         items = self._items([(i, s, "") for i, s in self.popular(top_k)], {})
         return recommendations_payload(user_id, items, _now_iso(), 0, "fallback", self.model_version,
                                        fallback_reason=reason)

@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from contracts.settings import IntentSettings
 from features.catalog import Catalog
 from features.embedder import MiniLMEmbedder, item_embeddings
-from intentstream.settings import IntentSettings
 from reasoning.backends import LocalBackend, OpenAIBackend
 from reasoning.errors import ModelNotFound
 from reasoning.explanations import Explainer

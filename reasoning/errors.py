@@ -1,7 +1,9 @@
 """Errors of the reasoning layer. `retryable` says whether trying again can help."""
 
+from contracts.errors import IntentstreamError
 
-class ReasoningError(Exception):
+
+class ReasoningError(IntentstreamError):
     """Root of reasoning errors."""
 
     def __init__(self, message: str, retryable: bool = False) -> None:

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from contracts.recs import rec_item
 from reasoning.context import UserContext, build_context
 from reasoning.explanations import Facts, related_item
-from reasoning.schemas import rec_item
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from reasoning.schemas import RecsPayload
+from contracts.recs import RecsPayload
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 import orjson
 import redis
 
-from stream.keys import RedisKeys
+from contracts.keys import RedisKeys
 
 _NUMBER = re.compile(r"^v(\d+)-")
 

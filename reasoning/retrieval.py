@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from contracts.recs import rec_item
 from features.catalog import Catalog
 from reasoning.index import ItemIndex
-from reasoning.schemas import rec_item
 from reasoning.tags import TagVocabulary
 
 

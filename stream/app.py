@@ -2,9 +2,11 @@
 the feedback agent (impressions and actions -> the parquet feedback log, stream/feedback.py).
 
 Run it with `intentstream worker`. The agent takes events in micro-batches (`noack_take`), hands
-each batch to `stream.processor.BatchProcessor` and acknowledges the events the processor hands
-back (those whose Feast push finished); a 0.1 s timer does the same between batches and runs
-debounced refreshes. See stream/processor.py for the delivery guarantee.
+each batch to `stream.processor.BatchProcessor` (through `stream.failures.process_resilient`:
+retries, then a stop for an outage or a dead letter for the one event that breaks the code) and
+acknowledges the events the processor hands back (those whose Feast push finished); a 0.1 s timer
+does the same between batches and runs debounced refreshes. See stream/processor.py for the
+delivery guarantee. Table recovery seeks before it resumes (stream/fast_consumer.py).
 The state table's changelog is partitioned with the producer's partitioner on the raw user_id,
 like the events topic, so a user's state and events live on the same partition number.
 """
@@ -19,16 +21,18 @@ from typing import Any
 import faust
 import redis
 
+from contracts.errors import InvalidEvent
+from contracts.events import DeadLetter
+from contracts.feedback import decode_feedback
+from contracts.keys import RedisKeys
+from contracts.settings import Settings
 from features.pusher import FeaturePusher
-from intentstream.settings import Settings
-from stream.errors import InvalidEvent
+from stream.failures import WorkerStopped, is_retryable, process_resilient
 from stream.fast_consumer import FastApp
-from stream.feedback import FeedbackLog, decode_feedback
+from stream.feedback import FeedbackLog
 from stream.intent_route import IntentRoute
-from stream.keys import RedisKeys
 from stream.processor import BatchProcessor, RawMessage
 from stream.producer import ensure_topics
-from stream.schemas import DeadLetter
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,7 @@ def build_app(settings: Settings) -> faust.App:
     w, k = settings.worker, settings.kafka
     app = FastApp(
         w.app_id,
+        seek_delay_s=w.recovery_seek_delay_s,
         broker=f"kafka://{k.bootstrap}",
         store="memory://",
         web_enabled=w.web_enabled,
@@ -88,12 +93,21 @@ def build_app(settings: Settings) -> faust.App:
         # noack_take: events are acknowledged only when the processor hands them back, i.e. after
         # the Feast push that carried their features finished (see stream/processor.py).
         async for batch in stream.noack_take(w.batch_max, within=w.batch_within_s):
-            ready = await proc.process([
-                RawMessage(e.message.key, e.message.value, e.message.topic, e.message.partition,
-                           e.message.offset, int(e.message.timestamp * 1000))
-                for e in batch
-            ], tokens=batch)
+            messages = [RawMessage(e.message.key, e.message.value, e.message.topic, e.message.partition,
+                                   e.message.offset, int(e.message.timestamp * 1000)) for e in batch]
+            try:
+                ready = await process_resilient(proc.process, messages, batch, failed_message,
+                                                w.batch_attempts, w.retry_backoff_s)
+            except WorkerStopped as exc:
+                log.critical("stopping the worker: %s (unacknowledged events come again after a restart)", exc)
+                await app.crash(exc)
+                return
             await ack(stream, ready)
+
+    async def failed_message(msg: RawMessage, reason: str) -> None:
+        letter = DeadLetter.of(reason, msg.topic, msg.partition, msg.offset, msg.key, msg.value, int(time.time() * 1000))
+        await send_dead_letters([(msg.key, letter)])
+        holder["p"].metrics.add("events_failed")
 
     feedback = app.topic(k.feedback_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
                          value_serializer="raw", partitions=k.partitions)
@@ -125,8 +139,14 @@ def build_app(settings: Settings) -> faust.App:
 
     @app.timer(interval=0.1)
     async def between_batches() -> None:
-        if "stream" in holder:
-            await ack(holder["stream"], await holder["p"].flush_pending())
+        if "stream" not in holder:
+            return
+        try:
+            ready = await holder["p"].flush_pending()
+        except Exception as exc:  # the next batch or tick tries again; a lasting outage stops the agent
+            log.warning("between batches: %r", exc, exc_info=not is_retryable(exc))
+            return
+        await ack(holder["stream"], ready)
 
     return app
 

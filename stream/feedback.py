@@ -21,91 +21,10 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from stream.errors import InvalidEvent
-from stream.schemas import _reason, decode_object, to_epoch_ms
-
-ACTIONS = ("click", "cart", "purchase")
-MAX_ITEMS = 200
-
-
-class _Record(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    feedback_id: str = Field(min_length=1, max_length=160)
-    """Unique per record; redeliveries are dropped by it."""
-    user_id: str = Field(min_length=1, max_length=128)
-    ts: int
-    """Epoch ms (ISO-8601 accepted)."""
-
-    @field_validator("user_id", "feedback_id", mode="before")
-    @classmethod
-    def _ids_as_text(cls, value: Any) -> Any:
-        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-    @field_validator("ts", mode="before")
-    @classmethod
-    def _ts_ms(cls, value: Any) -> int:
-        return to_epoch_ms(value)
-
-
-class Impression(_Record):
-    kind: Literal["impression"]
-    impression_id: str = Field(min_length=1, max_length=160)
-    items: list[str] = Field(min_length=1, max_length=MAX_ITEMS)
-    """Item ids shown, in order."""
-    state_version: int = Field(ge=0)
-    model_version: str = Field(min_length=1, max_length=256)
-    tags: list[str] = Field(default_factory=list, max_length=MAX_ITEMS)
-    """The intent model's final tags, when the list came from it."""
-    context_items: list[str] = Field(default_factory=list, max_length=MAX_ITEMS)
-    """The items the intent model read (newest first), when the list came from it."""
-    context_actions: list[str] = Field(default_factory=list, max_length=MAX_ITEMS)
-
-    @field_validator("items", "context_items", mode="before")
-    @classmethod
-    def _item_ids(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
-        return value
-
-
-class Action(_Record):
-    kind: Literal["action"]
-    item_id: str = Field(min_length=1, max_length=128)
-    action: Literal["click", "cart", "purchase"]
-    impression_id: str | None = Field(default=None, max_length=160)
-
-    @field_validator("item_id", mode="before")
-    @classmethod
-    def _item_text(cls, value: Any) -> Any:
-        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-
-def decode_feedback(raw: bytes | None, max_bytes: int = 65536) -> Impression | Action:
-    """Parse and validate one feedback record, or raise InvalidEvent with the reason.
-
-    >>> decode_feedback(b'{"kind":"action","feedback_id":"f1","user_id":7,"ts":1,"item_id":"i","action":"click"}').user_id
-    '7'
-    >>> decode_feedback(b'{"kind":"impression","feedback_id":"f2","user_id":"u","ts":1}')
-    Traceback (most recent call last):
-    ...
-    stream.errors.InvalidEvent: invalid_feedback: impression_id: Field required; items: Field required; ...
-    """
-    data = decode_object(raw, max_bytes)
-    kind = data.get("kind")
-    model = {"impression": Impression, "action": Action}.get(kind)
-    if model is None:
-        raise InvalidEvent(f"invalid_feedback: kind must be 'impression' or 'action', got {kind!r}")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise InvalidEvent(f"invalid_feedback: {_reason(exc)}") from None
-
+from contracts.feedback import Action, Impression
 
 IMPRESSION_COLUMNS = ("feedback_id", "impression_id", "user_id", "ts", "items", "tags", "context_items",
                       "context_actions", "state_version", "model_version", "logged_at")

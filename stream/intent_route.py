@@ -14,8 +14,10 @@ less than `intent.min_interval_s` ago is not queued again.
 
 When the queue holds `intent.queue_max` users, a refresh keeps its behavioural list with
 fallback_reason `intent_queue_full`; a user waiting longer than `intent.max_wait_s` gets
-`intent_timeout` (the newest queued users go first); a failed batch gets `intent_failed` (the error is logged and counted; the
-worker goes on). A result is written only if Redis does not already hold a newer
+`intent_timeout` (the newest queued users go first); a failed batch gets `intent_failed` (the
+error is logged and counted; the worker goes on); a batch still running after
+`intent.batch_timeout_s` gets `intent_timeout` and its child is killed and replaced, as is a
+child that died. A result is written only if Redis does not already hold a newer
 state_version for that user.
 
 Hot swap: before a batch, at most every `intent.registry_poll_s`, the child reads the model
@@ -37,14 +39,15 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from intentstream.settings import Settings
+from contracts.recs import FallbackReason, RecsPayload
+from contracts.settings import Settings
 from reasoning.reasoner import UserView
-from reasoning.schemas import RecsPayload
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +68,11 @@ _child: dict[str, Any] = {}
 def _init_child(settings_json: str, parent_pid: int) -> None:
     import redis
 
+    from contracts.keys import RedisKeys
     from features.feast_store import FeastFeatures
     from features.pusher import _exit_with_parent
     from reasoning.engine import IntentEngine
     from reasoning.registry import ModelRegistry
-    from stream.keys import RedisKeys
 
     settings = Settings.model_validate_json(settings_json)
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
@@ -193,18 +196,29 @@ class IntentRoute:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.cfg = settings.intent
-        self._pool = ProcessPoolExecutor(
-            max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_child, initargs=(settings.model_dump_json(), os.getpid()),
-        )
+        self._pool = self._new_pool()
         self._queue: dict[str, _Job] = {}
         self.last: OrderedDict[str, dict] = OrderedDict()
         """user_id -> the user's last intent result (items, intents, version, tags, context_items,
         context_actions, at_ms): merged into their behavioural refreshes until the next run
         (LRU, remember_users)."""
         self._inflight: tuple[Future, list[_Job]] | None = None
+        self._inflight_since = 0.0
         self.version = ""
         self.weights = self.cfg.merge_weights({})
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_child, initargs=(self.settings.model_dump_json(), os.getpid()),
+        )
+
+    def _replace_child(self) -> None:
+        """Kill the child (hung or dead) and start a new one; its model loads on the next batch."""
+        for process in list(getattr(self._pool, "_processes", {}).values()):
+            process.kill()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = self._new_pool()
 
     def warm_up(self) -> str:
         """Load the model in the child now; raises what loading raises (e.g. ModelNotFound)."""
@@ -212,13 +226,13 @@ class IntentRoute:
         self.weights = self.cfg.merge_weights(meta)
         return self.version
 
-    def submit(self, views: list[UserView], payloads: list[RecsPayload], last_produced_ms: list[int]) -> list[str | None]:
+    def submit(self, views: list[UserView], payloads: list[RecsPayload], last_produced_ms: list[int]) -> list[FallbackReason | None]:
         """Queue users for the intent route and merge each payload with the user's last intent
         result, if any (in place). Returns the fallback_reason each payload is written with:
         `intent_pending` (queued), `intent_queue_full`, or None when the last intent result is
         younger than `intent.min_interval_s` (the user is not queued again)."""
         now = int(time.time() * 1000)
-        reasons: list[str | None] = []
+        reasons: list[FallbackReason | None] = []
         for view, payload, produced in zip(views, payloads, last_produced_ms):
             behavioural = {**payload, "items": list(payload["items"]), "fallback_reason": None}
             last = self.last.get(view.user_id)
@@ -228,7 +242,7 @@ class IntentRoute:
                     reasons.append(None)
                     continue
             if view.user_id not in self._queue and len(self._queue) >= self.cfg.queue_max:
-                reasons.append("intent_queue_full")
+                reasons.append(FallbackReason.intent_queue_full)
                 continue
             previous = self._queue.pop(view.user_id, None)  # re-queued users move to the back
             job = {"user_id": view.user_id, "recent": [list(e) for e in view.recent[: self.cfg.max_items]],
@@ -236,7 +250,7 @@ class IntentRoute:
                    "queued_ms": previous.job["queued_ms"] if previous else now, "last_produced_ms": produced,
                    "payload": behavioural}
             self._queue[view.user_id] = _Job(job, payload)
-            reasons.append("intent_pending")
+            reasons.append(FallbackReason.intent_pending)
         return reasons
 
     def _merge(self, payload: RecsPayload, view: UserView, last: dict) -> None:
@@ -267,26 +281,46 @@ class IntentRoute:
         if self._inflight is not None:
             future, jobs = self._inflight
             if not future.done():
-                return None, [], {}
-            self._inflight = None
-            try:
-                stats = future.result()
-                self._remember(stats.pop("results"))
-            except Exception as exc:  # the route fails, the stream goes on (behavioural serves)
-                log.exception("intent batch of %d users failed", len(jobs))
+                if time.monotonic() - self._inflight_since <= self.cfg.batch_timeout_s:
+                    return None, [], {}
+                log.error("intent batch of %d users still running after %.0f s: replacing the child",
+                          len(jobs), self.cfg.batch_timeout_s)
+                self._inflight = None
+                self._replace_child()
+                fallbacks += [{**j.payload, "fallback_reason": FallbackReason.intent_timeout} for j in jobs]
+                counters["intent_timeouts"] = len(jobs)
                 counters["intent_errors"] = 1
-                fallbacks += [{**j.payload, "fallback_reason": f"intent_failed: {type(exc).__name__}"} for j in jobs]
+            else:
+                self._inflight = None
+                try:
+                    stats = future.result()
+                    self._remember(stats.pop("results"))
+                except Exception:  # the route fails, the stream goes on (behavioural serves)
+                    log.exception("intent batch of %d users failed", len(jobs))
+                    counters["intent_errors"] = 1
+                    fallbacks += [{**j.payload, "fallback_reason": FallbackReason.intent_failed} for j in jobs]
+                    if isinstance(future.exception(), BrokenProcessPool):
+                        self._replace_child()
         if self._queue:
             now = int(time.time() * 1000)
             for user_id in [u for u, j in self._queue.items() if now - j.job["queued_ms"] > self.cfg.max_wait_s * 1000]:
                 job = self._queue.pop(user_id)
-                fallbacks.append({**job.payload, "fallback_reason": "intent_timeout"})
+                fallbacks.append({**job.payload, "fallback_reason": FallbackReason.intent_timeout})
                 counters["intent_timeouts"] = counters.get("intent_timeouts", 0) + 1
             # Newest first: the users active right now gain most from a fresh intent; the
             # oldest waiting ones are those that run out of max_wait_s.
             batch = [self._queue.pop(u) for u in list(reversed(self._queue))[: self.cfg.batch_size]]
             if batch:
-                self._inflight = (self._pool.submit(_reason_in_child, [j.job for j in batch]), batch)
+                try:
+                    future = self._pool.submit(_reason_in_child, [j.job for j in batch])
+                except Exception:  # a dead child (BrokenProcessPool): replace it, these users fall back
+                    log.exception("could not hand %d users to the intent child: replacing it", len(batch))
+                    self._replace_child()
+                    counters["intent_errors"] = counters.get("intent_errors", 0) + 1
+                    fallbacks += [{**j.payload, "fallback_reason": FallbackReason.intent_failed} for j in batch]
+                else:
+                    self._inflight = (future, batch)
+                    self._inflight_since = time.monotonic()
         return stats, fallbacks, counters
 
     @property

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from stream.keys import RedisKeys
+from contracts.keys import RedisKeys
 
 SAMPLES_KEPT = 20_000
 SAMPLES_PER_BATCH = 200

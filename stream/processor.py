@@ -2,12 +2,15 @@
 Feast → decide refreshes → recommend → write results. The Faust agent (stream/app.py) feeds it.
 
 Delivery guarantee (at-least-once in, effectively-once on state): `process` returns the events
-that are safe to acknowledge: those whose batch is folded, written to the state table and to
-Redis, and whose features a finished Feast push carried (features/pusher.py). Faust flushes the
-state-table changelog before it commits acknowledged offsets. After a crash the unacknowledged
-events come again; `features.state.apply` drops the ones already folded (by event_id), and
-features and recommendations are overwritten with the same values. Invalid events go to the
-dead-letter topic with their reason and never stop the batch.
+that are safe to acknowledge: those whose batch is folded and written to the state table, and
+whose features a finished Feast push carried (features/pusher.py). Faust flushes the
+state-table changelog before it commits acknowledged offsets. The table is written before any
+event is handed over for acknowledgement, so a batch that raises is never acknowledged; it comes
+again (stream/failures.py retries it; after a crash Kafka redelivers it), `features.state.apply`
+drops the events already folded (by event_id) and the touched users' features are pushed again.
+Recommendations are derived data: a refresh built but not written when a batch raised is redone
+at the user's next trigger. Invalid events go to the dead-letter topic with their reason and
+never stop the batch.
 
 With the intent route on (stream/intent_route.py), a refresh writes the behavioural list at once
 and queues the user; the route's results, fallbacks and metrics are collected after every batch
@@ -25,16 +28,17 @@ from typing import Any, Protocol
 import orjson
 import redis
 
+from contracts.errors import InvalidEvent
+from contracts.events import DeadLetter, Event, decode_event
+from contracts.keys import RedisKeys
+from contracts.recs import FallbackReason, RecsPayload
+from contracts.settings import Settings
 from features.items import ItemStats
 from features.state import StateLimits, UserState, apply
-from intentstream.settings import Settings
 from reasoning.behavioural import BehaviouralModel, BehaviouralReasoner
 from reasoning.reasoner import Reasoner, UserView
-from stream.errors import InvalidEvent
 from stream.intent_route import IntentRoute
-from stream.keys import RedisKeys
 from stream.metrics import WorkerMetrics
-from stream.schemas import DeadLetter, decode_event
 from stream.sink import RedisResultSink
 from stream.trigger import due_at_ms, mark_refreshed, refresh_reason
 
@@ -105,7 +109,7 @@ class BatchProcessor:
     # -- start-up -------------------------------------------------------------------------------
     def restore(self) -> None:
         """Load the behavioural model and item stats from the last checkpoint, if any."""
-        blob, items = self.client.mget(self.keys.behavioural_model, self.keys.behavioural_model + ":items")
+        blob, items = self.client.mget(self.keys.behavioural_model, self.keys.item_stats)
         if blob:
             self.model.load_bytes(blob)
         if items:
@@ -115,18 +119,31 @@ class BatchProcessor:
 
     # -- one batch ------------------------------------------------------------------------------
     async def process(self, batch: Sequence[RawMessage], tokens: Sequence[Any] = ()) -> list[Any]:
-        """Process one batch; returns the tokens (events) that may now be acknowledged."""
+        """Process one batch; returns the tokens (events) that may now be acknowledged.
+
+        1. Decode every message; an invalid one becomes a dead letter with its reason.
+        2. Fold the valid events into copies of their users' states (duplicates by event_id are
+           dropped) and teach the behavioural model and item stats the newly applied ones.
+        3. Decide refreshes and build them, each user isolated: a user whose list raises gets the
+           popularity list with fallback_reason `refresh_failed` (counted as `refresh_errors`).
+        4. Write every touched user's state to the table (its changelog is the durable point).
+        5. Hand the feature rows and the batch's tokens to the pusher; only now can an event be
+           acknowledged (after its push), so a batch that raises before this point is never
+           acknowledged and comes again whole: its events are then duplicates of the written
+           state (step 2 drops them) and its users' rows are pushed again.
+        6. Send dead letters, write recommendations, metrics and the checkpoint in one pipeline.
+        """
         started = now_ms()
-        max_bytes = self.settings.worker.max_event_bytes
+        w = self.settings.worker
         dead: list[tuple[bytes | None, DeadLetter]] = []
         touched: dict[str, UserState] = {}
-        touched_items: set[str] = set()
+        applied: list[tuple[Event, list[str]]] = []
         produced: list[int] = []
         duplicates = 0
         window = self.settings.recs.covisit_window
         for msg in batch:
             try:
-                event = decode_event(msg.value, max_bytes)
+                event = decode_event(msg.value, w.max_event_bytes, started, w.max_future_s)
             except InvalidEvent as exc:
                 dead.append((msg.key, self._dead_letter(msg, exc.reason, started)))
                 continue
@@ -138,26 +155,15 @@ class BatchProcessor:
             if not apply(state, event, msg.timestamp_ms, self.limits):
                 duplicates += 1
                 continue
+            applied.append((event, previous))
+            produced.append(msg.timestamp_ms)
+        touched_items: set[str] = set()
+        for event, previous in applied:
             self.model.observe(event.item_id, event.type.value, event.ts, previous, event.category, event.brand)
             self.items.observe(event)
             touched_items.add(event.item_id)
-            produced.append(msg.timestamp_ms)
         self.behavioural.invalidate()
         folded = now_ms()
-
-        if dead:
-            await self.send_dead_letters(dead)
-        self._dirty_items |= touched_items
-        item_rows: list[dict] = []
-        if self._dirty_items and time.monotonic() - self._last_item_push >= self.settings.worker.item_push_interval_s:
-            item_rows = self.items.feature_rows(self._dirty_items)
-            self._dirty_items = set()
-            self._last_item_push = time.monotonic()
-        self.pusher.add([s.feature_row() for s in touched.values()], item_rows, produced, list(tokens))
-        ready = await self._collect_pushes()
-        intent_pipe = self.client.pipeline(transaction=False)
-        self._cycle_intent(intent_pipe)
-        pushed = now_ms()
 
         due, reasons = [], []
         for state in touched.values():
@@ -165,23 +171,37 @@ class BatchProcessor:
             if reason is None:
                 continue
             ready_at = due_at_ms(state, self.settings.trigger)
-            if ready_at <= pushed:
+            if ready_at <= folded:
                 due.append(state)
                 reasons.append(reason)
                 self.pending.pop(state.user_id, None)
             else:
                 self.pending[state.user_id] = ready_at
-        pipe = self.client.pipeline(transaction=False)
-        self._refresh(due, reasons, pipe)
+        results = self._recommend(due, reasons)
         refreshed = now_ms()
         for user_id, state in touched.items():
             self.table[user_id.encode()] = state.to_record()
 
+        self._dirty_items |= touched_items
+        item_rows: list[dict] = []
+        if self._dirty_items and time.monotonic() - self._last_item_push >= w.item_push_interval_s:
+            item_rows = self.items.feature_rows(self._dirty_items)
+            self._dirty_items = set()
+            self._last_item_push = time.monotonic()
+        self.pusher.add([s.feature_row() for s in touched.values()], item_rows, produced, list(tokens))
+        ready = await self._collect_pushes()
+        if dead:
+            await self.send_dead_letters(dead)
+        pushed = now_ms()
+
+        pipe = self.client.pipeline(transaction=False)
+        self._write_recs(due, results, pipe)
+        self._cycle_intent(pipe)
         m = self.metrics
         # Where a batch's time goes (ms totals; divide by `batches`).
         m.add("time_fold_ms", folded - started)
-        m.add("time_push_ms", pushed - folded)  # queueing and collecting; the push runs in a child
-        m.add("time_refresh_ms", refreshed - pushed)
+        m.add("time_refresh_ms", refreshed - folded)
+        m.add("time_push_ms", pushed - refreshed)  # queueing and collecting; the push runs in a child
         m.add("events_valid", len(produced))
         m.add("events_dead", len(dead))
         m.add("duplicates", duplicates)
@@ -191,8 +211,7 @@ class BatchProcessor:
         self._maybe_checkpoint(pipe)
         m.queue(pipe)
         pipe.execute()
-        intent_pipe.execute()
-        m.add("time_write_ms", now_ms() - refreshed)
+        m.add("time_write_ms", now_ms() - pushed)
         if self._last_batch_end:
             m.add("time_between_batches_ms", started - self._last_batch_end)
         self._last_batch_end = now_ms()
@@ -236,10 +255,11 @@ class BatchProcessor:
             if reason is not None:
                 due.append(state)
                 reasons.append(reason)
-        pipe = self.client.pipeline(transaction=False)
-        self._refresh(due, reasons, pipe)
+        results = self._recommend(due, reasons)
         for state in due:
             self.table[state.user_id.encode()] = state.to_record()
+        pipe = self.client.pipeline(transaction=False)
+        self._write_recs(due, results, pipe)
         self.metrics.queue(pipe)
         pipe.execute()
         return acked
@@ -252,26 +272,50 @@ class BatchProcessor:
     def _dead_letter(self, msg: RawMessage, reason: str, at_ms: int) -> DeadLetter:
         return DeadLetter.of(reason, msg.topic, msg.partition, msg.offset, msg.key, msg.value, at_ms)
 
-    def _refresh(self, states: list[UserState], reasons: list[str], pipe: redis.client.Pipeline) -> None:
+    def _recommend(self, states: list[UserState], reasons: list[str]) -> list[RecsPayload]:
+        """Build the recommendations of `states` (marking them refreshed), each user isolated:
+        when the batch call raises, users are built one by one and a user whose list raises gets
+        the popularity list with fallback_reason `refresh_failed` (logged, counted)."""
         if not states:
-            return
+            return []
         views = [
             UserView(user_id=s.user_id, recent=s.recent, bought=frozenset(s.bought),
                      top_categories=s.top(s.categories, 5), state_version=s.state_version, trigger=reason)
             for s, reason in zip(states, reasons)
         ]
-        results = self.reasoner.recommend(views, self.settings.recs.top_k)
+        top_k = self.settings.recs.top_k
+        try:
+            results = self.reasoner.recommend(views, top_k)
+        except Exception:
+            results = [self._recommend_one(view, top_k) for view in views]
         if self.intent is not None:
-            reasons = self.intent.submit(views, results, [s.last_produced_ms for s in states])
-            for result, reason in zip(results, reasons):
-                result["fallback_reason"] = reason
-            self.metrics.add("intent_queued", sum(r == "intent_pending" for r in reasons))
-            self.metrics.add("intent_queue_full", sum(r == "intent_queue_full" for r in reasons))
-            self.metrics.add("intent_recent_reused", sum(r is None for r in reasons))
+            intent_reasons = self.intent.submit(views, results, [s.last_produced_ms for s in states])
+            for result, reason in zip(results, intent_reasons):
+                if result.get("fallback_reason") is not FallbackReason.refresh_failed:
+                    result["fallback_reason"] = reason
+            self.metrics.add("intent_queued", sum(r is FallbackReason.intent_pending for r in intent_reasons))
+            self.metrics.add("intent_queue_full", sum(r is FallbackReason.intent_queue_full for r in intent_reasons))
+            self.metrics.add("intent_recent_reused", sum(r is None for r in intent_reasons))
+        built = now_ms()
+        for state in states:
+            mark_refreshed(state, built)
+        return results
+
+    def _recommend_one(self, view: UserView, top_k: int) -> RecsPayload:
+        try:
+            return self.reasoner.recommend([view], top_k)[0]
+        except Exception:
+            log.exception("refresh of user %r failed: serving the popularity list", view.user_id[:64])
+            self.metrics.add("refresh_errors")
+            fallback = self.behavioural.popular_fallback(view.user_id, top_k, FallbackReason.refresh_failed)
+            fallback.update(state_version=view.state_version, trigger=view.trigger)
+            return fallback
+
+    def _write_recs(self, states: list[UserState], results: list[RecsPayload], pipe: redis.client.Pipeline) -> None:
+        if not states:
+            return
         self.sink.write(results, pipe)
         written = now_ms()
-        for state in states:
-            mark_refreshed(state, written)
         self.metrics.add("refreshes", len(states))
         self.metrics.refreshed_users.extend(s.user_id for s in states)
         self.metrics.sample("recs_freshness_ms", [written - s.last_produced_ms for s in states])
@@ -307,7 +351,7 @@ class BatchProcessor:
         """Queue the behavioural model, item stats and the popularity fallback onto `pipe`."""
         self._last_checkpoint = time.monotonic()
         pipe.set(self.keys.behavioural_model, self.model.to_bytes())
-        pipe.set(self.keys.behavioural_model + ":items", orjson.dumps(self.items.to_dict()))
+        pipe.set(self.keys.item_stats, orjson.dumps(self.items.to_dict()))
         self.sink.write_popular(
-            self.behavioural.popular_fallback("*", self.settings.recs.top_k, "unknown_user"), pipe
+            self.behavioural.popular_fallback("*", self.settings.recs.top_k, FallbackReason.unknown_user), pipe
         )

@@ -19,9 +19,9 @@ from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
 
-from intentstream.settings import Settings
+from contracts.events import Event
+from contracts.settings import Settings
 from stream.errors import BrokerUnavailable
-from stream.schemas import Event
 
 
 def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int) -> None:

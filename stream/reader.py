@@ -10,9 +10,9 @@ from __future__ import annotations
 import orjson
 import redis
 
-from intentstream.settings import Settings
-from reasoning.schemas import Recommendations
-from stream.keys import RedisKeys
+from contracts.keys import RedisKeys
+from contracts.recs import FallbackReason, Recommendations
+from contracts.settings import Settings
 
 
 class RecommendationReader:
@@ -34,7 +34,7 @@ class RecommendationReader:
         if popular is None:
             return None
         fallback = Recommendations.model_validate(orjson.loads(popular))
-        return fallback.model_copy(update={"user_id": user_id, "fallback_reason": "unknown_user"})
+        return fallback.model_copy(update={"user_id": user_id, "fallback_reason": FallbackReason.unknown_user})
 
 
 def get_recommendations(user_id: str, settings: Settings | None = None) -> Recommendations | None:

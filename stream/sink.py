@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import orjson
 import redis
 
-from reasoning.schemas import RecsPayload
-from stream.keys import RedisKeys
+from contracts.keys import RedisKeys
+from contracts.recs import RecsPayload
 
 
 class RedisResultSink:

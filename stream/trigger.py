@@ -8,14 +8,14 @@ worker keeps the user pending and refreshes them when the interval has passed.
 
 from __future__ import annotations
 
+from contracts.settings import TriggerSettings
 from features.state import UserState
-from intentstream.settings import TriggerSettings
 
 
 def refresh_reason(state: UserState, cfg: TriggerSettings) -> str | None:
     """Why `state` needs a refresh now, or None.
 
-    >>> from intentstream.settings import TriggerSettings
+    >>> from contracts.settings import TriggerSettings
     >>> cfg = TriggerSettings(every_n_events=3)
     >>> s = UserState("u", state_version=1, events_since_refresh=1)
     >>> refresh_reason(s, cfg)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from intentstream.settings import Settings
+from contracts.settings import Settings
 
 HOW_TO = ("needs Kafka, Redis and Feast: run `make test` (or `intentstream up`), "
           "or set INTENTSTREAM_REQUIRE_SERVICES=1 to make this a failure")
@@ -47,8 +47,8 @@ def scoped(services: Settings) -> Iterator[Settings]:
     the test's topics and Redis keys are removed afterwards."""
     import redis
 
+    from contracts.topics import worker_topics
     from stream.producer import delete_topics
-    from stream.topics import worker_topics
 
     run = uuid.uuid4().hex[:8]
     s = services.isolated(f"test-{run}", key_prefix=f"test:{run}:")
@@ -65,7 +65,7 @@ def scoped(services: Settings) -> Iterator[Settings]:
 
 @pytest.fixture
 def worker_factory(scoped: Settings, tmp_path: Path) -> Iterator:
-    from intentstream.worker_process import WorkerProcess
+    from infra.worker_process import WorkerProcess
 
     started: list[WorkerProcess] = []
 
@@ -91,8 +91,8 @@ def data_dir(base_settings: Settings) -> Path:
 def tiny_intent_model(base_settings: Settings, data_dir: Path, tmp_path_factory) -> Path:
     """An intent model trained in under a minute on the first 4,000 REES46 events (tiny LM):
     real tokenizer, LM, adaptor, MiniLM atoms and tags, not a useful recommender."""
+    from offline import datasets
     from reasoning.intent_model import LMConfig
-    from stream import datasets
     from training.sft import SFTConfig, train_model
 
     data = datasets.load("rees46", data_dir).head(4000)

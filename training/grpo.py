@@ -47,7 +47,17 @@ from reasoning.backends import LocalBackend
 from reasoning.context import messages, task_expert, task_plan
 from reasoning.intent_model import AtomTable, IntentModel
 from training.data import Episode
-from training.rewards import Gates, LengthBand, r_acc, r_align, r_div, r_len, shaped, summed, violations
+from training.rewards import (
+    Gates,
+    LengthBand,
+    r_acc,
+    r_align,
+    r_div,
+    r_len,
+    shaped,
+    summed,
+    violations,
+)
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ import itertools
 import numpy as np
 import pandas as pd
 
-from evaluation import metrics
-from evaluation.methods import ItemKNN
-from evaluation.splits import global_time
+from contracts.recs import rec_item
+from offline import metrics
+from offline.methods import ItemKNN
+from offline.splits import global_time
 from reasoning.retrieval import merge, recent_route
-from reasoning.schemas import rec_item
 from training.data import user_histories
 
 RECENT_GRID = (0.5, 1.0, 2.0, 4.0)

@@ -10,7 +10,7 @@
    the new weights, and in intent.json the parent version, the configs and the training history.
 
 `episode_hit_rate` is the held-out measure the trainer gates on: category HR@30 of the
-arbiter's final tags against the episodes' next categories (evaluation/tags.py).
+arbiter's final tags against the episodes' next categories (offline/tags.py).
 """
 
 from __future__ import annotations
@@ -25,14 +25,20 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.tags import category_hit_rate
-from intentstream.settings import IntentSettings
+from contracts.settings import IntentSettings
+from offline.tags import category_hit_rate
 from reasoning.context import UserContext, task_expert
 from reasoning.engine import IntentEngine
 from training.data import Episode
 from training.grpo import GRPOConfig, GRPOTrainer
 from training.judge import GRADES, JudgeConfig, JudgeLog, TagJudge
-from training.reward_model import Group, agreement, bad_accuracy, tag_features, train_reward_model
+from training.reward_model import (
+    Group,
+    agreement,
+    bad_accuracy,
+    tag_features,
+    train_reward_model,
+)
 
 log = logging.getLogger(__name__)
 

@@ -209,7 +209,7 @@ def save_catalog(catalog: Catalog, path: Path) -> None:
 
 def train_model(dataset, out_dir: Path, cache_dir: Path, cfg: SFTConfig | None = None,
                 progress: Callable[[str], None] | None = None) -> IntentModel:
-    """Train on a whole `stream.datasets.Dataset` and write the model directory atomically (a
+    """Train on a whole `offline.datasets.Dataset` and write the model directory atomically (a
     worker loading `out_dir` meanwhile never sees half a model)."""
     import shutil
 

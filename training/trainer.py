@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from contracts.settings import Settings
 from features.catalog import Catalog
-from intentstream.settings import Settings
 from reasoning.context import build_context
 from reasoning.registry import ModelRegistry, RegistryError
 from reasoning.tags import TagVocabulary
@@ -38,7 +38,13 @@ from stream.feedback import FeedbackLog, attribute
 from training.data import Episode, ranked_tags
 from training.grpo import GRPOConfig
 from training.judge import JudgeLog
-from training.rl import RLConfig, build_reward_model, engine_for, episode_hit_rate, run_grpo
+from training.rl import (
+    RLConfig,
+    build_reward_model,
+    engine_for,
+    episode_hit_rate,
+    run_grpo,
+)
 
 log = logging.getLogger(__name__)
 

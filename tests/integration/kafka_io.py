@@ -8,7 +8,7 @@ from collections.abc import Callable
 import orjson
 from kafka import KafkaConsumer
 
-from intentstream.settings import Settings
+from contracts.settings import Settings
 
 
 def wait_for(check: Callable[[], bool], timeout_s: float, what: str, on_fail: Callable[[], str] = lambda: "") -> None:
@@ -33,3 +33,37 @@ def read_topic(settings: Settings, topic: str, expected: int, timeout_s: float =
     finally:
         consumer.close()
     return records
+
+
+def committed_and_end(settings: Settings, topic: str) -> tuple[dict[int, int], dict[int, int]]:
+    """(the worker group's committed offset, the log end offset) per partition of `topic`;
+    a partition without a commit is missing from the first."""
+    from kafka import KafkaAdminClient, TopicPartition
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap)
+    try:
+        committed = {tp.partition: meta.offset
+                     for tp, meta in admin.list_consumer_group_offsets(settings.worker.app_id).items()
+                     if tp.topic == topic and meta.offset >= 0}
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        end = {tp.partition: offset for tp, offset in consumer.end_offsets(partitions).items()}
+    finally:
+        admin.close()
+        consumer.close()
+    return committed, end
+
+
+def wait_committed_to_end(settings: Settings, timeout_s: float, on_fail: Callable[[], str] = lambda: "") -> None:
+    """Wait until the worker group has committed every partition of the events topic up to its end:
+    nothing dropped unacknowledged, no commit frozen at a gap."""
+    topic = settings.kafka.events_topic
+    state: dict[str, tuple] = {}
+
+    def done() -> bool:
+        state["last"] = committed_and_end(settings, topic)
+        committed, end = state["last"]
+        return all(committed.get(p, 0) == offset for p, offset in end.items())
+
+    wait_for(done, timeout_s, "committed offsets to reach the end of every events partition",
+             lambda: f"(committed, end) = {state.get('last')}\n{on_fail()}")

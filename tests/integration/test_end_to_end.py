@@ -7,13 +7,13 @@ from __future__ import annotations
 import orjson
 import redis
 
+from contracts.keys import RedisKeys
+from contracts.recs import Recommendations
 from features.feast_store import FeastFeatures
-from reasoning.schemas import Recommendations
-from stream import datasets
-from stream.keys import RedisKeys
+from offline import datasets
+from offline.replay import replay
 from stream.producer import EventProducer
 from stream.reader import RecommendationReader
-from stream.replay import replay
 from tests.integration.kafka_io import wait_for
 
 SLICE = 3000

@@ -3,8 +3,8 @@ Redis serves is scored like any offline method (same protocol, same users)."""
 
 from __future__ import annotations
 
-from stream import datasets
 from evaluation.harness import evaluate
+from offline import datasets
 
 
 def test_replay_method_scores_what_the_pipeline_serves(scoped, data_dir):

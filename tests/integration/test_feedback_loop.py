@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import redis
 
+from contracts.keys import RedisKeys
+from contracts.recs import Recommendations
+from offline import datasets
+from offline.replay import FeedbackSimulator, replay
 from reasoning.registry import ModelRegistry
-from reasoning.schemas import Recommendations
-from stream import datasets
-from stream.keys import RedisKeys
 from stream.producer import EventProducer
-from stream.replay import FeedbackSimulator, replay
 from tests.integration.kafka_io import read_topic, wait_for
 from training.trainer import run_once
 

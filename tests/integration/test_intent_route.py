@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import redis
 
+from contracts.keys import RedisKeys
+from contracts.recs import Recommendations
 from features.feast_store import FeastFeatures
-from reasoning.schemas import Recommendations
-from stream import datasets
-from stream.keys import RedisKeys
+from offline import datasets
+from offline.replay import replay
 from stream.producer import EventProducer
-from stream.replay import replay
 from tests.integration.kafka_io import wait_for
 
 pytestmark = pytest.mark.integration

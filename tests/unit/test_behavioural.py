@@ -1,6 +1,6 @@
+from contracts.recs import Recommendations
 from reasoning.behavioural import BehaviouralModel, BehaviouralReasoner
 from reasoning.reasoner import UserView
-from reasoning.schemas import Recommendations
 
 
 def trained() -> BehaviouralModel:

@@ -1,10 +1,10 @@
 import pandas as pd
 import pytest
 
-from stream import datasets
-from stream.errors import DatasetError
-from stream.replay import event_payloads
-from stream.schemas import decode_event
+from contracts.events import decode_event
+from offline import datasets
+from offline.errors import DatasetError
+from offline.replay import event_payloads
 
 
 def test_generic_format_with_aliases_iso_times_and_items(tmp_path):

@@ -1,8 +1,8 @@
 import pandas as pd
 
 from evaluation.harness import evaluate
-from evaluation.splits import global_time, per_user_last
-from stream.datasets import Dataset
+from offline.datasets import Dataset
+from offline.splits import global_time, per_user_last
 
 
 def log(rows):

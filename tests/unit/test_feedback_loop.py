@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from stream.errors import InvalidEvent
-from stream.feedback import FeedbackLog, attribute, decode_feedback
+from contracts.errors import InvalidEvent
+from contracts.feedback import decode_feedback
+from stream.feedback import FeedbackLog, attribute
 from training.data import Episode
 from training.judge import GRADES, JudgeConfig, TagJudge
 from training.reward_model import Group, agreement, listwise_loss, train_reward_model

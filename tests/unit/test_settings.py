@@ -1,5 +1,5 @@
-from intentstream.settings import Settings
-from intentstream.worker_process import settings_env
+from contracts.settings import Settings
+from infra.worker_process import settings_env
 
 
 def test_env_overrides_nested_groups(monkeypatch):
@@ -20,7 +20,7 @@ def test_settings_survive_the_trip_to_a_child_process(monkeypatch):
 def test_env_example_documents_every_setting_and_is_current():
     from pathlib import Path
 
-    from intentstream.settings import env_example
+    from contracts.settings import env_example
 
     text = (Path(__file__).resolve().parents[2] / ".env.example").read_text()
     missing = [k for k in settings_env(Settings()) if k not in text]

@@ -1,6 +1,6 @@
+from contracts.events import Event
+from contracts.settings import TriggerSettings
 from features.state import StateLimits, UserState, apply
-from intentstream.settings import TriggerSettings
-from stream.schemas import Event
 from stream.trigger import due_at_ms, mark_refreshed, refresh_reason
 
 

@@ -86,6 +86,19 @@ class WorkerSettings(BaseModel):
     """Longest wait (seconds) to fill a micro-batch; bounds the added latency."""
     max_event_bytes: int = Field(default=65536, ge=256)
     """Events larger than this (bytes) are dead-lettered as oversized."""
+    max_future_s: float = Field(default=86_400.0, ge=0)
+    """Events whose ts lies more than this many seconds after the worker's clock are
+    dead-lettered (the other bounds of an event: contracts/events.py)."""
+    batch_attempts: int = Field(default=3, ge=1)
+    """Tries of a batch whose processing raised. A retryable error (Redis, Kafka, Feast
+    unreachable) that outlasts them stops the worker loudly (its events come again after the
+    restart); any other error is then narrowed to the events that raise alone, which are
+    dead-lettered (reason processing_failed) while the rest of the batch goes on."""
+    retry_backoff_s: float = Field(default=0.5, gt=0)
+    """Wait before the second try of a failed batch (seconds), doubled before each later try."""
+    recovery_seek_delay_s: float = Field(default=0.0, ge=0)
+    """Tests only: sleep this long (seconds) inside the post-recovery seek, to widen the window
+    in which faust 0.15.3 lost records (stream/fast_consumer.py SeekFirstRecovery)."""
     recent_items: int = Field(default=50, ge=1)
     """Recent interactions kept per user."""
     dedupe_window: int = Field(default=256, ge=1)
@@ -148,7 +161,7 @@ class IntentSettings(BaseModel):
 
     enabled: bool = True
     """Run the intent route in the worker when a model exists at model_dir (else behavioural only,
-    with fallback_reason no_intent_model)."""
+    with a warning in the log)."""
     model_dir: Path | None = None
     """The intent model directory (Hugging Face format); default: <cache_dir>/models/intent."""
     backend: str = "local"
@@ -202,6 +215,9 @@ class IntentSettings(BaseModel):
     """Users whose last intent result the worker keeps in memory for those merges (LRU)."""
     max_wait_s: float = Field(default=30.0, gt=0)
     """A queued user older than this is skipped (fallback_reason intent_timeout)."""
+    batch_timeout_s: float = Field(default=120.0, gt=0)
+    """A reasoning batch still running after this many seconds is abandoned: its child process is
+    replaced and its users get fallback_reason intent_timeout."""
     threads: int = Field(default=1, ge=0)
     """torch threads of the in-process model (0: torch's default); the worker keeps a core."""
     registry_poll_s: float = Field(default=5.0, gt=0)

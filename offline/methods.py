@@ -11,7 +11,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from evaluation.splits import Split, UserCase
+from offline.splits import Split, UserCase
 from reasoning.behavioural import BehaviouralModel, BehaviouralReasoner
 
 DAY_MS = 86_400_000

@@ -1,4 +1,9 @@
-"""Names of the Redis keys the project writes; one place so writers and readers agree."""
+"""Names of the Redis keys the project writes; one place so writers and readers agree.
+
+A user id is any string, so the only keys a user id reaches are `recs:{user_id}`: every key of
+the project's own (the update stream, the popularity fallback, metrics, models) lies outside the
+`recs:` namespace, where no user id can land. `system_keys` lists them; a test holds the rule.
+"""
 
 from __future__ import annotations
 
@@ -13,16 +18,22 @@ class RedisKeys:
     @property
     def updates(self) -> str:
         """Stream announcing every recommendation update (fields: user_id, state_version, ...)."""
-        return f"{self.prefix}recs:updates"
+        return f"{self.prefix}recs-updates"
 
     @property
     def popular(self) -> str:
         """Popularity fallback list served to unknown users."""
-        return f"{self.prefix}recs:__popular__"
+        return f"{self.prefix}recs-popular"
 
     @property
     def behavioural_model(self) -> str:
+        """The behavioural model's checkpoint (co-visitation, popularity)."""
         return f"{self.prefix}model:behavioural"
+
+    @property
+    def item_stats(self) -> str:
+        """The item statistics' checkpoint (JSON)."""
+        return f"{self.prefix}model:behavioural:items"
 
     @property
     def metrics(self) -> str:
@@ -50,3 +61,8 @@ class RedisKeys:
     def model_retired(self) -> str:
         """Versions rolled back from (a set): never served again by a rollback."""
         return f"{self.prefix}model:retired"
+
+    def system_keys(self) -> list[str]:
+        """Every fixed key above (sample lists are `metrics:{name}`): none starts with `recs:`."""
+        return [self.updates, self.popular, self.behavioural_model, self.item_stats, self.metrics,
+                self.model_serving, self.model_history, self.model_sequence, self.model_retired]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from intentstream.settings import Settings
+from contracts.settings import Settings
 
 
 def worker_topics(settings: Settings) -> list[str]:

@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from stream.datasets import Dataset
+from offline.datasets import Dataset
 from stream.producer import EventProducer
 
 

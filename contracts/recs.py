@@ -9,9 +9,30 @@ the worker writes parses as `Recommendations`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from enum import Enum
 from typing import Any
 
 from pydantic import BaseModel, Field
+
+
+class FallbackReason(str, Enum):
+    """Why a served list is not the full product of every route (`fallback_reason`; null when
+    nothing fell back). The one list: writers use the members, readers compare with them."""
+
+    unknown_user = "unknown_user"
+    """The user has no state yet: the popularity list serves."""
+    no_covisitation = "no_covisitation"
+    """None of the user's items has co-visited neighbours yet: recent items and popularity serve."""
+    refresh_failed = "refresh_failed"
+    """Building this user's list raised (logged and counted as `refresh_errors`): popularity serves."""
+    intent_pending = "intent_pending"
+    """Queued for the intent route: the behavioural list serves until its result lands."""
+    intent_queue_full = "intent_queue_full"
+    """The intent queue was full: the behavioural list serves."""
+    intent_timeout = "intent_timeout"
+    """The user waited longer than `intent.max_wait_s`, or the batch ran past `intent.batch_timeout_s`."""
+    intent_failed = "intent_failed"
+    """The intent batch raised (logged and counted as `intent_errors`)."""
 
 
 class RecItem(BaseModel):
@@ -43,8 +64,8 @@ class Recommendations(BaseModel):
     trigger: str
     """What caused the refresh: first_events, purchase, dominant_category, event_count, ..."""
     model_version: str
-    fallback_reason: str | None = None
-    """Null unless a fallback served (e.g. unknown_user)."""
+    fallback_reason: FallbackReason | None = None
+    """Null unless a fallback served (`FallbackReason`)."""
     tags: list[str] = Field(default_factory=list)
     """The intent model's final tags (empty when the intent route has not run for the user)."""
     context_items: list[str] = Field(default_factory=list)
@@ -69,7 +90,7 @@ def recommendations_payload(
     state_version: int,
     trigger: str,
     model_version: str,
-    fallback_reason: str | None = None,
+    fallback_reason: FallbackReason | None = None,
     intents: Sequence[dict[str, Any]] = (),
 ) -> RecsPayload:
     """The dict form of `Recommendations`; `items` are `rec_item` dicts, best first.

@@ -12,8 +12,8 @@ from pathlib import Path
 import redis
 from pydantic import BaseModel
 
-from intentstream.settings import Settings
-from stream.keys import RedisKeys
+from contracts.keys import RedisKeys
+from contracts.settings import Settings
 from stream.metrics import read_metrics
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stream.errors import DatasetError
+from offline.errors import DatasetError
 
 EVENT_COLUMNS = ["event_id", "user_id", "item_id", "type", "ts", "price", "session_id", "category", "brand"]
 TYPE_ALIASES = {

@@ -1,0 +1,90 @@
+"""A poison mix among 10,000 valid events into a live worker: the worker survives (same pid),
+every valid event is counted exactly once in Feast, every poison event is in the dead-letter topic
+with its reason, and no user id reaches a key of the project's own (the update stream stays a
+stream, the popularity fallback stays the fallback)."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+
+from contracts.keys import RedisKeys
+from features.feast_store import FeastFeatures
+from stream.producer import EventProducer
+from tests.integration.kafka_io import read_topic, wait_for
+
+USERS = 100
+VALID = 10_000
+
+
+def _poison(user: str, now: int) -> dict[bytes, str]:
+    """Raw value -> a word its dead-letter reason must contain."""
+    base = {"user_id": user, "item_id": "i1", "type": "view", "ts": now}
+    cases = [
+        ({"ts": 10**19}, "ts"),
+        ({"ts": 2**64 - 1}, "ts"),
+        ({"ts": now + 10 * 86_400_000}, "future"),
+        ({"ts": now // 1000}, "1990"),  # seconds instead of ms
+        ({"context": {"category": "c" * 60_000}}, "characters"),
+        ({"context": {"brand": {"nested": [1, 2]}}}, "context"),
+        ({"item_id": "<|im_start|>system"}, "item_id"),
+        ({"item_id": "i\x00j"}, "item_id"),
+        ({"context": {"category": "a</s>b"}}, "context"),
+        ({"price": 1e308}, "price"),
+        ({"user_id": "u" * 200}, "user_id"),
+    ]
+    out = {orjson.dumps({**base, "event_id": f"poison-{n}", **change}): hint for n, (change, hint) in enumerate(cases)}
+    out[b'{"event_id": "p-nan", "price": NaN}'] = "bad_json"
+    return out
+
+
+def test_poison_mix_cannot_break_the_worker(scoped, worker_factory):
+    p = scoped.key_prefix
+    keys = RedisKeys(p)
+    now = int(time.time() * 1000)
+    users = [f"{p}u{n}" for n in range(USERS)]
+    poison = _poison(users[0], now)
+    worker = worker_factory()
+    pid = worker.proc.pid
+    counts = dict.fromkeys(users, 0)
+    bad = iter(poison)
+    with EventProducer.from_settings(scoped) as producer:
+        for i in range(VALID):
+            user = users[i % USERS]
+            producer.send_raw(user.encode(), orjson.dumps({
+                "event_id": f"ok-{i}", "user_id": user, "item_id": f"item-{(i * 13) % 211}",
+                "type": ["view", "view", "cart", "purchase"][i % 4], "ts": now + i,
+                "context": {"category": f"cat.{i % 7}", "brand": f"b{i % 5}"}}))
+            counts[user] += 1
+            if i % 500 == 0:
+                raw = next(bad, None)
+                if raw is not None:
+                    producer.send_raw(users[0].encode(), raw)
+        # User ids that spell the project's own key names are ordinary users.
+        for n, name in enumerate(("updates", "__popular__", "recs-updates", "recs-popular")):
+            producer.send_raw(name.encode(), orjson.dumps({"event_id": f"sys-{n}-{now}", "user_id": name,
+                                                           "item_id": "item-1", "type": "purchase", "ts": now}))
+    total = VALID + len(poison) + 4
+
+    wait_for(lambda: worker.processed() >= total, 240, "the worker to consume everything", worker.log_tail)
+    features = FeastFeatures(scoped)
+    wait_for(lambda: {r["user_id"]: r["event_count"] for r in features.read_users(users, ["event_count"])} == counts,
+             60, "every valid event to be counted exactly once in Feast", worker.log_tail)
+
+    letters = read_topic(scoped, scoped.kafka.dead_letter_topic, len(poison))
+    assert len(letters) == len(poison), [x["reason"] for x in letters]
+    for raw, hint in poison.items():
+        match = [x for x in letters if x["value"] == raw[:4096].decode("utf-8", "replace")]
+        assert match, f"no dead letter for {raw[:80]!r}"
+        assert hint in match[0]["reason"], (hint, match[0]["reason"])
+
+    client = worker.client
+    assert client.type(keys.updates) == b"stream"
+    assert client.xlen(keys.updates) > 0
+    popular = orjson.loads(client.get(keys.popular))
+    assert popular["trigger"] == "fallback" and popular["fallback_reason"] == "unknown_user"
+    wait_for(lambda: client.get(keys.recs("updates")) is not None, 30, "recs of the user named 'updates'")
+    assert orjson.loads(client.get(keys.recs("updates")))["user_id"] == "updates"
+    assert worker.metrics()["events_dead"] == len(poison)
+    assert worker.alive() and worker.proc.pid == pid, worker.log_tail()

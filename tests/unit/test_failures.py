@@ -1,0 +1,71 @@
+"""What the worker does when a batch raises (stream/failures.py): retry, stop for an outage,
+narrow a poison message down to a dead letter, never skip or acknowledge early."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis
+
+from stream.failures import WorkerStopped, process_resilient
+
+
+class Processor:
+    """Processes messages (ints) like BatchProcessor.process: returns the tokens to acknowledge;
+    raises `error` for any batch that holds `poison` (or for its first `fail_times` calls)."""
+
+    def __init__(self, poison: int | None = None, error: Exception | None = None, fail_times: int = 0) -> None:
+        self.poison, self.error, self.fail_times = poison, error or ValueError("boom"), fail_times
+        self.calls: list[list[int]] = []
+        self.processed: list[int] = []
+
+    async def __call__(self, messages, tokens):
+        self.calls.append(list(messages))
+        if len(self.calls) <= self.fail_times or self.poison in messages:
+            raise self.error
+        self.processed += list(messages)
+        return list(tokens)
+
+
+def run(proc, messages, attempts=3):
+    letters: list[tuple[int, str]] = []
+    waits: list[float] = []
+
+    async def dead_letter(message, reason):
+        letters.append((message, reason))
+
+    async def sleep(seconds):
+        waits.append(seconds)
+
+    tokens = [f"t{m}" for m in messages]
+    ready = asyncio.run(process_resilient(proc, messages, tokens, dead_letter, attempts, 0.5, sleep))
+    return ready, letters, waits
+
+
+def test_a_passing_batch_is_processed_once():
+    proc = Processor()
+    ready, letters, waits = run(proc, [1, 2, 3])
+    assert ready == ["t1", "t2", "t3"] and proc.calls == [[1, 2, 3]] and not letters and not waits
+
+
+def test_a_passing_retry_loses_nothing_and_backs_off():
+    proc = Processor(fail_times=2)
+    ready, letters, waits = run(proc, [1, 2, 3])
+    assert ready == ["t1", "t2", "t3"] and proc.processed == [1, 2, 3] and not letters
+    assert waits == [0.5, 1.0]
+
+
+def test_a_poison_message_is_dead_lettered_and_the_rest_goes_on():
+    proc = Processor(poison=2)
+    ready, letters, _ = run(proc, [1, 2, 3])
+    assert proc.processed == [1, 3]
+    assert sorted(ready) == ["t1", "t2", "t3"]  # the poison one is acknowledged: it is in the dead-letter topic
+    assert letters == [(2, "processing_failed: ValueError: boom")]
+
+
+def test_an_outage_stops_the_worker_and_acknowledges_nothing():
+    proc = Processor(poison=2, error=redis.ConnectionError("connection refused"))
+    with pytest.raises(WorkerStopped, match="ConnectionError"):
+        run(proc, [1, 2, 3])
+    assert proc.processed == [] and len(proc.calls) == 3
