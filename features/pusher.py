@@ -134,11 +134,16 @@ class FeaturePusher:
                     finished_ms = int(time.time() * 1000)
                     done_tokens, done_produced = pending.tokens, pending.produced_ms
                     self._inflight = None
-            if self._inflight is None and not self._next.empty():
-                pending, self._next = self._next, _Pending()
-                future = self._pool.submit(_push_in_child, list(pending.users.values()), list(pending.items.values()))
-                self._inflight = (future, pending)
+            self.start()
             return done_tokens, done_produced, finished_ms
+
+    def start(self) -> None:
+        """Start a push of what is queued if none is in flight; never waits, never raises a
+        push's error (the next `cycle` collects it)."""
+        if self._inflight is None and not self._next.empty():
+            pending, self._next = self._next, _Pending()
+            future = self._pool.submit(_push_in_child, list(pending.users.values()), list(pending.items.values()))
+            self._inflight = (future, pending)
 
     def _requeue(self, failed: _Pending) -> None:
         """Put a failed push back in front of what was queued since (queued rows are newer)."""

@@ -60,6 +60,7 @@ class Pusher(Protocol):
 
     def add(self, users: list[dict[str, Any]], items: list[dict[str, Any]], produced_ms: list[int],
             tokens: list[Any]) -> None: ...
+    def start(self) -> None: ...
     async def cycle(self, wait: bool = False) -> tuple[list[Any], list[int], int]: ...
 
 
@@ -124,14 +125,18 @@ class BatchProcessor:
         1. Decode every message; an invalid one becomes a dead letter with its reason.
         2. Fold the valid events into copies of their users' states (duplicates by event_id are
            dropped) and teach the behavioural model and item stats the newly applied ones.
-        3. Decide refreshes and build them, each user isolated: a user whose list raises gets the
+        3. Hand the touched users' feature rows to the pusher and start a push if none is in
+           flight: features do not wait for the refreshes.
+        4. Decide refreshes and build them, each user isolated: a user whose list raises gets the
            popularity list with fallback_reason `refresh_failed` (counted as `refresh_errors`).
-        4. Write every touched user's state to the table (its changelog is the durable point).
-        5. Hand the feature rows and the batch's tokens to the pusher; only now can an event be
-           acknowledged (after its push), so a batch that raises before this point is never
-           acknowledged and comes again whole: its events are then duplicates of the written
-           state (step 2 drops them) and its users' rows are pushed again.
-        6. Send dead letters, write recommendations, metrics and the checkpoint in one pipeline.
+        5. Write every touched user's state to the table (its changelog is the durable point).
+        6. Hand the batch's tokens to the pusher and collect a finished push (a failed one raises
+           here). Only now can an event be acknowledged (after a push that started after this
+           point finished), so a batch that raises before it is never acknowledged and comes
+           again whole: its events are then duplicates of the written state (step 2 drops them,
+           so the model and item stats do not count them twice) and its users' rows are pushed
+           again.
+        7. Send dead letters, write recommendations, metrics and the checkpoint in one pipeline.
         """
         started = now_ms()
         w = self.settings.worker
@@ -163,6 +168,14 @@ class BatchProcessor:
             self.items.observe(event)
             touched_items.add(event.item_id)
         self.behavioural.invalidate()
+        self._dirty_items |= touched_items
+        item_rows: list[dict] = []
+        if self._dirty_items and time.monotonic() - self._last_item_push >= w.item_push_interval_s:
+            item_rows = self.items.feature_rows(self._dirty_items)
+            self._dirty_items = set()
+            self._last_item_push = time.monotonic()
+        self.pusher.add([s.feature_row() for s in touched.values()], item_rows, produced, [])
+        self.pusher.start()
         folded = now_ms()
 
         due, reasons = [], []
@@ -181,14 +194,7 @@ class BatchProcessor:
         refreshed = now_ms()
         for user_id, state in touched.items():
             self.table[user_id.encode()] = state.to_record()
-
-        self._dirty_items |= touched_items
-        item_rows: list[dict] = []
-        if self._dirty_items and time.monotonic() - self._last_item_push >= w.item_push_interval_s:
-            item_rows = self.items.feature_rows(self._dirty_items)
-            self._dirty_items = set()
-            self._last_item_push = time.monotonic()
-        self.pusher.add([s.feature_row() for s in touched.values()], item_rows, produced, list(tokens))
+        self.pusher.add([], [], [], list(tokens))
         ready = await self._collect_pushes()
         if dead:
             await self.send_dead_letters(dead)
@@ -199,9 +205,9 @@ class BatchProcessor:
         self._cycle_intent(pipe)
         m = self.metrics
         # Where a batch's time goes (ms totals; divide by `batches`).
-        m.add("time_fold_ms", folded - started)
+        m.add("time_fold_ms", folded - started)  # incl. queueing a push (it runs in a child)
         m.add("time_refresh_ms", refreshed - folded)
-        m.add("time_push_ms", pushed - refreshed)  # queueing and collecting; the push runs in a child
+        m.add("time_push_ms", pushed - refreshed)  # state-table writes, collecting a push, dead letters
         m.add("events_valid", len(produced))
         m.add("events_dead", len(dead))
         m.add("duplicates", duplicates)
