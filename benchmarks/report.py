@@ -233,6 +233,20 @@ def render() -> Path:
                       f"{r['freshness_offered_events_per_s']:.0f} events/s offered, p50 {r['freshness_p50_ms']:.0f} ms, "
                       f"p90 {r['freshness_p90_ms']:.0f} ms, p99 {r['freshness_p99_ms']:.0f} ms "
                       f"({r['freshness_samples']} samples); throughput in that run {r['events_per_s']} events/s.", ""]
+    compare = sorted(RESULTS.glob("ingest-compare-*.json"))
+    if compare:
+        first = json.loads(compare[0].read_text())
+        lines += ["### Before and after a change, same command and machine", "",
+                  f"Command: `{first['command']}`. Runs of one worker vary a lot on this 2-core machine "
+                  "(Kafka, Redis, the Feast pusher and the worker share the cores): read the spread, not one run.", "",
+                  "| run | commit | events/s | ratio to aiokafka | freshness p50 ms | p90 ms | p99 ms | note |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for path in compare:
+            r = json.loads(path.read_text())
+            lines.append(f"| {path.stem.removeprefix('ingest-compare-')} | `{r['commit']}` | {r['events_per_s']} | "
+                         f"{r['ratio']} | {r['freshness_p50_ms']:.0f} | {r['freshness_p90_ms']:.0f} | "
+                         f"{r['freshness_p99_ms']:.0f} | {r.get('note', '')} |")
+        lines.append("")
     for result in evals:
         c = result["counts"]
         name = result["dataset"]

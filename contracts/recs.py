@@ -9,13 +9,13 @@ the worker writes parses as `Recommendations`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 
-class FallbackReason(str, Enum):
+class FallbackReason(StrEnum):
     """Why a served list is not the full product of every route (`fallback_reason`; null when
     nothing fell back). The one list: writers use the members, readers compare with them."""
 

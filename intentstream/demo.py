@@ -216,7 +216,7 @@ def run_demo(settings: Settings, dataset: str, rate: float, console: Console) ->
             print_recommendations(merged, limit=5)
     unknown = reader.get_recommendations("no-such-user")
     if unknown is not None:
-        console.print(f"an unknown user gets fallback_reason={unknown.fallback_reason!r} "
+        console.print(f"an unknown user gets fallback_reason={unknown.fallback_reason} "
                       f"({len(unknown.items)} popular items)")
     console.print("Read any user's recommendations: intentstream recs USER [--json]; train on the logged feedback: "
                   "intentstream train --once; stop services: intentstream down")

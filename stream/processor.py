@@ -130,13 +130,13 @@ class BatchProcessor:
         4. Decide refreshes and build them, each user isolated: a user whose list raises gets the
            popularity list with fallback_reason `refresh_failed` (counted as `refresh_errors`).
         5. Write every touched user's state to the table (its changelog is the durable point).
-        6. Hand the batch's tokens to the pusher and collect a finished push (a failed one raises
-           here). Only now can an event be acknowledged (after a push that started after this
-           point finished), so a batch that raises before it is never acknowledged and comes
-           again whole: its events are then duplicates of the written state (step 2 drops them,
-           so the model and item stats do not count them twice) and its users' rows are pushed
-           again.
-        7. Send dead letters, write recommendations, metrics and the checkpoint in one pipeline.
+        6. Send the dead letters, then hand the batch's tokens to the pusher. Only now can an
+           event be acknowledged (after a push that started after this point finished), so a
+           batch that raises before it is never acknowledged and comes again whole: its events
+           are then duplicates of the written state (step 2 drops them, so the model and item
+           stats do not count them twice) and its users' rows are pushed again.
+        7. Write recommendations, metrics and the checkpoint in one pipeline, then collect a
+           finished push (a failed one raises here, after the durable point).
         """
         started = now_ms()
         w = self.settings.worker
@@ -194,11 +194,10 @@ class BatchProcessor:
         refreshed = now_ms()
         for user_id, state in touched.items():
             self.table[user_id.encode()] = state.to_record()
-        self.pusher.add([], [], [], list(tokens))
-        ready = await self._collect_pushes()
         if dead:
             await self.send_dead_letters(dead)
-        pushed = now_ms()
+        self.pusher.add([], [], [], list(tokens))
+        written = now_ms()
 
         pipe = self.client.pipeline(transaction=False)
         self._write_recs(due, results, pipe)
@@ -207,7 +206,7 @@ class BatchProcessor:
         # Where a batch's time goes (ms totals; divide by `batches`).
         m.add("time_fold_ms", folded - started)  # incl. queueing a push (it runs in a child)
         m.add("time_refresh_ms", refreshed - folded)
-        m.add("time_push_ms", pushed - refreshed)  # state-table writes, collecting a push, dead letters
+        m.add("time_push_ms", written - refreshed)  # state-table writes, dead letters
         m.add("events_valid", len(produced))
         m.add("events_dead", len(dead))
         m.add("duplicates", duplicates)
@@ -217,7 +216,8 @@ class BatchProcessor:
         self._maybe_checkpoint(pipe)
         m.queue(pipe)
         pipe.execute()
-        m.add("time_write_ms", now_ms() - pushed)
+        ready = await self._collect_pushes()
+        m.add("time_write_ms", now_ms() - written)
         if self._last_batch_end:
             m.add("time_between_batches_ms", started - self._last_batch_end)
         self._last_batch_end = now_ms()
