@@ -141,3 +141,31 @@ def test_openai_backend_reports_a_down_server_as_retryable(tiny_intent_model: Pa
     with pytest.raises(BackendError) as info:
         reason(engine, [IntentInput("u", [[item, "view", 0]], frozenset())], {}, 10)
     assert info.value.retryable
+
+
+def test_a_hung_intent_child_is_replaced_and_its_users_fall_back(
+        scoped, worker_factory, tiny_intent_model: Path, data_dir: Path) -> None:
+    # A batch timeout far below what a batch takes: every batch counts as hung, so every child is
+    # killed and replaced; the stream must go on and every queued user must get its fallback.
+    settings = scoped.model_copy(update={"intent": scoped.intent.model_copy(
+        update={"enabled": True, "model_dir": tiny_intent_model, "batch_size": 16, "batch_timeout_s": 0.05})})
+    data = datasets.load("rees46", data_dir).head(600)
+    prefix = settings.key_prefix
+    worker = worker_factory(settings)
+    pid = worker.proc.pid
+    with EventProducer.from_settings(settings) as producer:
+        replay(data, producer, user_prefix=prefix)
+    wait_for(lambda: worker.processed() >= len(data.events), 180, "the worker to process the slice", worker.log_tail)
+    client = redis.Redis(host=settings.redis.host, port=settings.redis.port, db=settings.redis.db)
+    keys = RedisKeys(settings.key_prefix)
+    wait_for(lambda: int(client.hget(keys.metrics, "intent_errors") or 0) >= 2, 60,
+             "two hung batches to be abandoned", worker.log_tail)
+    users = [prefix + u for u in data.events.user_id.unique()]
+
+    def timed_out() -> list[Recommendations]:
+        served = [Recommendations.model_validate_json(raw) for raw in client.mget([keys.recs(u) for u in users]) if raw]
+        return [r for r in served if r.fallback_reason == "intent_timeout"]
+
+    wait_for(lambda: len(timed_out()) > 0, 60, "users of an abandoned batch to get intent_timeout", worker.log_tail)
+    assert all(r.items for r in timed_out())  # the behavioural list still serves them
+    assert worker.alive() and worker.proc.pid == pid, worker.log_tail()
