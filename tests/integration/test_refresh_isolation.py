@@ -1,0 +1,76 @@
+"""One user whose list cannot be built does not take the batch down: the BatchProcessor, on the
+real Redis, serves that user the popularity list with fallback_reason refresh_failed, counts the
+error, and refreshes everybody else as usual. The fault is injected into the real behavioural
+reasoner for one user id (nothing else is replaced); the pusher is an in-memory implementation of
+the processor's Pusher interface (Feast pushes are tested elsewhere)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+import orjson
+import redis
+
+from contracts.keys import RedisKeys
+from contracts.recs import Recommendations
+from reasoning.reasoner import UserView
+from stream.metrics import read_metrics
+from stream.processor import BatchProcessor, RawMessage
+
+BAD = "user-whose-list-raises"
+
+
+class MemoryPusher:
+    """Pusher interface, in memory: every push finishes at once."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict] = {}
+        self.tokens: list = []
+
+    def add(self, users, items, produced_ms, tokens) -> None:
+        self.rows.update({row["user_id"]: row for row in users})
+        self.tokens.extend(tokens)
+
+    def start(self) -> None:
+        pass
+
+    async def cycle(self, wait: bool = False):
+        done, self.tokens = self.tokens, []
+        return done, [], int(time.time() * 1000)
+
+
+def test_a_failing_user_refresh_falls_back_alone(scoped):
+    client = redis.Redis(host=scoped.redis.host, port=scoped.redis.port, db=scoped.redis.db)
+    keys = RedisKeys(scoped.key_prefix)
+    letters: list = []
+
+    async def send_dead_letters(records) -> None:
+        letters.extend(records)
+
+    pusher = MemoryPusher()
+    proc = BatchProcessor(scoped, {}, pusher, client, send_dead_letters)
+    real_recommend = proc.behavioural.recommend
+
+    def faulty(users: Sequence[UserView], top_k: int):  # fault injection for one user id
+        if any(u.user_id == BAD for u in users):
+            raise RuntimeError("injected fault")
+        return real_recommend(users, top_k)
+
+    proc.reasoner.recommend = faulty
+    now = int(time.time() * 1000)
+    users = [f"{scoped.key_prefix}u{n}" for n in range(5)] + [BAD]
+    batch = [RawMessage(user.encode(), orjson.dumps({"event_id": f"e{i}-{user}", "user_id": user,
+                                                     "item_id": f"i{(i * 3 + n) % 11}", "type": "view", "ts": now}),
+                        "events", 0, 10 * n + i, now)
+             for n, user in enumerate(users) for i in range(3)]
+    ready = asyncio.run(proc.process(batch, tokens=list(range(len(batch)))))
+
+    assert sorted(ready) == list(range(len(batch))) and not letters
+    served = {u: Recommendations.model_validate_json(client.get(keys.recs(u))) for u in users}
+    assert served[BAD].fallback_reason == "refresh_failed" and served[BAD].items
+    assert served[BAD].state_version == 3
+    assert all(served[u].fallback_reason != "refresh_failed" for u in users if u != BAD)
+    assert read_metrics(client, keys)["refresh_errors"] == 1
+    assert set(pusher.rows) == set(users)  # every user's features went to the pusher
