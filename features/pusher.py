@@ -83,6 +83,8 @@ class FeaturePusher:
         self._pool = self._new_pool()
         self._next = _Pending()
         self._inflight: tuple[Future, _Pending] | None = None
+        self._finished: list[tuple[_Pending, int]] = []
+        """Pushes that finished (with the wall-clock ms they were seen done), not yet returned."""
         self._lock = asyncio.Lock()
 
     def _new_pool(self) -> ProcessPoolExecutor:
@@ -116,34 +118,47 @@ class FeaturePusher:
         are acknowledged only after a later push carried them; a child that died is replaced.
         """
         async with self._lock:
-            done_tokens: list[Any] = []
-            done_produced: list[int] = []
-            finished_ms = 0
             if self._inflight is not None:
                 future, pending = self._inflight
                 if wait or future.done():
                     try:
                         await asyncio.wrap_future(future)
                     except Exception as exc:
-                        self._inflight = None
-                        self._requeue(pending)
+                        if self._owns(future):
+                            self._inflight = None
+                            self._requeue(pending)
                         if isinstance(exc, BrokenProcessPool):  # the child died (OOM, kill): a new one
                             self._pool.shutdown(wait=False, cancel_futures=True)
                             self._pool = self._new_pool()
                         raise FeatureStoreError(f"Feast push of {len(pending.users)} users failed: {exc!r}") from exc
-                    finished_ms = int(time.time() * 1000)
-                    done_tokens, done_produced = pending.tokens, pending.produced_ms
-                    self._inflight = None
+                    if self._owns(future):  # else `start` reaped it meanwhile
+                        self._reap(pending)
             self.start()
-            return done_tokens, done_produced, finished_ms
+            finished, self._finished = self._finished, []
+            tokens = [t for pending, _ in finished for t in pending.tokens]
+            produced = [p for pending, _ in finished for p in pending.produced_ms]
+            return tokens, produced, max((at for _, at in finished), default=0)
 
     def start(self) -> None:
-        """Start a push of what is queued if none is in flight; never waits, never raises a
-        push's error (the next `cycle` collects it)."""
+        """Reap a push that finished well and start a push of what is queued if none is in
+        flight: never waits, never raises (a failed push stays in flight for `cycle` to raise).
+        The worker calls it as soon as a batch's rows are queued, so the child is never idle
+        while the stream loop works."""
+        if self._inflight is not None:
+            future, pending = self._inflight
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self._reap(pending)
         if self._inflight is None and not self._next.empty():
             pending, self._next = self._next, _Pending()
             future = self._pool.submit(_push_in_child, list(pending.users.values()), list(pending.items.values()))
             self._inflight = (future, pending)
+
+    def _owns(self, future: Future) -> bool:
+        return self._inflight is not None and self._inflight[0] is future
+
+    def _reap(self, pending: _Pending) -> None:
+        self._inflight = None
+        self._finished.append((pending, int(time.time() * 1000)))
 
     def _requeue(self, failed: _Pending) -> None:
         """Put a failed push back in front of what was queued since (queued rows are newer)."""
