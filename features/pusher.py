@@ -18,6 +18,7 @@ submit one step, so no caller can drop a push another just submitted.
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import os
 import threading
@@ -29,6 +30,8 @@ from typing import Any
 
 from contracts.settings import Settings
 from features.errors import FeatureStoreError
+
+log = logging.getLogger(__name__)
 
 PUSH_ATTEMPTS = 5
 _features = None  # the child's FeastFeatures
@@ -128,12 +131,11 @@ class FeaturePusher:
                             self._inflight = None
                             self._requeue(pending)
                         if isinstance(exc, BrokenProcessPool):  # the child died (OOM, kill): a new one
-                            self._pool.shutdown(wait=False, cancel_futures=True)
-                            self._pool = self._new_pool()
+                            self._replace_pool()
                         raise FeatureStoreError(f"Feast push of {len(pending.users)} users failed: {exc!r}") from exc
                     if self._owns(future):  # else `start` reaped it meanwhile
                         self._reap(pending)
-            self.start()
+            self._start()
             finished, self._finished = self._finished, []
             tokens = [t for pending, _ in finished for t in pending.tokens]
             produced = [p for pending, _ in finished for p in pending.produced_ms]
@@ -141,17 +143,36 @@ class FeaturePusher:
 
     def start(self) -> None:
         """Reap a push that finished well and start a push of what is queued if none is in
-        flight: never waits, never raises (a failed push stays in flight for `cycle` to raise).
-        The worker calls it as soon as a batch's rows are queued, so the child is never idle
-        while the stream loop works."""
+        flight: never waits, never raises (a failed push stays in flight, a push that cannot be
+        started stays queued, for `cycle` to raise). The worker calls it as soon as a batch's rows
+        are queued, so the child is never idle while the stream loop works."""
+        try:
+            self._start()
+        except FeatureStoreError as exc:
+            log.warning("%s; the next cycle tries again", exc)
+
+    def _start(self) -> None:
         if self._inflight is not None:
             future, pending = self._inflight
             if future.done() and not future.cancelled() and future.exception() is None:
                 self._reap(pending)
         if self._inflight is None and not self._next.empty():
             pending, self._next = self._next, _Pending()
-            future = self._pool.submit(_push_in_child, list(pending.users.values()), list(pending.items.values()))
+            args = (list(pending.users.values()), list(pending.items.values()))
+            try:
+                try:
+                    future = self._pool.submit(_push_in_child, *args)
+                except BrokenProcessPool:  # the child died while idle: a new one
+                    self._replace_pool()
+                    future = self._pool.submit(_push_in_child, *args)
+            except Exception as exc:
+                self._requeue(pending)  # its rows and tokens wait for the next try
+                raise FeatureStoreError(f"could not start a Feast push: {exc!r}") from exc
             self._inflight = (future, pending)
+
+    def _replace_pool(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = self._new_pool()
 
     def _owns(self, future: Future) -> bool:
         return self._inflight is not None and self._inflight[0] is future
