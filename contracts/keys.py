@@ -26,14 +26,31 @@ class RedisKeys:
         return f"{self.prefix}recs-popular"
 
     @property
-    def behavioural_model(self) -> str:
-        """The behavioural model's checkpoint (co-visitation, popularity)."""
-        return f"{self.prefix}model:behavioural"
+    def item_fence(self) -> str:
+        """Hash "{events topic}:{partition}" -> the last offset applied to the item model."""
+        return f"{self.prefix}items-fence"
 
     @property
-    def item_stats(self) -> str:
-        """The item statistics' checkpoint (JSON)."""
-        return f"{self.prefix}model:behavioural:items"
+    def item_popularity(self) -> str:
+        """Sorted set: item -> forward-decayed popularity score (features/item_model.py)."""
+        return f"{self.prefix}items-pop"
+
+    @property
+    def item_popularity_t0(self) -> str:
+        """Event time (ms) the popularity scores are decayed against."""
+        return f"{self.prefix}items-pop-t0"
+
+    def item_covisit(self, item_id: str) -> str:
+        """Hash: the item's co-visitation neighbours -> weight (the empty id gives the prefix)."""
+        return f"{self.prefix}items-covisit:{item_id}"
+
+    def item_stats_row(self, item_id: str) -> str:
+        """Hash: the item's counts by type, category, brand, price, last event time."""
+        return f"{self.prefix}items-stats:{item_id}"
+
+    def item_dirty(self, slot: str) -> str:
+        """Set: items whose stats changed since their slot's owner last pushed them to Feast."""
+        return f"{self.prefix}items-dirty:{slot}"
 
     @property
     def metrics(self) -> str:
@@ -63,6 +80,8 @@ class RedisKeys:
         return f"{self.prefix}model:retired"
 
     def system_keys(self) -> list[str]:
-        """Every fixed key above (sample lists are `metrics:{name}`): none starts with `recs:`."""
-        return [self.updates, self.popular, self.behavioural_model, self.item_stats, self.metrics,
+        """Every fixed key above (sample lists are `metrics:{name}`, item rows `items-*:{id}`): none
+        starts with `recs:`."""
+        return [self.updates, self.popular, self.item_fence, self.item_popularity, self.item_popularity_t0,
+                self.metrics,
                 self.model_serving, self.model_history, self.model_sequence, self.model_retired]

@@ -112,8 +112,9 @@ class WorkerSettings(BaseModel):
     item_push_interval_s: float = Field(default=1.0, ge=0)
     """Item features are pushed to Feast at most this often (seconds); user features go with
     the next push (features/pusher.py)."""
-    checkpoint_interval_s: float = Field(default=10.0, gt=0)
-    """How often (seconds) the behavioural model is checkpointed to Redis."""
+    popular_interval_s: float = Field(default=10.0, gt=0)
+    """How often (seconds) the popularity fallback list (recs-popular) is rewritten, by the worker
+    that owns events partition 0."""
     web_enabled: bool = False
     """Start Faust's web server (it binds 0.0.0.0:web_port)."""
     web_port: int = 6066
@@ -148,6 +149,9 @@ class RecsSettings(BaseModel):
     """Neighbours kept per item in the co-visitation model."""
     popularity_half_life_s: float = Field(default=3600.0, gt=0)
     """Half-life (seconds of event time) of the popularity counts."""
+    model_refresh_s: float = Field(default=1.0, gt=0)
+    """How long (seconds) a worker serves its local copy of an item's co-visitation row and labels
+    before reading the shared item model again (other workers' increments show after this)."""
     updates_stream_maxlen: int = Field(default=100_000, ge=1)
     """Approximate length cap of the recs update stream."""
     model_version: str = "behavioural-1"

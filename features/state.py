@@ -2,13 +2,16 @@
 
 The worker keeps one `UserState` per user in a changelog-backed Faust table (as the dict of
 `to_record`) and folds each micro-batch into it with `apply`. Redelivered events (Kafka input is
-at-least-once) are dropped by `event_id` within a bounded window, so a replay after a crash does
-not count an event twice.
+at-least-once) are dropped by their position: a user's events all come from one partition in
+offset order, so an event at or before the user's last applied offset was folded already (exact
+however far a replay after a crash reaches back). An event sent twice by the producer (a new
+offset, an `event_id` seen before) is dropped by `event_id` within a bounded window.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from contracts.events import Event
@@ -37,6 +40,10 @@ class UserState:
     last_produced_ms: int = 0
     """Broker timestamp (ms) of the newest event applied; freshness is measured from it."""
     event_ids: list[str] = field(default_factory=list)
+    partition: int = -1
+    """Events partition of the newest message folded (-1: none yet)."""
+    last_offset: int = -1
+    """Offset of the newest message folded on `partition`: a message at or before it is redelivered."""
     state_version: int = 0
     # Refresh bookkeeping (read by stream.trigger).
     last_refresh_ms: int = 0
@@ -115,20 +122,36 @@ def _bump(affinities: dict[str, float], key: str, weight: float, decay: float, k
             del affinities[k]
 
 
-def apply(state: UserState, event: Event, produced_ms: int, limits: StateLimits) -> bool:
-    """Fold one event into `state`; False when it is a duplicate (already applied).
+class Fold(Enum):
+    """What `apply` did with a message."""
+
+    applied = "applied"
+    duplicate = "duplicate"
+    """A new message carrying an event_id already applied (the producer sent it twice)."""
+    redelivered = "redelivered"
+    """A message at or before the user's last folded offset (Kafka delivered it again)."""
+
+
+def apply(state: UserState, event: Event, produced_ms: int, limits: StateLimits,
+          partition: int = -1, offset: int = -1) -> Fold:
+    """Fold the event at (`partition`, `offset`) into `state` (-1: position unknown, event_id only).
 
     >>> from contracts.events import Event
     >>> s = UserState("u1")
     >>> e = Event(event_id="e1", user_id="u1", item_id="i9", type="purchase", ts=5,
     ...           context={"category": "kids.toys"})
-    >>> apply(s, e, 6, StateLimits()), apply(s, e, 6, StateLimits())
-    (True, False)
-    >>> s.event_count, s.bought, s.dominant_category, s.state_version
-    (1, ['i9'], 'kids.toys', 1)
+    >>> [apply(s, e, 6, StateLimits(), 0, 10).value, apply(s, e, 6, StateLimits(), 0, 10).value,
+    ...  apply(s, e, 6, StateLimits(), 0, 11).value]
+    ['applied', 'redelivered', 'duplicate']
+    >>> s.event_count, s.bought, s.dominant_category, s.state_version, s.last_offset
+    (1, ['i9'], 'kids.toys', 1, 11)
     """
+    if offset >= 0:
+        if partition == state.partition and offset <= state.last_offset:
+            return Fold.redelivered
+        state.partition, state.last_offset = partition, offset
     if event.event_id in state.event_ids:
-        return False
+        return Fold.duplicate
     state.event_ids.append(event.event_id)
     if len(state.event_ids) > limits.dedupe_window:
         del state.event_ids[: len(state.event_ids) - limits.dedupe_window]
@@ -156,4 +179,4 @@ def apply(state: UserState, event: Event, produced_ms: int, limits: StateLimits)
     state.last_produced_ms = max(state.last_produced_ms, produced_ms)
     state.events_since_refresh += 1
     state.state_version += 1
-    return True
+    return Fold.applied

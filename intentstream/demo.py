@@ -23,6 +23,7 @@ from rich.table import Table
 
 from contracts.keys import RedisKeys
 from contracts.settings import Settings
+from features.item_model import SharedItemModel
 from infra import services
 from infra.worker_process import WorkerProcess
 from intentstream.render import print_recommendations
@@ -87,7 +88,7 @@ def run_demo(settings: Settings, dataset: str, rate: float, console: Console) ->
     keys = RedisKeys(demo.key_prefix)
     client = redis.Redis(host=demo.redis.host, port=demo.redis.port, db=demo.redis.db)
     reset_metrics(client, keys)
-    client.delete(keys.behavioural_model, keys.item_stats)
+    SharedItemModel.from_settings(demo, client).reset()
     ensure_topics(bootstrap, [demo.kafka.events_topic, demo.kafka.dead_letter_topic, demo.kafka.feedback_topic],
                   demo.kafka.partitions)
 

@@ -1,10 +1,9 @@
 """The behavioural route: item-to-item co-visitation plus recent-window popularity.
 
-Both models are learned from the stream by the worker (`BehaviouralModel.observe` per
-micro-batch) and checkpointed to Redis as one compressed blob, so a restarted worker resumes
-from the last checkpoint (what arrived after it is not re-learned: the model is an
-approximation, the user state is exact). The same model class scores users offline in the
-evaluation harness, so the served route and the evaluated one are one piece of code.
+`BehaviouralReasoner` scores users against an `ItemModel`: in the worker that is the shared,
+Redis-backed model every worker feeds (features/item_model.py `SharedItemModel`); offline (the
+evaluation harness) it is the in-memory `BehaviouralModel` below, which learns the same sums with
+the same increments (`covisit_pairs`), so the served route and the evaluated one score alike.
 """
 
 from __future__ import annotations
@@ -18,12 +17,25 @@ from datetime import datetime, timezone
 
 import orjson
 
+from typing import Protocol
+
 from contracts.recs import FallbackReason, RecsPayload, recommendations_payload
+from features.item_model import MAX_EXPONENT as _MAX_EXPONENT
+from features.item_model import covisit_pairs
 from features.state import TYPE_WEIGHT
 from reasoning.reasoner import UserView
 
-# Forward decay: scores are stored as w * 2^((t - t0) / half_life); renormalised when they grow.
-_MAX_EXPONENT = 60.0
+
+class ItemModel(Protocol):
+    """What the behavioural reasoner reads of an item model. `prefetch` is called with the items
+    a batch of users will ask about before `similar`, `category` and `label` are."""
+
+    def prefetch(self, items: Iterable[str]) -> None: ...
+    def similar(self, item_id: str) -> dict[str, float]: ...
+    def top_popular(self, n: int) -> list[tuple[str, float]]: ...
+    def popular_size(self) -> int: ...
+    def category(self, item_id: str) -> str | None: ...
+    def label(self, item_id: str) -> str: ...
 
 
 class Popularity:
@@ -61,14 +73,7 @@ class CoVisitation:
         self.neighbors: dict[str, dict[str, float]] = {}
 
     def add(self, item_id: str, previous: Sequence[str], weight: float) -> None:
-        seen = {item_id}
-        for rank, other in enumerate(previous):
-            if len(seen) > self.window:
-                break
-            if other in seen:
-                continue
-            seen.add(other)
-            w = weight / (1.0 + rank)  # nearer in the sequence, stronger
+        for other, w in covisit_pairs(item_id, previous, weight, self.window):
             self._bump(item_id, other, w)
             self._bump(other, item_id, w)
 
@@ -86,6 +91,8 @@ class CoVisitation:
 
 
 class BehaviouralModel:
+    """The in-memory item model (offline evaluation, tests); implements `ItemModel`."""
+
     def __init__(self, covisit_window: int, max_neighbors: int, popularity_half_life_s: float) -> None:
         self.covisit = CoVisitation(covisit_window, max_neighbors)
         self.popularity = Popularity(popularity_half_life_s)
@@ -102,6 +109,21 @@ class BehaviouralModel:
             self.categories[item_id] = category
         if brand:
             self.brands[item_id] = brand
+
+    def prefetch(self, items: Iterable[str]) -> None:
+        """Everything is in memory."""
+
+    def similar(self, item_id: str) -> dict[str, float]:
+        return self.covisit.similar(item_id)
+
+    def top_popular(self, n: int) -> list[tuple[str, float]]:
+        return self.popularity.top(n)
+
+    def popular_size(self) -> int:
+        return len(self.popularity.scores)
+
+    def category(self, item_id: str) -> str | None:
+        return self.categories.get(item_id)
 
     def label(self, item_id: str) -> str:
         """A human-readable name for an item from what the stream told us about it."""
@@ -137,7 +159,7 @@ class BehaviouralReasoner:
     revisit what they viewed, and the evaluation measures both lists.
     """
 
-    def __init__(self, model: BehaviouralModel, model_version: str, recent_used: int = 10,
+    def __init__(self, model: ItemModel, model_version: str, recent_used: int = 10,
                  popular_refresh_s: float = 1.0) -> None:
         self.model = model
         self.model_version = model_version
@@ -152,9 +174,9 @@ class BehaviouralReasoner:
         # ranked with headroom so users who bought or hold many items still get n after filtering.
         cache = self._popular_cache
         if (cache is None or cache[0] < n
-                or (len(cache[1]) < n and len(self.model.popularity.scores) > len(cache[1]))):
+                or (len(cache[1]) < n and self.model.popular_size() > len(cache[1]))):
             size = max(n, 2 * cache[0] if cache else 512)
-            self._popular_cache = (size, self.model.popularity.top(size))
+            self._popular_cache = (size, self.model.top_popular(size))
             self._popular_at = time.monotonic()
         return self._popular_cache[1][:n]
 
@@ -171,7 +193,7 @@ class BehaviouralReasoner:
         for rank, entry in enumerate(recent[: self.recent_used]):
             anchor, kind = entry[0], entry[1]
             w_anchor = TYPE_WEIGHT.get(kind, 1.0) * 0.85 ** rank
-            for item, w in self.model.covisit.similar(anchor).items():
+            for item, w in self.model.similar(anchor).items():
                 if item in excluded:
                     continue
                 contribution = w_anchor * math.log1p(w)
@@ -198,7 +220,7 @@ class BehaviouralReasoner:
             if anchor:
                 hit = ("covisit", f"Shoppers who looked at {self.model.label(anchor)} (in your history) also viewed this")
             else:
-                category = self.model.categories.get(item)
+                category = self.model.category(item)
                 hit = ("popular", f"Popular right now in {category.replace('.', ' › ')}" if category
                        else "Popular with shoppers right now")
             cache[key] = hit
@@ -214,6 +236,7 @@ class BehaviouralReasoner:
 
     def recommend(self, users: Sequence[UserView], top_k: int) -> list[RecsPayload]:
         generated_at = _now_iso()
+        self.model.prefetch(entry[0] for user in users for entry in user.recent[: self.recent_used])
         cache: dict[str, tuple[str, str]] = {}  # explanations repeat across users of a batch
         results = []
         for user in users:

@@ -71,13 +71,18 @@ def build_app(settings: Settings) -> faust.App:
 
     holder: dict[str, Any] = {}
 
+    def owned_partitions() -> set[int]:
+        """The events partitions assigned to this worker now."""
+        return {tp.partition for tp in app.consumer.assignment() if tp.topic == k.events_topic}
+
     def processor() -> BatchProcessor:
         if "p" not in holder:
             r = settings.redis
             client = redis.Redis(host=r.host, port=r.port, db=r.db)
             pusher = FeaturePusher(settings)
             pusher.warm_up()
-            proc = BatchProcessor(settings, table, pusher, client, send_dead_letters, intent=_intent_route(settings))
+            proc = BatchProcessor(settings, table, pusher, client, send_dead_letters, intent=_intent_route(settings),
+                                  owned=owned_partitions)
             proc.restore()
             holder["p"] = proc
         return holder["p"]

@@ -164,17 +164,13 @@ def _reason_in_child(jobs: list[dict]) -> dict:
 
 
 def _popularity() -> dict[str, float]:
-    """Item popularity for retrieval: the behavioural model's checkpoint, re-read every 10 s."""
-    from reasoning.behavioural import BehaviouralModel
+    """Item popularity for retrieval: the shared item model's scores, re-read every 10 s."""
+    from features.item_model import SharedItemModel
 
     now = time.monotonic()
     if now - _child.get("popularity_at", -1e9) > 10.0:
-        blob = _child["client"].get(_child["keys"].behavioural_model)
-        r = _child["settings"].recs
-        model = BehaviouralModel(r.covisit_window, r.covisit_max_neighbors, r.popularity_half_life_s)
-        if blob:
-            model.load_bytes(blob)
-        _child["popularity"] = model.popularity.scores
+        model = SharedItemModel.from_settings(_child["settings"], _child["client"])
+        _child["popularity"] = model.popularity_scores()
         _child["popularity_at"] = now
     return _child["popularity"]
 

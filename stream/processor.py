@@ -7,7 +7,9 @@ whose features a finished Feast push carried (features/pusher.py). Faust flushes
 state-table changelog before it commits acknowledged offsets. The table is written before any
 event is handed over for acknowledgement, so a batch that raises is never acknowledged; it comes
 again (stream/failures.py retries it; after a crash Kafka redelivers it), `features.state.apply`
-drops the events already folded (by event_id) and the touched users' features are pushed again.
+drops the events already folded (by offset) and the touched users' features are pushed again.
+The shared item model (features/item_model.py) is changed before the table write, fenced by
+offset per partition, so a batch that comes again adds nothing to it twice, with one worker or N.
 Recommendations are derived data: a refresh built but not written when a batch raised is redone
 at the user's next trigger. Invalid events go to the dead-letter topic with their reason and
 never stop the batch.
@@ -25,7 +27,6 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import orjson
 import redis
 
 from contracts.errors import InvalidEvent
@@ -33,9 +34,9 @@ from contracts.events import DeadLetter, Event, decode_event
 from contracts.keys import RedisKeys
 from contracts.recs import FallbackReason, RecsPayload
 from contracts.settings import Settings
-from features.items import ItemStats
-from features.state import StateLimits, UserState, apply
-from reasoning.behavioural import BehaviouralModel, BehaviouralReasoner
+from features.item_model import SharedItemModel
+from features.state import Fold, StateLimits, UserState, apply
+from reasoning.behavioural import BehaviouralReasoner
 from reasoning.reasoner import Reasoner, UserView
 from stream.intent_route import IntentRoute
 from stream.metrics import WorkerMetrics
@@ -81,6 +82,7 @@ class BatchProcessor:
         send_dead_letters: DeadLetterSender,
         reasoner: Reasoner | None = None,
         intent: IntentRoute | None = None,
+        owned: Callable[[], set[int]] = lambda: set(),
     ) -> None:
         self.settings = settings
         self.table = table
@@ -90,8 +92,10 @@ class BatchProcessor:
         self.keys = RedisKeys(settings.key_prefix)
         w, r = settings.worker, settings.recs
         self.limits = StateLimits(w.recent_items, w.dedupe_window, w.top_affinities, w.affinity_half_life_events)
-        self.model = BehaviouralModel(r.covisit_window, r.covisit_max_neighbors, r.popularity_half_life_s)
-        self.items = ItemStats()
+        self.model = SharedItemModel.from_settings(settings, client)
+        self.owned = owned
+        """The events partitions this worker holds now: it pushes the derived rows of their slots
+        (item features to Feast; partition 0: the popularity fallback)."""
         self.behavioural = BehaviouralReasoner(self.model, r.model_version)
         self.reasoner: Reasoner = reasoner or self.behavioural
         self.intent = intent
@@ -102,51 +106,51 @@ class BatchProcessor:
         self.pending: dict[str, int] = {}
         """Users with a debounced refresh: user_id -> wall-clock ms when it may run."""
         self._last_batch_end = 0
-        self._dirty_items: set[str] = set()
-        """Items changed since their last push (item pushes are limited to one per item_push_interval_s)."""
         self._last_item_push = float("-inf")
-        self._last_checkpoint = float("-inf")  # the first batch writes one (popularity fallback)
+        """Item features are pushed at most once per item_push_interval_s."""
+        self._last_popular = float("-inf")  # the first batch writes the popularity fallback
 
     # -- start-up -------------------------------------------------------------------------------
     def restore(self) -> None:
-        """Load the behavioural model and item stats from the last checkpoint, if any."""
-        blob, items = self.client.mget(self.keys.behavioural_model, self.keys.item_stats)
-        if blob:
-            self.model.load_bytes(blob)
-        if items:
-            self.items.load(orjson.loads(items))
+        """Mark the start; the item model lives in Redis (nothing to load)."""
         self.client.hset(self.keys.metrics, "worker_started_ms", now_ms())
-        log.info("restored behavioural model: %d items with neighbours", len(self.model.covisit.neighbors))
 
     # -- one batch ------------------------------------------------------------------------------
     async def process(self, batch: Sequence[RawMessage], tokens: Sequence[Any] = ()) -> list[Any]:
         """Process one batch; returns the tokens (events) that may now be acknowledged.
 
         1. Decode every message; an invalid one becomes a dead letter with its reason.
-        2. Fold the valid events into copies of their users' states (duplicates by event_id are
-           dropped) and teach the behavioural model and item stats the newly applied ones.
-        3. Hand the touched users' feature rows to the pusher and start a push if none is in
-           flight: features do not wait for the refreshes.
-        4. Decide refreshes and build them, each user isolated: a user whose list raises gets the
+        2. Fold the valid events into copies of their users' states (a message at or before the
+           user's last folded offset, or an event_id already folded, is dropped) and gather what
+           the newly applied events teach the item model, per partition, skipping the offsets at
+           or before the partition's fence.
+        3. Apply those deltas to the shared item model (one atomic, fenced script per partition).
+        4. Hand the touched users' feature rows (and, when due, the changed items of the slots
+           this worker owns) to the pusher and start a push if none is in flight: features do not
+           wait for the refreshes.
+        5. Decide refreshes and build them, each user isolated: a user whose list raises gets the
            popularity list with fallback_reason `refresh_failed` (counted as `refresh_errors`).
-        5. Write every touched user's state to the table (its changelog is the durable point).
-        6. Send the dead letters, then hand the batch's tokens to the pusher. Only now can an
+        6. Write every touched user's state to the table (its changelog is the durable point).
+        7. Send the dead letters, then hand the batch's tokens to the pusher. Only now can an
            event be acknowledged (after a push that started after this point finished), so a
            batch that raises before it is never acknowledged and comes again whole: its events
-           are then duplicates of the written state (step 2 drops them, so the model and item
-           stats do not count them twice) and its users' rows are pushed again.
-        7. Write recommendations, metrics and the checkpoint in one pipeline, then collect a
-           finished push (a failed one raises here, after the durable point).
+           are then redeliveries of the written state (step 2 drops them; the fence keeps the
+           item model from counting them twice) and its users' rows are pushed again.
+        8. Write recommendations, metrics and (when due) the popularity fallback in one
+           pipeline, then collect a finished push (a failed one raises here, after the durable
+           point).
         """
         started = now_ms()
         w = self.settings.worker
         dead: list[tuple[bytes | None, DeadLetter]] = []
         touched: dict[str, UserState] = {}
-        applied: list[tuple[Event, list[str]]] = []
         produced: list[int] = []
-        duplicates = 0
+        folds = {Fold.duplicate: 0, Fold.redelivered: 0}
         window = self.settings.recs.covisit_window
+        deltas = self.model.fences(msg.partition for msg in batch)
         for msg in batch:
+            delta = deltas[msg.partition]
+            delta.advance(msg.offset)
             try:
                 event = decode_event(msg.value, w.max_event_bytes, started, w.max_future_s)
             except InvalidEvent as exc:
@@ -157,23 +161,16 @@ class BatchProcessor:
                 state = self._load(event.user_id)
                 touched[event.user_id] = state
             previous = [entry[0] for entry in state.recent[:window]]
-            if not apply(state, event, msg.timestamp_ms, self.limits):
-                duplicates += 1
+            fold = apply(state, event, msg.timestamp_ms, self.limits, msg.partition, msg.offset)
+            if fold is not Fold.applied:
+                folds[fold] += 1
                 continue
-            applied.append((event, previous))
             produced.append(msg.timestamp_ms)
-        touched_items: set[str] = set()
-        for event, previous in applied:
-            self.model.observe(event.item_id, event.type.value, event.ts, previous, event.category, event.brand)
-            self.items.observe(event)
-            touched_items.add(event.item_id)
+            if not delta.skips(msg.offset):
+                delta.observe(event, previous, window)
+        self.model.apply(deltas.values())
         self.behavioural.invalidate()
-        self._dirty_items |= touched_items
-        item_rows: list[dict] = []
-        if self._dirty_items and time.monotonic() - self._last_item_push >= w.item_push_interval_s:
-            item_rows = self.items.feature_rows(self._dirty_items)
-            self._dirty_items = set()
-            self._last_item_push = time.monotonic()
+        item_rows = self._take_item_rows()
         self.pusher.add([s.feature_row() for s in touched.values()], item_rows, produced, [])
         self.pusher.start()
         folded = now_ms()
@@ -209,11 +206,12 @@ class BatchProcessor:
         m.add("time_push_ms", written - refreshed)  # state-table writes, dead letters
         m.add("events_valid", len(produced))
         m.add("events_dead", len(dead))
-        m.add("duplicates", duplicates)
+        m.add("duplicates", folds[Fold.duplicate])
+        m.add("redelivered", folds[Fold.redelivered])
         m.add("batches")
         m.mark("first_batch_ms", started)
         m.mark("last_batch_ms", now_ms())
-        self._maybe_checkpoint(pipe)
+        self._maybe_write_popular(pipe)
         m.queue(pipe)
         pipe.execute()
         ready = await self._collect_pushes()
@@ -233,14 +231,13 @@ class BatchProcessor:
     async def flush_pending(self) -> list[Any]:
         """Timer work between batches: finish Feast pushes, push coalesced item features, and
         refresh users whose debounced refresh is due. Returns tokens safe to acknowledge."""
-        if self._dirty_items and time.monotonic() - self._last_item_push >= self.settings.worker.item_push_interval_s:
-            item_rows = self.items.feature_rows(self._dirty_items)
-            self._dirty_items = set()
-            self._last_item_push = time.monotonic()
+        item_rows = self._take_item_rows()
+        if item_rows:
             self.pusher.add([], item_rows, [], [])
         acked = await self._collect_pushes()
         pipe = self.client.pipeline(transaction=False)
         self._cycle_intent(pipe)
+        self._maybe_write_popular(pipe)
         if self.metrics.samples or self.metrics.counters or self.metrics.marks or len(pipe):
             self.metrics.queue(pipe)
             pipe.execute()
@@ -348,16 +345,20 @@ class BatchProcessor:
             m.sample("intent_latency_ms", stats["latency_ms"])
             m.sample("intent_freshness_ms", stats["freshness_ms"])
 
-    def _maybe_checkpoint(self, pipe: redis.client.Pipeline) -> None:
-        if time.monotonic() - self._last_checkpoint < self.settings.worker.checkpoint_interval_s:
-            return
-        self.checkpoint(pipe)
+    def _take_item_rows(self) -> list[dict]:
+        """The Feast rows of items changed since their last push, for the slots this worker owns,
+        at most once per item_push_interval_s."""
+        if time.monotonic() - self._last_item_push < self.settings.worker.item_push_interval_s:
+            return []
+        self._last_item_push = time.monotonic()
+        owned = self.owned()
+        return self.model.take_dirty(owned) if owned else []
 
-    def checkpoint(self, pipe: redis.client.Pipeline) -> None:
-        """Queue the behavioural model, item stats and the popularity fallback onto `pipe`."""
-        self._last_checkpoint = time.monotonic()
-        pipe.set(self.keys.behavioural_model, self.model.to_bytes())
-        pipe.set(self.keys.item_stats, orjson.dumps(self.items.to_dict()))
+    def _maybe_write_popular(self, pipe: redis.client.Pipeline) -> None:
+        """The owner of events partition 0 rewrites the popularity fallback every popular_interval_s."""
+        if time.monotonic() - self._last_popular < self.settings.worker.popular_interval_s or 0 not in self.owned():
+            return
+        self._last_popular = time.monotonic()
         self.sink.write_popular(
             self.behavioural.popular_fallback("*", self.settings.recs.top_k, FallbackReason.unknown_user), pipe
         )

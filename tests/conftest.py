@@ -53,7 +53,7 @@ def scoped(services: Settings) -> Iterator[Settings]:
     run = uuid.uuid4().hex[:8]
     s = services.isolated(f"test-{run}", key_prefix=f"test:{run}:")
     s = s.model_copy(update={
-        "worker": s.worker.model_copy(update={"session_timeout_s": 6.0, "checkpoint_interval_s": 1.0}),
+        "worker": s.worker.model_copy(update={"session_timeout_s": 6.0, "popular_interval_s": 1.0}),
         "trigger": s.trigger.model_copy(update={"min_interval_s": 0.5}),
     })
     yield s

@@ -7,8 +7,23 @@ from collections.abc import Callable
 
 import orjson
 from kafka import KafkaConsumer
+from kafka.partitioner.default import DefaultPartitioner
 
 from contracts.settings import Settings
+
+
+def users_by_partition(prefix: str, partitions: int, per_partition: int) -> dict[int, list[str]]:
+    """`per_partition` user ids for each events partition (the producer's default partitioner)."""
+    partitioner, all_partitions = DefaultPartitioner(), list(range(partitions))
+    by_partition: dict[int, list[str]] = {p: [] for p in all_partitions}
+    n = 0
+    while any(len(users) < per_partition for users in by_partition.values()):
+        user = f"{prefix}u{n}"
+        users = by_partition[partitioner(user.encode(), all_partitions, all_partitions)]
+        if len(users) < per_partition:
+            users.append(user)
+        n += 1
+    return by_partition
 
 
 def wait_for(check: Callable[[], bool], timeout_s: float, what: str, on_fail: Callable[[], str] = lambda: "") -> None:
@@ -67,3 +82,20 @@ def wait_committed_to_end(settings: Settings, timeout_s: float, on_fail: Callabl
 
     wait_for(done, timeout_s, "committed offsets to reach the end of every events partition",
              lambda: f"(committed, end) = {state.get('last')}\n{on_fail()}")
+
+
+def group_assignment(settings: Settings) -> list[frozenset[int]]:
+    """The events partitions each member of the worker group holds now (one set per member)."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
+    try:
+        [group] = admin.describe_consumer_groups([settings.worker.app_id])
+    finally:
+        admin.close()
+    out = []
+    for member in group.members:
+        assignment = getattr(member.member_assignment, "assignment", None) or []
+        out.append(frozenset(p for topic, partitions in assignment if topic == settings.kafka.events_topic
+                             for p in partitions))
+    return out

@@ -21,8 +21,8 @@ from contracts.errors import InvalidEvent
 from contracts.events import MAX_TEXT_CHARS, TS_MIN_MS, decode_event
 from contracts.keys import RedisKeys
 from contracts.recs import Recommendations
-from features.items import ItemStats
-from features.state import StateLimits, UserState, apply
+from features.item_model import ItemDeltas
+from features.state import Fold, StateLimits, UserState, apply
 from reasoning.behavioural import BehaviouralModel, BehaviouralReasoner
 from reasoning.reasoner import UserView
 
@@ -108,7 +108,7 @@ def _plain(value: object) -> bool:
 def test_no_input_escapes_but_invalid_event(batch):
     limits = StateLimits()
     model = BehaviouralModel(5, 100, 3600.0)
-    items = ItemStats()
+    items = ItemDeltas(partition=0, fence=-1)
     reasoner = BehaviouralReasoner(model, "behavioural-1")
     states: dict[str, UserState] = {}
     for n, raw in enumerate(batch):
@@ -126,17 +126,16 @@ def test_no_input_escapes_but_invalid_event(batch):
             assert text is None or (len(text) <= MAX_TEXT_CHARS and "<" not in text)
         state = states.setdefault(event.user_id, UserState(event.user_id))
         previous = [entry[0] for entry in state.recent[:5]]
-        if apply(state, event, NOW_MS + n, limits):
+        if apply(state, event, NOW_MS + n, limits, 0, n) is Fold.applied:
             model.observe(event.item_id, event.type.value, event.ts, previous, event.category, event.brand)
-            items.observe(event)
+            items.observe(event, previous, 5)
     reasoner.invalidate()
     for state in states.values():
         assert _plain(state.feature_row())
         record = state.to_record()
         assert _plain(record) and len(orjson.dumps(record)) < 1_000_000  # a changelog record
         assert UserState.from_record(orjson.loads(orjson.dumps(record))) == state
-    assert _plain(items.feature_rows(set(items.rows)))
-    assert len(model.to_bytes()) > 0 and len(orjson.dumps(items.to_dict())) > 0  # the checkpoint
+    assert _plain(orjson.loads(items.payload(3_600_000.0, 4)))  # the item model script's argument
     views = [UserView(user_id=s.user_id, recent=s.recent, bought=frozenset(s.bought),
                       top_categories=s.top(s.categories, 5), state_version=s.state_version, trigger="event_count")
              for s in states.values()]

@@ -1,6 +1,6 @@
 from contracts.events import Event
 from contracts.settings import TriggerSettings
-from features.state import StateLimits, UserState, apply
+from features.state import Fold, StateLimits, UserState, apply
 from stream.trigger import due_at_ms, mark_refreshed, refresh_reason
 
 
@@ -13,12 +13,23 @@ def test_state_is_bounded_and_deduplicated():
     limits = StateLimits(recent_items=5, dedupe_window=10)
     state = UserState("u")
     for i in range(30):
-        assert apply(state, ev(i), 2000 + i, limits)
+        assert apply(state, ev(i), 2000 + i, limits) is Fold.applied
     assert len(state.recent) == 5 and state.recent[0][0] == "i29"
     assert len(state.event_ids) == 10
-    assert not apply(state, ev(29), 0, limits)  # redelivered: ignored
+    assert apply(state, ev(29), 0, limits) is Fold.duplicate  # sent again: ignored
     assert state.event_count == 30 and state.state_version == 30
     assert state.last_produced_ms == 2029
+
+
+def test_redelivery_is_dropped_by_offset_however_far_back_it_reaches():
+    # A replay after a crash can reach further back than the event_id window: the offset decides.
+    limits = StateLimits(dedupe_window=4)
+    state = UserState("u")
+    for i in range(20):
+        assert apply(state, ev(i), 0, limits, partition=3, offset=100 + i) is Fold.applied
+    assert all(apply(state, ev(i), 0, limits, partition=3, offset=100 + i) is Fold.redelivered for i in range(20))
+    assert state.event_count == 20
+    assert apply(state, ev(20), 0, limits, partition=3, offset=120) is Fold.applied
 
 
 def test_purchases_are_remembered_and_counted():
