@@ -109,6 +109,12 @@ class WorkerSettings(BaseModel):
     """Affinities decay by half every this many of the user's events."""
     session_timeout_s: float = Field(default=10.0, gt=0)
     """Kafka group session timeout (seconds); group joins take about half of it."""
+    instance_id: str | None = None
+    """Static group membership: a stable id per worker process, unique in the group ("{hostname}"
+    is replaced by the host name, one per compose replica). A worker restarted with its id within
+    session_timeout_s gets its partitions back without a group rebalance; a stopped one's
+    partitions move to the others only after session_timeout_s (static members do not leave the
+    group). Unset: dynamic membership (a clean stop hands its partitions over at once)."""
     item_push_interval_s: float = Field(default=1.0, ge=0)
     """Item features are pushed to Feast at most this often (seconds); user features go with
     the next push (features/pusher.py)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from typing import Any
 
@@ -50,6 +51,7 @@ def build_app(settings: Settings) -> faust.App:
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=w.session_timeout_s,
+        consumer_group_instance_id=w.instance_id.replace("{hostname}", socket.gethostname()) if w.instance_id else None,
         broker_heartbeat_interval=max(0.5, w.session_timeout_s / 5),
         broker_max_poll_records=max(w.batch_max, 500),
         stream_buffer_maxsize=max(4 * w.batch_max, 4096),

@@ -1,0 +1,71 @@
+"""Two workers on one consumer group: the partitions split between them, the shared item model
+counts every event once, a SIGKILLed worker restarted with its static instance id takes its
+partitions back at once (no wait for its old session), and a SIGTERMed one's partitions move to
+the other; per-user and per-item counts stay exact throughout."""
+
+from __future__ import annotations
+
+import time
+
+from tests.integration.kafka_io import group_assignment, users_by_partition, wait_committed_to_end, wait_for
+from tests.integration.traffic import Traffic
+
+A_SESSION_S = 40.0
+"""Long, so that the restart phase shows static membership: with dynamic membership the group
+would wait for the killed member's session to end before anyone processes again."""
+B_SESSION_S = 8.0
+
+
+def _worker(scoped, instance_id: str, session_s: float):
+    return scoped.model_copy(update={"worker": scoped.worker.model_copy(
+        update={"instance_id": instance_id, "session_timeout_s": session_s})})
+
+
+def test_two_workers_split_the_stream_and_take_over_from_each_other(scoped, worker_factory):
+    users = [u for us in users_by_partition(scoped.key_prefix, scoped.kafka.partitions, 10).values() for u in us]
+    traffic = Traffic(scoped)
+    a_settings, b_settings = _worker(scoped, "worker-a", A_SESSION_S), _worker(scoped, "worker-b", B_SESSION_S)
+
+    def logs() -> str:
+        return "\n".join(f"--- {w.log_path.name}\n{w.log_tail(15)}" for w in (a, b))
+
+    def counted() -> bool:
+        return traffic.users_counted() and traffic.items_counted()
+
+    # Both on one group: the partitions split, every event counted once per user and per item.
+    traffic.send(users, 0, 4000)
+    a, b = worker_factory(a_settings), worker_factory(b_settings)
+    wait_for(lambda: sorted(map(len, group_assignment(scoped))) == [2, 2], 90, "the group to split 2 + 2", logs)
+    split = sorted(group_assignment(scoped), key=min)
+    assert split[0] | split[1] == set(range(scoped.kafka.partitions))
+    wait_for(counted, 120, "every event counted once with two workers", logs)
+    wait_committed_to_end(scoped, 60, logs)
+    # Item features reach Feast, each item pushed by the one worker owning its slot.
+    items = sorted(traffic.views)
+    wait_for(lambda: [r["views"] for r in traffic.features.read_items(items, ["views"])]
+             == [traffic.views[i] for i in items], 30, "item features in Feast", logs)
+
+    # SIGKILL a mid-stream and restart it at once with its instance id: it takes its partitions
+    # back without waiting out its old session (A_SESSION_S), and nothing is counted twice.
+    before = a.processed()
+    traffic.send(users, 4000, 6000)
+    wait_for(lambda: a.processed() >= before + 500, 60, "the workers to make progress", logs)
+    a.stop(kill=True)
+    restarted_at = time.monotonic()
+    a = worker_factory(a_settings)
+    wait_for(counted, A_SESSION_S - 10, "the restarted static member to catch up before its old session ends", logs)
+    assert time.monotonic() - restarted_at < A_SESSION_S - 10
+    assert sorted(group_assignment(scoped), key=min) == split
+    wait_committed_to_end(scoped, 60, logs)
+
+    # SIGTERM b: a static member does not leave the group; after its session its partitions move.
+    b.stop()
+    traffic.send(users, 10_000, 4000)
+    wait_for(lambda: group_assignment(scoped) == [frozenset(range(scoped.kafka.partitions))], 60,
+             "the survivor to hold every partition", logs)
+    wait_for(counted, 120, "every event counted once after the takeover", logs)
+    wait_committed_to_end(scoped, 60, logs)
+    time.sleep(2)  # anything still redelivered must not be counted again
+    assert traffic.user_counts() == traffic.users and sum(traffic.users.values()) == 14_000
+    assert traffic.item_counts() == (traffic.views, traffic.purchases)
+    assert a.alive(), a.log_tail()

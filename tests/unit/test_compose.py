@@ -1,0 +1,28 @@
+"""docker-compose.yml runs N workers as static group members and sets only real settings
+(`make compose-check` validates the file itself with docker-compose in CI)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+SETTING = r"\b(INTENTSTREAM_[A-Z0-9_]+)\b"
+
+
+def test_compose_runs_several_workers_each_a_static_member():
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    worker = services["worker"]
+    replicas = re.fullmatch(r"\$\{WORKERS:-(\d+)\}", str(worker["deploy"]["replicas"]))
+    assert replicas and int(replicas.group(1)) >= 2
+    assert worker["environment"]["INTENTSTREAM_WORKER__INSTANCE_ID"] == "{hostname}"
+    assert "container_name" not in worker  # a fixed name would stop --scale
+
+
+def test_compose_sets_only_settings_that_exist():
+    known = set(re.findall(SETTING, (ROOT / ".env.example").read_text()))  # every setting (a test keeps it so)
+    used = set(re.findall(SETTING, COMPOSE.read_text()))
+    assert used and used <= known, used - known
