@@ -56,6 +56,12 @@ class RedisSettings(BaseModel):
     """Port of the Redis server."""
     db: int = 0
     """Redis database number."""
+    timeout_s: float = Field(default=2.0, gt=0)
+    """Connect and read timeout (seconds) of every Redis call: a stalled Redis raises instead of
+    blocking the worker's loop."""
+    retries: int = Field(default=2, ge=0)
+    """Retries of a Redis call that timed out or lost its connection (backoff 0.1 s, doubling).
+    With the defaults one call gives up after about 6.3 s, inside the group session timeout."""
 
     @property
     def url(self) -> str:

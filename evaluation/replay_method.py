@@ -15,12 +15,12 @@ import time
 import uuid
 from collections.abc import Sequence
 
-import redis
 
 from contracts.keys import RedisKeys
 from contracts.recs import FallbackReason
 from contracts.settings import Settings
 from contracts.topics import worker_topics
+from features.redis_client import connect
 from infra.worker_process import WorkerProcess
 from offline.datasets import Dataset
 from offline.replay import replay
@@ -73,17 +73,17 @@ class ReplayMethod:
         finally:
             worker.stop()
             delete_topics(k.bootstrap, worker_topics(s))
-        self.client = redis.Redis(host=s.redis.host, port=s.redis.port, db=s.redis.db)
+        self.client = connect(s.redis)
         self.reader = RecommendationReader(self.client, RedisKeys(s.key_prefix))
 
     def _metric(self, name: str) -> float:
         s = self.settings
-        client = redis.Redis(host=s.redis.host, port=s.redis.port, db=s.redis.db)
+        client = connect(s.redis)
         return float(client.hget(RedisKeys(s.key_prefix).metrics, name) or 0)
 
     def _intent_idle(self) -> bool:
         s = self.settings
-        client = redis.Redis(host=s.redis.host, port=s.redis.port, db=s.redis.db)
+        client = connect(s.redis)
         backlog = client.hget(RedisKeys(s.key_prefix).metrics, "intent_backlog")
         return backlog is not None and int(backlog) == 0
 
@@ -98,7 +98,7 @@ class ReplayMethod:
         from offline.replay import FeedbackSimulator
 
         s = self.settings
-        client = redis.Redis(host=s.redis.host, port=s.redis.port, db=s.redis.db)
+        client = connect(s.redis)
         return FeedbackSimulator(EventProducer.from_settings(s, s.kafka.feedback_topic), client, RedisKeys(s.key_prefix),
                                  s.feedback.window_s, s.feedback.impression_every)
 

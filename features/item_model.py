@@ -88,8 +88,8 @@ def item_slot(item_id: str, slots: int) -> int:
 
 
 class ItemModelFenced(FeatureStoreError):
-    """Another writer moved a partition's fence since this batch read it (a rebalance): the batch
-    must be retried against the new fence."""
+    """A partition's fence moved since this batch read it (another worker took the partition over,
+    or a retried call had been applied already): the batch must be retried against the new fence."""
 
     retryable = True
 
@@ -280,8 +280,9 @@ class SharedItemModel:
         applied = pipe.execute()
         refused = [d.partition for d, ok in zip(work, applied) if not ok]
         if refused:
-            raise ItemModelFenced(f"item model fence moved for partitions {refused} of {self.topic}: "
-                                  "another worker applied them (rebalance); retrying the batch")
+            raise ItemModelFenced(f"item model fence of partitions {refused} of {self.topic} moved since the batch "
+                                  "read it (another worker took them over, or a timed-out call was applied after "
+                                  "all); the batch is retried against the new fence")
 
     def take_dirty(self, slots: Iterable[int], limit: int = 10_000) -> list[dict[str, Any]]:
         """Feast `item_stats` rows of items changed since they were last taken, for the slots this

@@ -9,11 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-import redis
 from pydantic import BaseModel
 
 from contracts.keys import RedisKeys
 from contracts.settings import Settings
+from features.redis_client import connect
 from stream.metrics import read_metrics
 
 
@@ -36,7 +36,7 @@ class WorkerProcess:
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
         r = settings.redis
-        self.client = redis.Redis(host=r.host, port=r.port, db=r.db)
+        self.client = connect(r)
         self.keys = RedisKeys(settings.key_prefix)
 
     def start(self) -> None:

@@ -156,15 +156,14 @@ def replay(
 
 
 def _feedback_simulator(settings: Settings):
-    import redis
-
     from contracts.keys import RedisKeys
+    from features.redis_client import connect
     from offline.replay import FeedbackSimulator
     from stream.producer import EventProducer
 
     r = settings.redis
     return FeedbackSimulator(EventProducer.from_settings(settings, settings.kafka.feedback_topic),
-                             redis.Redis(host=r.host, port=r.port, db=r.db), RedisKeys(settings.key_prefix),
+                             connect(r), RedisKeys(settings.key_prefix),
                              settings.feedback.window_s, settings.feedback.impression_every)
 
 
@@ -351,14 +350,18 @@ def bench_ingest(
     active: int = typer.Option(1000, help="Shoppers active at any moment (sessions of ~10 events)"),
     offered_rate: float = typer.Option(2000.0, help="Offered load (events/s) for the freshness phase"),
     freshness_seconds: float = typer.Option(15.0, help="Length of the freshness phase"),
+    workers: str = typer.Option("1,2", help="Worker counts of the throughput phase (one group each)"),
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON result"),
     out: Optional[Path] = typer.Option(None, help="Also write the JSON here"),
 ) -> None:
-    """Throughput and feature freshness of one worker against a plain aiokafka consumer."""
+    """Throughput of 1 and N workers against a plain aiokafka consumer, freshness, Feast writes."""
     from benchmarks.ingest import run_ingest_benchmark
 
+    counts = tuple(int(n) for n in workers.split(",") if n.strip())
+    if not counts or min(counts) < 1:
+        _fail(f"--workers takes worker counts like 1,2 (got {workers!r})")
     result = run_ingest_benchmark(Settings(), events=events, users=users, offered_rate=offered_rate,
-                                  freshness_seconds=freshness_seconds, active=active,
+                                  freshness_seconds=freshness_seconds, active=active, workers=counts,
                                   console=None if as_json else console)
     text = orjson.dumps(result, option=orjson.OPT_INDENT_2).decode()
     if out:

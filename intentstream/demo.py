@@ -24,6 +24,7 @@ from rich.table import Table
 from contracts.keys import RedisKeys
 from contracts.settings import Settings
 from features.item_model import SharedItemModel
+from features.redis_client import connect
 from infra import services
 from infra.worker_process import WorkerProcess
 from intentstream.render import print_recommendations
@@ -86,7 +87,7 @@ def run_demo(settings: Settings, dataset: str, rate: float, console: Console) ->
     # The simulated feedback goes to the default log, where `intentstream train --once` reads it.
     demo = demo.model_copy(update={"feedback": demo.feedback.model_copy(update={"log_dir": settings.feedback_dir})})
     keys = RedisKeys(demo.key_prefix)
-    client = redis.Redis(host=demo.redis.host, port=demo.redis.port, db=demo.redis.db)
+    client = connect(demo.redis)
     reset_metrics(client, keys)
     SharedItemModel.from_settings(demo, client).reset()
     ensure_topics(bootstrap, [demo.kafka.events_topic, demo.kafka.dead_letter_topic, demo.kafka.feedback_topic],

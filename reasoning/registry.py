@@ -24,6 +24,7 @@ import orjson
 import redis
 
 from contracts.keys import RedisKeys
+from features.redis_client import connect
 
 _NUMBER = re.compile(r"^v(\d+)-")
 
@@ -41,7 +42,7 @@ class ModelRegistry:
     @classmethod
     def from_settings(cls, settings, client: redis.Redis | None = None) -> "ModelRegistry":
         r = settings.redis
-        client = client or redis.Redis(host=r.host, port=r.port, db=r.db)
+        client = client or connect(r)
         root = settings.trainer.versions_dir or settings.cache_dir / "models" / "versions"
         return cls(client, RedisKeys(settings.key_prefix), root.expanduser())
 

@@ -28,6 +28,7 @@ from contracts.feedback import decode_feedback
 from contracts.keys import RedisKeys
 from contracts.settings import Settings
 from features.pusher import FeaturePusher
+from features.redis_client import connect
 from stream.failures import WorkerStopped, is_retryable, process_resilient
 from stream.fast_consumer import FastApp
 from stream.feedback import FeedbackLog
@@ -80,7 +81,7 @@ def build_app(settings: Settings) -> faust.App:
     def processor() -> BatchProcessor:
         if "p" not in holder:
             r = settings.redis
-            client = redis.Redis(host=r.host, port=r.port, db=r.db)
+            client = connect(r)
             pusher = FeaturePusher(settings)
             pusher.warm_up()
             proc = BatchProcessor(settings, table, pusher, client, send_dead_letters, intent=_intent_route(settings),
@@ -126,7 +127,7 @@ def build_app(settings: Settings) -> faust.App:
         acknowledged only after its part is written (invalid records: dead letters)."""
         f = settings.feedback
         r = settings.redis
-        client = redis.Redis(host=r.host, port=r.port, db=r.db)
+        client = connect(r)
         keys = RedisKeys(settings.key_prefix)
         async for batch in stream.noack_take(f.batch_max, within=f.batch_within_s):
             records, letters = [], []

@@ -66,18 +66,17 @@ _child: dict[str, Any] = {}
 
 
 def _init_child(settings_json: str, parent_pid: int) -> None:
-    import redis
-
     from contracts.keys import RedisKeys
     from features.feast_store import FeastFeatures
     from features.pusher import _exit_with_parent
+    from features.redis_client import connect
     from reasoning.engine import IntentEngine
     from reasoning.registry import ModelRegistry
 
     settings = Settings.model_validate_json(settings_json)
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     r = settings.redis
-    client = redis.Redis(host=r.host, port=r.port, db=r.db)
+    client = connect(r)
     registry = ModelRegistry.from_settings(settings, client)
     model_dir = registry.serving_dir(settings.intent.resolved_model_dir(settings.cache_dir))
     _child.update(

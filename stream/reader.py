@@ -13,6 +13,7 @@ import redis
 from contracts.keys import RedisKeys
 from contracts.recs import FallbackReason, Recommendations
 from contracts.settings import Settings
+from features.redis_client import connect
 
 
 class RecommendationReader:
@@ -23,7 +24,7 @@ class RecommendationReader:
     @classmethod
     def from_settings(cls, settings: Settings) -> "RecommendationReader":
         r = settings.redis
-        return cls(redis.Redis(host=r.host, port=r.port, db=r.db), RedisKeys(settings.key_prefix))
+        return cls(connect(r), RedisKeys(settings.key_prefix))
 
     def get_recommendations(self, user_id: str) -> Recommendations | None:
         """The user's recommendations; for an unknown user the popularity fallback (with
