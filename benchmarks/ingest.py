@@ -1,4 +1,4 @@
-"""Ingest benchmark: events through Kafka and one running worker into Feast/Redis.
+"""Ingest benchmark: events through Kafka and running workers into Feast/Redis.
 
     intentstream bench ingest --events 200000 --json
 
@@ -9,12 +9,15 @@ Phases, each on fresh topics, consumer groups and Redis key prefixes:
    user out of `--users`; items are Zipf-distributed over a 50k catalog;
 2. ceiling: a plain aiokafka consumer drains that topic (`getmany`, no processing), which bounds
    what any consumer on this machine can do;
-3. throughput: a worker (`intentstream worker` in a child process) consumes the same topic;
-   events/s is worker-side (first batch start to last batch end, from its metrics);
-4. freshness: with a second, caught-up worker, events are offered at a fixed rate and the worker
+3. throughput: `--workers` (1,2 by default) workers (`intentstream worker` child processes) of
+   one new consumer group per count consume the same topic; events/s is worker-side (first batch
+   start to last batch end, from their metrics), with each worker's CPU share;
+4. freshness: with a caught-up worker, events are offered at a fixed rate and the worker
    records, per event, the time from the broker timestamp (producer send) to the end of the
-   Feast push that made its user's features readable; a sample of users is also read back from
-   the online store to check the features are there.
+   Feast push that made its user's features readable, and to the write of its user's refreshed
+   recommendations; a sample of users is also read back from the online store;
+5. feast write: rows/s of one 2,000-row batch by `push()` and by `write_to_online_store()`
+   (benchmarks/feast_write.py).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from contracts.settings import Settings
 from contracts.topics import worker_topics
+from benchmarks.feast_write import feast_write_rates
 from infra.worker_process import WorkerProcess
 from stream.producer import delete_topics, ensure_topics
 
@@ -148,8 +152,59 @@ def _say(console, text: str) -> None:
         console.print(text)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and all its descendants (the pusher child)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    tree, total, frontier = {pid}, 0.0, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, (ppid, _) in stats.items():
+            if ppid == parent and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    for p in tree:
+        total += stats.get(p, (0, 0.0))[1]
+    return total
+
+
+def _throughput(settings: Settings, topic: str, run: str, events: int, n_workers: int, log_dir,
+                cleanup: list[str]) -> dict[str, Any]:
+    """`n_workers` workers of one new group drain `topic`; events/s from the first batch start to
+    the last batch end of any of them, and each worker's CPU share of that window."""
+    scoped = settings.isolated(topic, key_prefix=f"bench:{run}:")
+    scoped = scoped.model_copy(update={"worker": scoped.worker.model_copy(update={"app_id": f"{topic}-{run}"})})
+    cleanup += worker_topics(scoped)
+    started = [WorkerProcess(scoped, log_dir / f"worker-{run}-{i}.log") for i in range(n_workers)]
+    for worker in started:
+        worker.start()
+    try:
+        if not started[0].wait_processed(events, timeout_s=max(120.0, events / 500)):
+            raise RuntimeError(f"workers did not finish in time:\n{started[0].log_tail()}")
+        cpu = [cpu_seconds(w.proc.pid) for w in started]
+        metrics = started[0].metrics()
+    finally:
+        for worker in started:
+            worker.stop()
+    seconds = (metrics["last_batch_ms"] - metrics["first_batch_ms"]) / 1000
+    return {"workers": n_workers, "seconds": round(seconds, 3),
+            "events_per_s": round(events / seconds) if seconds > 0 else 0,
+            "batches": metrics.get("batches"), "refreshes": metrics.get("refreshes"),
+            # CPU seconds of each worker (and its pusher child) since its start, over the window:
+            # start-up included, so a share above what the window alone used.
+            "cpu_share_per_worker": [round(c / seconds, 2) if seconds > 0 else None for c in cpu]}
+
+
 def run_ingest_benchmark(settings: Settings, events: int, users: int, offered_rate: float,
-                         freshness_seconds: float, active: int = 1000, console=None) -> dict[str, Any]:
+                         freshness_seconds: float, active: int = 1000, workers: tuple[int, ...] = (1, 2),
+                         console=None) -> dict[str, Any]:
     from features.feast_store import FeastFeatures
 
     bootstrap = settings.kafka.bootstrap
@@ -166,17 +221,12 @@ def run_ingest_benchmark(settings: Settings, events: int, users: int, offered_ra
     _say(console, "ceiling: plain aiokafka consumer")
     ceiling_s = asyncio.run(_drain(bootstrap, topic, events))
 
-    _say(console, "throughput: one worker")
-    scoped = settings.isolated(topic, key_prefix=f"bench:{run}:")
-    worker = WorkerProcess(scoped, log_dir / f"worker-{run}.log")
-    worker.start()
-    try:
-        if not worker.wait_processed(events, timeout_s=max(120.0, events / 500)):
-            raise RuntimeError(f"worker did not finish in time:\n{worker.log_tail()}")
-        metrics = worker.metrics()
-    finally:
-        worker.stop()
-    worker_s = (metrics["last_batch_ms"] - metrics["first_batch_ms"]) / 1000
+    throughput, cleanup = {}, []
+    for n_workers in workers:
+        _say(console, f"throughput: {n_workers} worker(s) on one group")
+        throughput[n_workers] = _throughput(settings, topic, f"{run}w{n_workers}", events, n_workers, log_dir,
+                                            cleanup)
+    one = throughput[workers[0]]
 
     _say(console, f"freshness: {offered_rate:.0f} events/s offered for {freshness_seconds:.0f}s")
     run2 = run + "f"
@@ -198,19 +248,23 @@ def run_ingest_benchmark(settings: Settings, events: int, users: int, offered_ra
         offered = synthetic_events(n_offered, users, 50_000, seed=9, run=f"{run2}:", ts_now=True, active=active)
         offer_s = asyncio.run(_offer(bootstrap, topic2, offered, offered_rate))
         worker2.wait_processed(len(warm) + n_offered, timeout_s=60)
-        fresh = worker2.metrics()["feature_freshness_ms"]
+        fresh_metrics = worker2.metrics()
+        fresh, recs_fresh = fresh_metrics["feature_freshness_ms"], fresh_metrics["recs_freshness_ms"]
         sample_users = sorted({orjson.loads(v)["user_id"] for _, v in offered[-200:]})[:50]
         rows = FeastFeatures(fresh_settings).read_users(sample_users, ["event_count"])
         readable = sum(1 for r in rows if r["event_count"])
     finally:
         worker2.stop()
-    delete_topics(bootstrap, worker_topics(scoped) + worker_topics(fresh_settings))
+    delete_topics(bootstrap, sorted(set(cleanup)) + worker_topics(fresh_settings))
+    _say(console, "feast write: push() vs write_to_online_store()")
+    feast = feast_write_rates(settings)
 
-    events_per_s = events / worker_s if worker_s > 0 else 0.0
+    events_per_s = one["events_per_s"]
     ceiling = events / ceiling_s if ceiling_s > 0 else 0.0
     return {
         "command": f"intentstream bench ingest --events {events} --users {users} --active {active} "
-                   f"--offered-rate {offered_rate:g} --freshness-seconds {freshness_seconds:g} --json",
+                   f"--offered-rate {offered_rate:g} --freshness-seconds {freshness_seconds:g} "
+                   f"--workers {','.join(map(str, workers))} --json",
         "commit": commit(),
         "machine": machine(),
         "events": events,
@@ -219,17 +273,22 @@ def run_ingest_benchmark(settings: Settings, events: int, users: int, offered_ra
         "partitions": partitions,
         "batch_max": settings.worker.batch_max,
         "fill_events_per_s": round(events / fill_s),
-        "seconds": round(worker_s, 3),
-        "events_per_s": round(events_per_s),
+        "seconds": one["seconds"],
+        "events_per_s": events_per_s,
         "ceiling_events_per_s": round(ceiling),
         "ratio": round(events_per_s / ceiling, 4) if ceiling else None,
-        "worker_batches": metrics.get("batches"),
-        "refreshes": metrics.get("refreshes"),
+        "worker_batches": one["batches"],
+        "refreshes": one["refreshes"],
+        "scale_out": [throughput[n] for n in workers],
         "freshness_offered_events_per_s": offered_rate,
         "freshness_achieved_offer_events_per_s": round(n_offered / offer_s),
         "freshness_p50_ms": fresh["p50"],
         "freshness_p90_ms": fresh["p90"],
         "freshness_p99_ms": fresh["p99"],
         "freshness_samples": fresh["n"],
+        "recs_freshness_p50_ms": recs_fresh["p50"],
+        "recs_freshness_p90_ms": recs_fresh["p90"],
+        "recs_freshness_p99_ms": recs_fresh["p99"],
+        "recs_freshness_samples": recs_fresh["n"],
         "freshness_readback_users_with_features": f"{readable}/{len(sample_users)}",
     }

@@ -73,6 +73,20 @@ def _ingest_plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _scale_plot(result: dict, path: Path) -> None:
+    rows = result["scale_out"]
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ax.plot([r["workers"] for r in rows], [r["events_per_s"] for r in rows], marker="o")
+    ax.set_xticks([r["workers"] for r in rows])
+    ax.set_xlabel("workers on one consumer group")
+    ax.set_ylabel("events/s (all workers)")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"{result['machine']['cpus']}-core machine, Kafka and Redis on it too")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _intent_section(result: dict) -> list[str]:
     name = result["dataset"]
     intent = result["methods"]["intent"]
@@ -223,10 +237,30 @@ def render() -> Path:
                   "| figure | value |", "|---|---|"]
         for key in ("events", "events_per_s", "ceiling_events_per_s", "ratio", "worker_batches", "refreshes",
                     "freshness_offered_events_per_s", "freshness_p50_ms", "freshness_p90_ms", "freshness_p99_ms",
-                    "freshness_readback_users_with_features"):
-            lines.append(f"| {key} | {ingest[key]} |")
+                    "recs_freshness_p50_ms", "recs_freshness_p90_ms", "recs_freshness_p99_ms",
+                    "freshness_readback_users_with_features", "feast_write_rows", "feast_push_rows_per_s",
+                    "feast_write_to_online_store_rows_per_s", "feast_write_to_online_store_skip_dedup_rows_per_s",
+                    "feast_write_to_online_store_async_skip_dedup_rows_per_s", "feast_write_chosen",
+                    "feast_fastest", "feast_ratio_fastest_vs_push"):
+            if key in ingest:
+                lines.append(f"| {key} | {ingest[key]} |")
         _ingest_plot(ingest, HERE / "ingest.png")
         lines += ["", "![ingest](ingest.png)", ""]
+        if ingest.get("scale_out"):
+            lines += ["### Workers on one consumer group", "",
+                      "Same topic, one new group per worker count; events/s from the first batch of any worker to "
+                      "the last. On this 2-core machine the workers share the cores with Kafka, Redis and their "
+                      "Feast pusher children: the CPU share is each worker's process tree (start-up included) "
+                      "over the window.", "",
+                      "| workers | events/s | vs one worker | CPU share per worker | batches | refreshes |",
+                      "|---|---|---|---|---|---|"]
+            base = ingest["scale_out"][0]["events_per_s"] or 1
+            for row in ingest["scale_out"]:
+                lines.append(f"| {row['workers']} | {row['events_per_s']} | {row['events_per_s'] / base:.2f} | "
+                             f"{', '.join(str(c) for c in row['cpu_share_per_worker'])} | {row['batches']} | "
+                             f"{row['refreshes']} |")
+            _scale_plot(ingest, HERE / "ingest-workers.png")
+            lines += ["", "![events/s vs workers](ingest-workers.png)", ""]
         for extra in sorted(RESULTS.glob("ingest-offered-*.json")):
             r = json.loads(extra.read_text())
             lines += [f"Freshness at a lower offered load (`{r['command']}`, commit `{r['commit']}`): "

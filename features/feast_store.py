@@ -47,9 +47,13 @@ def feast_values(settings: Settings) -> dict[str, str]:
     }
 
 
-def repo_config(settings: Settings) -> RepoConfig:
+def repo_config(settings: Settings, skip_dedup: bool = False) -> RepoConfig:
+    """feature_store.yaml with the settings' values; `skip_dedup`: the Redis online store writes
+    without first reading the stored timestamps (safe with one writer per entity key)."""
     path = settings.feast.repo_path / "feature_store.yaml"
     raw = yaml.safe_load(Template(path.read_text()).substitute(feast_values(settings)))
+    if skip_dedup:
+        raw["online_store"] = {**raw["online_store"], "skip_dedup": True}
     return RepoConfig(repo_path=settings.feast.repo_path, **raw)
 
 
