@@ -271,15 +271,33 @@ def render() -> Path:
     if compare:
         first = json.loads(compare[0].read_text())
         lines += ["### Before and after a change, same command and machine", "",
-                  f"Command: `{first['command']}`. Runs of one worker vary a lot on this 2-core machine "
-                  "(Kafka, Redis, the Feast pusher and the worker share the cores): read the spread, not one run.", "",
-                  "| run | commit | events/s | ratio to aiokafka | freshness p50 ms | p90 ms | p99 ms | note |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  f"Command: `{first['command']}` (with `--events` as in the events column). Runs of one "
+                  "worker vary a lot on this 2-core machine (Kafka, Redis, the Feast pusher and the worker share "
+                  "the cores): read the spread, not one run; compare runs with the same number.", "",
+                  "| run | commit | events | events/s | ratio to aiokafka | freshness p50 ms | p90 ms | p99 ms | note |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for path in compare:
             r = json.loads(path.read_text())
-            lines.append(f"| {path.stem.removeprefix('ingest-compare-')} | `{r['commit']}` | {r['events_per_s']} | "
-                         f"{r['ratio']} | {r['freshness_p50_ms']:.0f} | {r['freshness_p90_ms']:.0f} | "
-                         f"{r['freshness_p99_ms']:.0f} | {r.get('note', '')} |")
+            lines.append(f"| {path.stem.removeprefix('ingest-compare-')} | `{r['commit']}` | {r['events']} | "
+                         f"{r['events_per_s']} | {r['ratio']} | {r['freshness_p50_ms']:.0f} | "
+                         f"{r['freshness_p90_ms']:.0f} | {r['freshness_p99_ms']:.0f} | {r.get('note', '')} |")
+        lines.append("")
+    scale = sorted(RESULTS.glob("scale-replay-*.json"))
+    if scale:
+        lines += ["### One worker vs two: what the system serves", "",
+                  "`intentstream eval --dataset D --methods replay,replay2`: the train events through one "
+                  "worker (`replay`) and through two workers on one group (`replay2`), global-time split. The "
+                  "replay scores each user's last refresh, whose timing (debounce, batch boundaries, how much "
+                  "of the other users' traffic the shared model had at that moment) varies from run to run: "
+                  "compare the one-worker runs with each other too.", "",
+                  "| file | dataset | method | R@20 all | R@20 new | NDCG@20 all | refreshes | fit s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for path in scale:
+            r = json.loads(path.read_text())
+            for name, m in r["methods"].items():
+                lines.append(f"| {path.stem} | {r['dataset']} | {name} | {m['all']['recall@20']:.4f} | "
+                             f"{m['new']['recall@20']:.4f} | {m['all']['ndcg@20']:.4f} | "
+                             f"{m.get('stats', {}).get('refreshes')} | {m['fit_seconds']} |")
         lines.append("")
     for result in evals:
         c = result["counts"]

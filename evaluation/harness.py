@@ -28,8 +28,9 @@ from offline.methods import (
 from offline.splits import Split, UserCase, make_split
 
 METHODS = ("popularity", "recent_history", "itemknn", "sasrec", "replay", "oracle", "random")
-OPTIONAL_METHODS = ("intent",)
-"""Not in the default run: `intent` trains the intent model (minutes)."""
+OPTIONAL_METHODS = ("intent", "replay2")
+"""Not in the default run: `intent` trains the intent model (minutes); `replay2` is the replay
+method with two workers on one group (it should score what `replay` scores)."""
 MIN_CANDIDATES = 100
 
 
@@ -48,12 +49,12 @@ def build_method(name: str, settings=None, dataset: Dataset | None = None, progr
         from evaluation.sasrec import SASRecMethod
 
         return SASRecMethod()
-    if name == "replay":
+    if name in ("replay", "replay2"):
         from evaluation.replay_method import ReplayMethod
 
         if settings is None:
             raise ValueError("the replay method needs settings (Kafka, Redis, Feast)")
-        return ReplayMethod(settings)
+        return ReplayMethod(settings, workers=2 if name == "replay2" else 1)
     if name == "intent":
         from evaluation.intent_method import IntentMethod
 

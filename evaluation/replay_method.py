@@ -2,7 +2,9 @@
 → Feast/Redis), and what Redis serves at the end of the train period is scored.
 
 It runs on fresh topics, a fresh consumer group and a fresh Redis/Feast namespace, with the
-same worker code and settings that serve users (only the names differ). With `wait_intent` it
+same worker code and settings that serve users (only the names differ). `replay2` runs two
+workers on the group (static members), which must serve what one worker serves (the shared
+item model, features/item_model.py). With `wait_intent` it
 also waits for the intent route to drain before scoring. With `feedback` the first half of the
 train events is replayed, the intent route drained, and the second half replayed with simulated
 feedback (offline/replay.py `FeedbackSimulator`), which the worker logs under this run's feedback
@@ -33,21 +35,25 @@ class ReplayMethod:
     name = "replay"
 
     def __init__(self, settings: Settings, timeout_s: float = 1800, wait_intent: bool = False,
-                 feedback: bool = False) -> None:
+                 feedback: bool = False, workers: int = 1) -> None:
         run = uuid.uuid4().hex[:8]
         self.prefix = f"eval-{run}:"
         self.settings = settings.isolated(f"intentstream.eval.{run}", key_prefix=self.prefix)
         self.timeout_s = timeout_s
         self.wait_intent = wait_intent or feedback
         self.feedback = feedback
+        self.workers = workers
         self.stats: dict = {}
 
     def fit(self, split: Split, catalog: Sequence[str]) -> None:
         s = self.settings
         k = s.kafka
         ensure_topics(k.bootstrap, [k.events_topic, k.dead_letter_topic, k.feedback_topic], k.partitions)
-        worker = WorkerProcess(s, s.state_dir / "logs" / f"{s.worker.app_id}.log")
-        worker.start()
+        workers = [WorkerProcess(self._member(i), s.state_dir / "logs" / f"{s.worker.app_id}-{i}.log")
+                   for i in range(self.workers)]
+        for w in workers:
+            w.start()
+        worker = workers[0]  # metrics are shared by the group: any member reads them all
         try:
             deadline = time.monotonic() + self.timeout_s
             events = split.train
@@ -62,16 +68,17 @@ class ReplayMethod:
                 if simulator is not None:
                     simulator.producer.close()
                     self.stats["feedback_sent"] = simulator.impressions + simulator.actions
-                self._wait(worker, lambda: worker.processed() >= sent, deadline, "process the replay")
+                self._wait(workers, lambda: worker.processed() >= sent, deadline, "process the replay")
                 time.sleep(s.trigger.min_interval_s + 1.0)  # debounced refreshes come due
                 if self.wait_intent:
-                    self._wait(worker, self._intent_idle, deadline, "drain the intent route")
+                    self._wait(workers, self._intent_idle, deadline, "drain the intent route")
             if self.feedback:
-                self._wait(worker, lambda: int(self._metric("feedback_logged")) >= self.stats["feedback_sent"],
+                self._wait(workers, lambda: int(self._metric("feedback_logged")) >= self.stats["feedback_sent"],
                            deadline, "log the feedback")
-            self.stats = {**worker.metrics(), **self.stats}
+            self.stats = {**worker.metrics(), **self.stats, "workers": self.workers}
         finally:
-            worker.stop()
+            for w in workers:
+                w.stop()
             delete_topics(k.bootstrap, worker_topics(s))
         self.client = connect(s.redis)
         self.reader = RecommendationReader(self.client, RedisKeys(s.key_prefix))
@@ -87,11 +94,19 @@ class ReplayMethod:
         backlog = client.hget(RedisKeys(s.key_prefix).metrics, "intent_backlog")
         return backlog is not None and int(backlog) == 0
 
+    def _member(self, i: int) -> Settings:
+        """Worker i's settings: with several workers each is a static member of the group."""
+        s = self.settings
+        if self.workers == 1:
+            return s
+        return s.model_copy(update={"worker": s.worker.model_copy(update={"instance_id": f"{s.worker.app_id}-{i}"})})
+
     @staticmethod
-    def _wait(worker: WorkerProcess, check, deadline: float, what: str) -> None:
+    def _wait(workers: list[WorkerProcess], check, deadline: float, what: str) -> None:
         while not check():
-            if time.monotonic() > deadline or not worker.alive():
-                raise RuntimeError(f"the worker did not {what}:\n{worker.log_tail()}")
+            dead = [w for w in workers if not w.alive()]
+            if time.monotonic() > deadline or dead:
+                raise RuntimeError(f"the worker did not {what}:\n{(dead or workers)[0].log_tail()}")
             time.sleep(0.5)
 
     def _simulator(self):

@@ -7,8 +7,8 @@ worker each learns from its own partitions only, and workers checkpointing to on
 each other. Here every worker folds its batch into `ItemDeltas` (one per events partition of
 the batch, coalesced per item and item pair) and applies them with one Lua script per partition:
 sums commute, so N workers together build the same model as one worker from the same events
-(up to float rounding, and except which tail entries a row keeps when it is pruned past
-2 x `max_neighbors`). The alternative, an item-keyed repartition topic with its own agent and
+(up to float rounding, except which tail entries a row keeps when it is pruned past
+2 x `max_neighbors`, and an item's category, brand and price, which are the last applied batch's). The alternative, an item-keyed repartition topic with its own agent and
 changelog table, needs a second hop per event and still a shared store for scoring (any worker
 scores any item's neighbours); the increments cost one script call per partition per batch.
 
@@ -137,9 +137,6 @@ class ItemDeltas:
         if event.price is not None:
             row["price"] = float(event.price)
         row["last_event_ts"] = max(row["last_event_ts"], event.ts)
-
-    def empty(self) -> bool:
-        return not self.stats
 
     def payload(self, half_life_ms: float, slots: int) -> bytes:
         """The script's argument: popularity summed relative to the batch's newest event time."""

@@ -289,7 +289,8 @@ def eval_(
     split: str = typer.Option("global-time", help="global-time or per-user-last"),
     k: str = typer.Option("10,20", help="Cut-offs, comma-separated"),
     methods: str = typer.Option(",".join(("popularity", "recent_history", "itemknn", "sasrec", "replay", "oracle", "random")),
-                                help="Methods to run, comma-separated; also: intent (trains the intent model)"),
+                                help="Methods to run, comma-separated; also: intent (trains the intent model), "
+                                     "replay2 (the replay method with two workers on one group)"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object"),
     out: Optional[Path] = typer.Option(None, help="Also write the JSON here"),
 ) -> None:
@@ -308,7 +309,7 @@ def eval_(
         data = datasets.load(dataset, settings.data_dir, fmt)
     except (IntentstreamError, ValueError) as exc:
         _fail(str(exc))
-    if "replay" in names:
+    if {"replay", "replay2"} & set(names):
         from infra import services
 
         services.up(settings)

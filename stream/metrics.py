@@ -16,6 +16,16 @@ import redis
 
 from contracts.keys import RedisKeys
 
+# Marks merge across the workers of a group: `first_*` keeps the earliest, `last_*` the latest,
+# so first_batch_ms..last_batch_ms spans all of them whatever order their pipelines land in.
+_MERGE_MARK = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old == false or (ARGV[3] == 'min' and tonumber(ARGV[2]) < tonumber(old))
+   or (ARGV[3] == 'max' and tonumber(ARGV[2]) > tonumber(old)) then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+"""
+
 SAMPLES_KEPT = 20_000
 SAMPLES_PER_BATCH = 200
 SAMPLED = ("feature_freshness_ms", "recs_freshness_ms", "intent_latency_ms", "intent_freshness_ms")
@@ -40,7 +50,8 @@ class WorkerMetrics:
         self.samples.setdefault(name, []).extend(values)
 
     def mark(self, name: str, value_ms: int) -> None:
-        """A timestamp field in the hash (e.g. first_batch_ms, last_batch_ms)."""
+        """A field in the hash: `first_*` and `last_*` timestamps merge over the workers of a group
+        (earliest, latest); any other mark (a gauge such as intent_backlog) is this worker's."""
         self.marks[name] = value_ms
 
     def queue(self, pipe: redis.client.Pipeline) -> None:
@@ -48,8 +59,8 @@ class WorkerMetrics:
         for name, value in self.counters.items():
             pipe.hincrby(self.keys.metrics, name, value)
         for name, value in self.marks.items():
-            if name.startswith("first_"):
-                pipe.hsetnx(self.keys.metrics, name, value)
+            if name.startswith(("first_", "last_")):
+                pipe.eval(_MERGE_MARK, 1, self.keys.metrics, name, value, "min" if name.startswith("first_") else "max")
             else:
                 pipe.hset(self.keys.metrics, name, value)
         for name, values in self.samples.items():
