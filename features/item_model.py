@@ -36,12 +36,14 @@ so it needs a single Redis (not Redis Cluster).
 
 from __future__ import annotations
 
+import math
 import time
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 import redis
 
@@ -85,6 +87,35 @@ def covisit_pairs(item_id: str, previous: Sequence[str], weight: float, window: 
 def item_slot(item_id: str, slots: int) -> int:
     """The events partition number whose owner pushes this item's derived rows."""
     return zlib.crc32(item_id.encode()) % slots
+
+
+class ItemCodes:
+    """Integer codes for item ids, so that a row of neighbours is two arrays the behavioural
+    reasoner scores with numpy (reasoning/behavioural.py `BehaviouralReasoner.score`)."""
+
+    def __init__(self) -> None:
+        self.code: dict[str, int] = {}
+        self.ids: list[str] = []
+
+    def of(self, item_id: str) -> int:
+        code = self.code.get(item_id)
+        if code is None:
+            code = self.code[item_id] = len(self.ids)
+            self.ids.append(item_id)
+        return code
+
+    def known(self, item_ids: Iterable[str]) -> np.ndarray:
+        """Codes of those of `item_ids` that have one (an item without a code is in no row)."""
+        return np.fromiter((c for i in item_ids if (c := self.code.get(i)) is not None), np.int64)
+
+    def row(self, neighbours: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+        """(codes, log1p(weight)) in the row's order; `math.log1p`, so scores match a plain loop."""
+        n = len(neighbours)
+        return (np.fromiter((self.of(i) for i in neighbours), np.int64, n),
+                np.fromiter((math.log1p(w) for w in neighbours.values()), np.float64, n))
+
+
+EMPTY_ROW = (np.empty(0, np.int64), np.empty(0, np.float64))
 
 
 class ItemModelFenced(FeatureStoreError):
@@ -219,7 +250,8 @@ def _stat_row(item_id: str, raw: dict[bytes, bytes]) -> dict[str, Any]:
 
 class SharedItemModel:
     """The Redis-backed item model: writes (`fences`, `apply`, `take_dirty`) for the worker, reads
-    (`prefetch`, `similar`, `top_popular`, `category`, `label`) for the behavioural reasoner.
+    (`prefetch`, `neighbour_arrays`, `top_popular`, `category`, `label`) for the behavioural
+    reasoner.
 
     Reads are served from a local copy of the rows a refresh needs, re-read after `refresh_s`:
     recommendations see other workers' increments within that time.
@@ -240,6 +272,9 @@ class SharedItemModel:
         """item -> (read at, neighbours)."""
         self._labels: dict[str, tuple[float, str, str]] = {}
         """item -> (read at, category, brand)."""
+        self.codes = ItemCodes()
+        self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        """item -> its cached row as arrays (built on first use, dropped when the row is re-read)."""
 
     @classmethod
     def from_settings(cls, settings, client: redis.Redis) -> "SharedItemModel":
@@ -311,6 +346,7 @@ class SharedItemModel:
                 self.client.delete(*batch)
         self._rows.clear()
         self._labels.clear()
+        self._arrays.clear()
 
     # -- reads ----------------------------------------------------------------------------------
     def prefetch(self, items: Iterable[str]) -> None:
@@ -333,15 +369,26 @@ class SharedItemModel:
         raw = pipe.execute()
         for item, row in zip(stale, raw):
             self._rows[item] = (now, {k.decode(): float(v) for k, v in row.items()})
+            self._arrays.pop(item, None)
         for item, (category, brand) in zip(unlabelled, raw[len(stale):]):
             self._labels[item] = (now, (category or b"").decode(), (brand or b"").decode())
         if len(self._rows) + len(self._labels) > CACHE_MAX:  # bounded: drop what is stale
             self._rows = {i: r for i, r in self._rows.items() if now - r[0] <= self.refresh_s}
+            self._arrays = {i: a for i, a in self._arrays.items() if i in self._rows}
             self._labels = {i: r for i, r in self._labels.items() if now - r[0] <= LABEL_TTL_S}
 
     def similar(self, item_id: str) -> dict[str, float]:
         row = self._rows.get(item_id)
         return row[1] if row else {}
+
+    def neighbour_arrays(self, item_id: str) -> tuple[np.ndarray, np.ndarray]:
+        arrays = self._arrays.get(item_id)
+        if arrays is None:
+            row = self._rows.get(item_id)
+            if not row or not row[1]:
+                return EMPTY_ROW
+            arrays = self._arrays[item_id] = self.codes.row(row[1])
+        return arrays
 
     def category(self, item_id: str) -> str | None:
         label = self._labels.get(item_id)

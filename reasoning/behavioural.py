@@ -9,29 +9,30 @@ the same increments (`covisit_pairs`), so the served route and the evaluated one
 from __future__ import annotations
 
 import heapq
-import math
 import time
-import zlib
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
-
-import orjson
-
 from typing import Protocol
 
+import numpy as np
+
 from contracts.recs import FallbackReason, RecsPayload, recommendations_payload
+from features.item_model import EMPTY_ROW, ItemCodes, covisit_pairs
 from features.item_model import MAX_EXPONENT as _MAX_EXPONENT
-from features.item_model import covisit_pairs
 from features.state import TYPE_WEIGHT
 from reasoning.reasoner import UserView
 
 
 class ItemModel(Protocol):
     """What the behavioural reasoner reads of an item model. `prefetch` is called with the items
-    a batch of users will ask about before `similar`, `category` and `label` are."""
+    a batch of users will ask about before `neighbour_arrays`, `category` and `label` are."""
+
+    codes: ItemCodes
+    """The codes `neighbour_arrays` uses."""
 
     def prefetch(self, items: Iterable[str]) -> None: ...
-    def similar(self, item_id: str) -> dict[str, float]: ...
+    def neighbour_arrays(self, item_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """The item's co-visitation row as (neighbour codes, log1p(weight)), in the row's order."""
     def top_popular(self, n: int) -> list[tuple[str, float]]: ...
     def popular_size(self) -> int: ...
     def category(self, item_id: str) -> str | None: ...
@@ -98,6 +99,9 @@ class BehaviouralModel:
         self.popularity = Popularity(popularity_half_life_s)
         self.categories: dict[str, str] = {}
         self.brands: dict[str, str] = {}
+        self.codes = ItemCodes()
+        self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        """item -> its row as arrays, built on first use and dropped when the row changes."""
 
     def observe(self, item_id: str, kind: str, ts_ms: int, previous: Sequence[str],
                 category: str | None = None, brand: str | None = None) -> None:
@@ -105,6 +109,10 @@ class BehaviouralModel:
         weight = TYPE_WEIGHT[kind]
         self.popularity.add(item_id, ts_ms, weight)
         self.covisit.add(item_id, previous, weight)
+        if self._arrays:
+            self._arrays.pop(item_id, None)
+            for other in previous:
+                self._arrays.pop(other, None)
         if category:
             self.categories[item_id] = category
         if brand:
@@ -115,6 +123,15 @@ class BehaviouralModel:
 
     def similar(self, item_id: str) -> dict[str, float]:
         return self.covisit.similar(item_id)
+
+    def neighbour_arrays(self, item_id: str) -> tuple[np.ndarray, np.ndarray]:
+        arrays = self._arrays.get(item_id)
+        if arrays is None:
+            row = self.covisit.similar(item_id)
+            if not row:
+                return EMPTY_ROW
+            arrays = self._arrays[item_id] = self.codes.row(row)
+        return arrays
 
     def top_popular(self, n: int) -> list[tuple[str, float]]:
         return self.popularity.top(n)
@@ -130,22 +147,6 @@ class BehaviouralModel:
         parts = [self.brands.get(item_id), self.categories.get(item_id)]
         text = " ".join(p.replace(".", " ").replace("_", " ") for p in parts if p)
         return text or f"item {item_id}"
-
-    # -- checkpoint -------------------------------------------------------------------------
-    def to_bytes(self) -> bytes:
-        return zlib.compress(orjson.dumps({
-            "neighbors": self.covisit.neighbors,
-            "pop_t0": self.popularity.t0, "pop_scores": self.popularity.scores,
-            "categories": self.categories, "brands": self.brands,
-        }), 3)
-
-    def load_bytes(self, blob: bytes) -> None:
-        data = orjson.loads(zlib.decompress(blob))
-        self.covisit.neighbors = data["neighbors"]
-        self.popularity.t0 = data["pop_t0"]
-        self.popularity.scores = data["pop_scores"]
-        self.categories = data["categories"]
-        self.brands = data["brands"]
 
 
 def _now_iso() -> str:
@@ -186,22 +187,39 @@ class BehaviouralReasoner:
             self._popular_cache = None
 
     def score(self, recent: Sequence[Sequence], exclude: Iterable[str], k: int) -> list[tuple[str, float, str]]:
-        """Top-k (item, score, anchor item or '') for a history, newest first."""
+        """Top-k (item, score, anchor item or '') for a history, newest first.
+
+        An item scores the sum over the `recent_used` newest anchors of type weight x 0.85^rank x
+        log1p(co-visitation weight), and is explained by the anchor that gave it the most; ties
+        rank in the order items first appear (anchor by anchor, each row in its order). Vectorised
+        over the anchors' rows; `tests/unit/test_behavioural.py` holds the plain loop it equals.
+        """
         excluded = set(exclude)
-        scores: dict[str, float] = {}
-        anchors: dict[str, tuple[float, str]] = {}
+        codes, weights, ranks = [], [], []
         for rank, entry in enumerate(recent[: self.recent_used]):
-            anchor, kind = entry[0], entry[1]
-            w_anchor = TYPE_WEIGHT.get(kind, 1.0) * 0.85 ** rank
-            for item, w in self.model.similar(anchor).items():
-                if item in excluded:
-                    continue
-                contribution = w_anchor * math.log1p(w)
-                scores[item] = scores.get(item, 0.0) + contribution
-                if contribution > anchors.get(item, (0.0, ""))[0]:
-                    anchors[item] = (contribution, anchor)
-        ranked = heapq.nlargest(k, scores.items(), key=lambda kv: kv[1])
-        out = [(item, s, anchors[item][1]) for item, s in ranked]
+            row_codes, logw = self.model.neighbour_arrays(entry[0])
+            if row_codes.size:
+                codes.append(row_codes)
+                weights.append(logw * (TYPE_WEIGHT.get(entry[1], 1.0) * 0.85 ** rank))
+                ranks.append(np.full(row_codes.size, rank))
+        out: list[tuple[str, float, str]] = []
+        if codes:
+            code, contribution, rank_of = np.concatenate(codes), np.concatenate(weights), np.concatenate(ranks)
+            if excluded:
+                keep = ~np.isin(code, self.model.codes.known(excluded))
+                code, contribution, rank_of = code[keep], contribution[keep], rank_of[keep]
+            if code.size:
+                unique, first, group = np.unique(code, return_index=True, return_inverse=True)
+                totals = np.bincount(group, weights=contribution)  # summed in input order, like a loop
+                by_first = np.argsort(first, kind="stable")
+                best = by_first[np.argsort(-totals[by_first], kind="stable")[:k]]
+                # Each chosen item's strongest contribution, the earliest on ties.
+                chosen = np.flatnonzero(np.isin(group, best))
+                order = chosen[np.lexsort((chosen, -contribution[chosen], group[chosen]))]
+                strongest = order[np.searchsorted(group[order], best)]
+                ids = self.model.codes.ids
+                out = [(ids[unique[g]], float(totals[g]), recent[rank_of[e]][0])
+                       for g, e in zip(best.tolist(), strongest.tolist())]
         if len(out) < k:
             have = {item for item, _, _ in out}
             floor = out[-1][1] if out else 1.0
