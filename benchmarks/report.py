@@ -238,6 +238,7 @@ def render() -> Path:
         for key in ("events", "events_per_s", "ceiling_events_per_s", "ratio", "worker_batches", "refreshes",
                     "freshness_offered_events_per_s", "freshness_p50_ms", "freshness_p90_ms", "freshness_p99_ms",
                     "recs_freshness_p50_ms", "recs_freshness_p90_ms", "recs_freshness_p99_ms",
+                    "recs_debounced_lag_p50_ms", "recs_debounced_lag_p99_ms", "recs_debounced_samples",
                     "freshness_readback_users_with_features", "feast_write_rows", "feast_push_rows_per_s",
                     "feast_write_to_online_store_rows_per_s", "feast_write_to_online_store_skip_dedup_rows_per_s",
                     "feast_write_to_online_store_async_skip_dedup_rows_per_s", "feast_write_chosen",

@@ -164,9 +164,11 @@ def run_demo(settings: Settings, dataset: str, rate: float, console: Console) ->
                     f"(first to last batch, {seconds:.1f}s; {offered})")
     summary.add_row("dead letters", f"{m.get('events_dead', 0):,}")
     summary.add_row("users refreshed", f"{m.get('users_refreshed', 0):,} ({m.get('refreshes', 0):,} refreshes)")
-    rf, ff = m["recs_freshness_ms"], m["feature_freshness_ms"]
+    rf, ff, dl = m["recs_freshness_ms"], m["feature_freshness_ms"], m["recs_debounce_lag_ms"]
     summary.add_row("freshness: event → recs in Redis", f"p50 {rf['p50']:.0f} ms · p99 {rf['p99']:.0f} ms"
                     if rf["n"] else "no samples")
+    summary.add_row("debounced refreshes: due → recs", f"{m.get('refreshes_debounced', 0):,} refreshes, "
+                    f"p50 {dl['p50']:.0f} ms · p99 {dl['p99']:.0f} ms" if dl["n"] else "none")
     summary.add_row("freshness: event → features in Feast", f"p50 {ff['p50']:.0f} ms · p99 {ff['p99']:.0f} ms"
                     if ff["n"] else "no samples")
     if m.get("intent_users"):

@@ -28,9 +28,11 @@ end
 
 SAMPLES_KEPT = 20_000
 SAMPLES_PER_BATCH = 200
-SAMPLED = ("feature_freshness_ms", "recs_freshness_ms", "intent_latency_ms", "intent_freshness_ms")
-"""Latency samples the worker keeps: event -> features, event -> recs, queued -> intent recs
-written, event -> intent recs written."""
+SAMPLED = ("feature_freshness_ms", "recs_freshness_ms", "recs_debounce_lag_ms", "intent_latency_ms",
+           "intent_freshness_ms")
+"""Latency samples the worker keeps: event -> features, event -> recs (refreshes run with the
+batch that folded the event), due -> recs (debounced refreshes: the delay past
+trigger.min_interval_s), queued -> intent recs written, event -> intent recs written."""
 
 
 class WorkerMetrics:

@@ -247,9 +247,9 @@ class BatchProcessor:
         ready = [uid for uid, at in self.pending.items() if at <= now]
         if not ready:
             return acked
-        due, reasons = [], []
+        due, reasons, due_at = [], [], []
         for uid in ready:
-            del self.pending[uid]
+            at = self.pending.pop(uid)
             record = self.table.get(uid.encode())
             if record is None:
                 continue
@@ -258,11 +258,12 @@ class BatchProcessor:
             if reason is not None:
                 due.append(state)
                 reasons.append(reason)
+                due_at.append(max(at, state.last_produced_ms))
         results = self._recommend(due, reasons)
         for state in due:
             self.table[state.user_id.encode()] = state.to_record()
         pipe = self.client.pipeline(transaction=False)
-        self._write_recs(due, results, pipe)
+        self._write_recs(due, results, pipe, due_at)
         self.metrics.queue(pipe)
         pipe.execute()
         return acked
@@ -314,14 +315,22 @@ class BatchProcessor:
             fallback.update(state_version=view.state_version, trigger=view.trigger)
             return fallback
 
-    def _write_recs(self, states: list[UserState], results: list[RecsPayload], pipe: redis.client.Pipeline) -> None:
+    def _write_recs(self, states: list[UserState], results: list[RecsPayload], pipe: redis.client.Pipeline,
+                    debounced_due_ms: list[int] | None = None) -> None:
+        """Queue the results; samples event -> recs (`recs_freshness_ms`) for refreshes run with
+        the batch that folded their event, and due -> recs (`recs_debounce_lag_ms`: what the
+        timer adds past the debounce) for debounced ones."""
         if not states:
             return
         self.sink.write(results, pipe)
         written = now_ms()
         self.metrics.add("refreshes", len(states))
         self.metrics.refreshed_users.extend(s.user_id for s in states)
-        self.metrics.sample("recs_freshness_ms", [written - s.last_produced_ms for s in states])
+        if debounced_due_ms is None:
+            self.metrics.sample("recs_freshness_ms", [written - s.last_produced_ms for s in states])
+        else:
+            self.metrics.add("refreshes_debounced", len(states))
+            self.metrics.sample("recs_debounce_lag_ms", [written - at for at in debounced_due_ms])
 
     def _cycle_intent(self, pipe: redis.client.Pipeline) -> None:
         """Collect the intent route's finished batch (metrics, fallbacks) and start the next."""
