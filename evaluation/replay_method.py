@@ -124,6 +124,6 @@ class ReplayMethod:
         return [item.item_id for item in recs.items]
 
     def close(self) -> None:
-        """Remove this run's Redis keys (recommendations, metrics, model checkpoint)."""
+        """Remove this run's Redis keys (recommendations, metrics, the item model)."""
         for key in self.client.scan_iter(match=f"{self.prefix}*", count=1000):
             self.client.delete(key)

@@ -3,8 +3,9 @@
 Hypothesis generates raw Kafka values, valid and invalid (arbitrary unicode ids with control
 characters and chat markup, timestamps from negative to 2^64, prices from NaN to 1e308, nested and
 oversized context, junk bytes, the system key names as user ids), and runs each batch through what
-the worker runs: decode -> fold into user state -> behavioural model and item stats -> Feast rows ->
-the state-table record -> the recommendation record -> the checkpoint. The only error that may
+the worker runs: decode -> fold into user state -> behavioural model and item-model deltas -> Feast
+rows -> the state-table record -> the recommendation record -> the item model's script argument.
+The only error that may
 escape is the documented `InvalidEvent` (a dead letter); everything that passes is bounded.
 """
 
