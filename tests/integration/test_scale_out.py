@@ -1,7 +1,7 @@
 """Two workers on one consumer group: the partitions split between them, the shared item model
 counts every event once, a SIGKILLed worker restarted with its static instance id takes its
-partitions back at once (no wait for its old session), and a SIGTERMed one's partitions move to
-the other; per-user and per-item counts stay exact throughout."""
+partitions back at once (no wait for its old session), and a SIGTERMed one's partitions, then a
+SIGKILLed one's, move to the other; per-user and per-item counts stay exact throughout."""
 
 from __future__ import annotations
 
@@ -65,7 +65,20 @@ def test_two_workers_split_the_stream_and_take_over_from_each_other(scoped, work
              "the survivor to hold every partition", logs)
     wait_for(counted, 120, "every event counted once after the takeover", logs)
     wait_committed_to_end(scoped, 60, logs)
+
+    # b back (its old session ended: it joins anew and the group splits again), then SIGKILLed
+    # mid-stream: after its session its partitions move to a, nothing lost or counted twice.
+    b = worker_factory(b_settings)
+    wait_for(lambda: sorted(map(len, group_assignment(scoped))) == [2, 2], 90, "the group to split again", logs)
+    before = a.processed()
+    traffic.send(users, 14_000, 6000)
+    wait_for(lambda: a.processed() >= before + 500, 60, "the workers to make progress", logs)
+    b.stop(kill=True)
+    wait_for(lambda: group_assignment(scoped) == [frozenset(range(scoped.kafka.partitions))], 60,
+             "the survivor to hold every partition after the SIGKILL", logs)
+    wait_for(counted, 120, "every event counted once after the SIGKILL takeover", logs)
+    wait_committed_to_end(scoped, 60, logs)
     time.sleep(2)  # anything still redelivered must not be counted again
-    assert traffic.user_counts() == traffic.users and sum(traffic.users.values()) == 14_000
+    assert traffic.user_counts() == traffic.users and sum(traffic.users.values()) == 20_000
     assert traffic.item_counts() == (traffic.views, traffic.purchases)
     assert a.alive(), a.log_tail()
