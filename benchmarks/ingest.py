@@ -39,6 +39,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from contracts.settings import Settings
 from contracts.topics import worker_topics
 from benchmarks.feast_write import feast_write_rates
+from features.redis_client import connect, delete_matching
 from infra.worker_process import WorkerProcess
 from stream.producer import delete_topics, ensure_topics
 
@@ -209,6 +210,9 @@ def run_ingest_benchmark(settings: Settings, events: int, users: int, offered_ra
                          console=None) -> dict[str, Any]:
     from features.feast_store import FeastFeatures
 
+    # The stream path alone: with a trained intent model in the cache the workers would also run
+    # the intent route's child on these cores (the route has its own benchmark, `bench intent`).
+    settings = settings.model_copy(update={"intent": settings.intent.model_copy(update={"enabled": False})})
     bootstrap = settings.kafka.bootstrap
     run = uuid.uuid4().hex[:6]
     topic = f"bench-{run}"
@@ -261,6 +265,7 @@ def run_ingest_benchmark(settings: Settings, events: int, users: int, offered_ra
     finally:
         worker2.stop()
     delete_topics(bootstrap, sorted(set(cleanup)) + worker_topics(fresh_settings))
+    delete_matching(connect(settings.redis), f"bench:{run}*")  # this run's item models, recs and metrics
     _say(console, "feast write: push() vs write_to_online_store()")
     feast = feast_write_rates(settings)
 
@@ -277,6 +282,7 @@ def run_ingest_benchmark(settings: Settings, events: int, users: int, offered_ra
         "active_sessions": active,
         "partitions": partitions,
         "batch_max": settings.worker.batch_max,
+        "intent_route": False,
         "fill_events_per_s": round(events / fill_s),
         "seconds": one["seconds"],
         "events_per_s": events_per_s,

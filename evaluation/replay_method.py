@@ -22,7 +22,7 @@ from contracts.keys import RedisKeys
 from contracts.recs import FallbackReason
 from contracts.settings import Settings
 from contracts.topics import worker_topics
-from features.redis_client import connect
+from features.redis_client import connect, delete_matching
 from infra.worker_process import WorkerProcess
 from offline.datasets import Dataset
 from offline.replay import replay
@@ -125,5 +125,4 @@ class ReplayMethod:
 
     def close(self) -> None:
         """Remove this run's Redis keys (recommendations, metrics, the item model)."""
-        for key in self.client.scan_iter(match=f"{self.prefix}*", count=1000):
-            self.client.delete(key)
+        delete_matching(self.client, f"{self.prefix}*")

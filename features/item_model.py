@@ -50,6 +50,7 @@ import redis
 from contracts.events import Event
 from contracts.keys import RedisKeys
 from features.errors import FeatureStoreError
+from features.redis_client import delete_matching
 from features.state import TYPE_WEIGHT
 
 MAX_EXPONENT = 60.0
@@ -136,7 +137,7 @@ class ItemDeltas:
     popularity: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     """item -> [(event ts ms, weight)]."""
     covisit: dict[tuple[str, str], float] = field(default_factory=dict)
-    """(item, neighbour) -> weight, both directions."""
+    """(item, earlier item) -> weight; the script adds it to both items' rows."""
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def skips(self, offset: int) -> bool:
@@ -151,9 +152,10 @@ class ItemDeltas:
         item, kind = event.item_id, event.type.value
         weight = TYPE_WEIGHT[kind]
         self.popularity.setdefault(item, []).append((event.ts, weight))
+        covisit = self.covisit
         for other, w in covisit_pairs(item, previous, weight, window):
-            for pair in ((item, other), (other, item)):
-                self.covisit[pair] = self.covisit.get(pair, 0.0) + w
+            pair = (item, other)
+            covisit[pair] = covisit.get(pair, 0.0) + w
         row = self.stats.get(item)
         if row is None:
             row = self.stats[item] = {"views": 0, "carts": 0, "purchases": 0, "category": "", "brand": "",
@@ -208,9 +210,12 @@ if next(d.pop) ~= nil then
 end
 local rows = {}
 for _, t in ipairs(d.co) do
-  local key = ARGV[8] .. t[1]
-  redis.call('HINCRBYFLOAT', key, t[2], fmt(t[3]))
-  rows[key] = true
+  local w = fmt(t[3])
+  local a, b = ARGV[8] .. t[1], ARGV[8] .. t[2]
+  redis.call('HINCRBYFLOAT', a, t[2], w)
+  redis.call('HINCRBYFLOAT', b, t[1], w)
+  rows[a] = true
+  rows[b] = true
 end
 for key in pairs(rows) do
   if redis.call('HLEN', key) > 2 * max_n then
@@ -336,14 +341,7 @@ class SharedItemModel:
         k = self.keys
         self.client.delete(k.item_fence, k.item_popularity, k.item_popularity_t0)
         for pattern in (k.item_covisit("*"), k.item_stats_row("*"), k.item_dirty("*")):
-            batch = []
-            for key in self.client.scan_iter(match=pattern, count=1000):
-                batch.append(key)
-                if len(batch) >= 1000:
-                    self.client.delete(*batch)
-                    batch = []
-            if batch:
-                self.client.delete(*batch)
+            delete_matching(self.client, pattern)
         self._rows.clear()
         self._labels.clear()
         self._arrays.clear()

@@ -24,3 +24,16 @@ def connect(settings: RedisSettings) -> redis.Redis:
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), settings.retries),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
     )
+
+
+def delete_matching(client: redis.Redis, pattern: str, chunk: int = 1000) -> int:
+    """Delete every key matching `pattern` (SCAN, then DEL in chunks); returns how many."""
+    deleted, batch = 0, []
+    for key in client.scan_iter(match=pattern, count=chunk):
+        batch.append(key)
+        if len(batch) >= chunk:
+            deleted += client.delete(*batch)
+            batch = []
+    if batch:
+        deleted += client.delete(*batch)
+    return deleted

@@ -214,12 +214,14 @@ class BehaviouralReasoner:
                 by_first = np.argsort(first, kind="stable")
                 best = by_first[np.argsort(-totals[by_first], kind="stable")[:k]]
                 # Each chosen item's strongest contribution, the earliest on ties.
-                chosen = np.flatnonzero(np.isin(group, best))
+                is_best = np.zeros(unique.size, dtype=bool)
+                is_best[best] = True
+                chosen = np.flatnonzero(is_best[group])
                 order = chosen[np.lexsort((chosen, -contribution[chosen], group[chosen]))]
                 strongest = order[np.searchsorted(group[order], best)]
                 ids = self.model.codes.ids
-                out = [(ids[unique[g]], float(totals[g]), recent[rank_of[e]][0])
-                       for g, e in zip(best.tolist(), strongest.tolist())]
+                out = [(ids[c], total, recent[r][0]) for c, total, r in
+                       zip(unique[best].tolist(), totals[best].tolist(), rank_of[strongest].tolist())]
         if len(out) < k:
             have = {item for item, _, _ in out}
             floor = out[-1][1] if out else 1.0

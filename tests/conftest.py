@@ -45,9 +45,8 @@ def services(base_settings: Settings) -> Settings:
 def scoped(services: Settings) -> Iterator[Settings]:
     """Settings with a fresh events topic, dead-letter topic, consumer group and key prefix;
     the test's topics and Redis keys are removed afterwards."""
-    import redis
-
     from contracts.topics import worker_topics
+    from features.redis_client import connect, delete_matching
     from stream.producer import delete_topics
 
     run = uuid.uuid4().hex[:8]
@@ -58,9 +57,7 @@ def scoped(services: Settings) -> Iterator[Settings]:
     })
     yield s
     delete_topics(s.kafka.bootstrap, worker_topics(s))
-    client = redis.Redis(host=s.redis.host, port=s.redis.port, db=s.redis.db)
-    for key in client.scan_iter(match=f"{s.key_prefix}*", count=1000):
-        client.delete(key)
+    delete_matching(connect(s.redis), f"{s.key_prefix}*")
 
 
 @pytest.fixture
