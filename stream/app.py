@@ -91,15 +91,11 @@ def build_app(settings: Settings) -> faust.App:
         return holder["p"]
 
     async def ack(stream: faust.StreamT, ready: list) -> None:
-        """Acknowledge events the worker is done with (only released acks count: fast_consumer.py)."""
-        consumer = app.consumer
         for event in ready:
-            consumer.release(event.message)
             await stream.ack(event)
 
     @app.agent(events, name="ingest")
     async def ingest(stream: faust.StreamT) -> None:
-        app.consumer.held_topics = app.consumer.held_topics | {k.events_topic}
         proc = processor()
         holder["stream"] = stream
         # noack_take: events are acknowledged only when the processor hands them back, i.e. after
@@ -129,7 +125,6 @@ def build_app(settings: Settings) -> faust.App:
     async def log_feedback(stream: faust.StreamT) -> None:
         """Validate feedback records and append the valid ones to the parquet log; a batch is
         acknowledged only after its part is written (invalid records: dead letters)."""
-        app.consumer.held_topics = app.consumer.held_topics | {k.feedback_topic}
         f = settings.feedback
         r = settings.redis
         client = connect(r)

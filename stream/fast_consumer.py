@@ -28,31 +28,6 @@ _EVENT_WAIT = asyncio.Event.wait.__code__
 
 
 class FastDrainConsumer(aiokafka_driver.Consumer):
-    held_topics: frozenset[str] = frozenset()
-    """Topics whose messages count as acknowledged only once the worker released them (below)."""
-
-    def release(self, message: Any) -> None:
-        """The worker is done with `message` (its effects are durable): its ack may count."""
-        self.__dict__.setdefault("_released", set()).add((message.tp, message.offset))
-
-    def ack(self, message: Any) -> bool:
-        """Workaround. faust acks messages the worker never processed: a stream acks what it
-        skips while flow control is suspended or after a rebalance (stale generation), and a
-        `noack_take` stream acks again what its passive drainer delivers once the take loop has
-        ended (its `finally` restores `enable_acks`), which is what happens to the events in
-        flight when a worker stops. Committed, those offsets were lost (measured: a worker
-        SIGTERMed mid-stream, 884 events in flight, ~42 events of each of its 20 users never
-        counted by the worker that took its partitions over). For the held topics an ack counts
-        only for a message the worker released; any other is refused, so the message stays
-        unacknowledged and comes again."""
-        if message.topic in self.held_topics:
-            released = self.__dict__.get("_released")
-            key = (message.tp, message.offset)
-            if not released or key not in released:
-                return False
-            released.discard(key)
-        return super().ack(message)
-
     async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
         flow_guard = coros[1] if len(coros) == 2 else None
         if (
@@ -74,8 +49,7 @@ class FastDrainTransport(aiokafka_driver.Transport):
 
 class FastApp(faust.App):
     """faust.App using `FastDrainTransport` for its kafka:// broker and `SeekFirstRecovery` for
-    its tables, and that does not wait for acknowledgements when it stops (below);
-    `seek_delay_s` widens the recovery seek (tests only)."""
+    its tables; `seek_delay_s` widens the recovery seek (tests only)."""
 
     def __init__(self, *args: Any, seek_delay_s: float = 0.0, **kwargs: Any) -> None:
         kwargs.setdefault("TableManager", SeekFirstTableManager)
@@ -84,22 +58,6 @@ class FastApp(faust.App):
 
     def _new_transport(self) -> Any:
         return FastDrainTransport(self.conf.broker_consumer, self)
-
-    async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
-        """Workaround. When partitions are revoked faust waits until every delivered message is
-        acknowledged (`stream_wait_empty`). The worker acknowledges an event only after the Feast
-        push that carried it finished (features/pusher.py), which its timer collects; a stopping
-        app has stopped its timers, so a worker SIGTERMed with events in flight waited forever
-        (measured: a benchmark worker was still in "Wait for streams..." 27 minutes after SIGTERM).
-        A stopping worker now leaves without waiting: its unacknowledged events come again to the
-        next owner, whose state drops what it already folded (by offset) and whose item-model
-        fence skips what was applied. A rebalance of a running worker still waits, so no batch of
-        a revoked partition is written after the partition has a new owner."""
-        if self.should_stop:
-            logger.info("stopping: %d unacknowledged messages are left to the next owner",
-                        len(getattr(consumer, "_unacked_messages", ())))
-            return
-        await super()._consumer_wait_empty(consumer, logger)
 
 
 class SeekFirstRecovery(Recovery):
