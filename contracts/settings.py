@@ -121,6 +121,11 @@ class WorkerSettings(BaseModel):
     session_timeout_s gets its partitions back without a group rebalance; a stopped one's
     partitions move to the others only after session_timeout_s (static members do not leave the
     group). Unset: dynamic membership (a clean stop hands its partitions over at once)."""
+    drain_timeout_s: float = Field(default=15.0, gt=0)
+    """At a stop (SIGTERM) the worker runs its debounced refreshes, finishes its Feast pushes and
+    commits what they acknowledged, for at most this long (seconds); events still unacknowledged
+    then come again to the partitions' next owner. Keep it under the supervisor's grace period
+    (compose: stop_grace_period 30s)."""
     item_push_interval_s: float = Field(default=1.0, ge=0)
     """Item features are pushed to Feast at most this often (seconds); user features go with
     the next push (features/pusher.py)."""

@@ -52,16 +52,20 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self, kill: bool = False, timeout_s: float = 30) -> None:
+    def stop(self, kill: bool = False, timeout_s: float = 30) -> bool:
+        """SIGTERM (or SIGKILL) the worker and wait for it; a worker still there after
+        `timeout_s` is killed. True when it exited by itself (or was not running)."""
         if not self.alive():
-            return
+            return True
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
         try:
             self.proc.wait(timeout=timeout_s)
+            return True
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+            return False
 
     def metrics(self) -> dict:
         return read_metrics(self.client, self.keys)

@@ -5,7 +5,8 @@ Run it with `intentstream worker`. The agent takes events in micro-batches (`noa
 each batch to `stream.processor.BatchProcessor` (through `stream.failures.process_resilient`:
 retries, then a stop for an outage or a dead letter for the one event that breaks the code) and
 acknowledges the events the processor hands back (those whose Feast push finished); a 0.1 s timer
-does the same between batches and runs debounced refreshes. See stream/processor.py for the
+does the same between batches and runs debounced refreshes; at a stop (SIGTERM) a drainer runs
+what is pending and acknowledges it before faust commits. See stream/processor.py for the
 delivery guarantee. Table recovery seeks before it resumes (stream/fast_consumer.py).
 The state table's changelog is partitioned with the producer's partitioner on the raw user_id,
 like the events topic, so a user's state and events live on the same partition number.
@@ -41,11 +42,15 @@ log = logging.getLogger(__name__)
 
 def build_app(settings: Settings) -> faust.App:
     w, k = settings.worker, settings.kafka
+    datadir = settings.state_dir / "faust" / w.app_id  # not faust's `{app_id}-data` in the cwd
+    datadir.parent.mkdir(parents=True, exist_ok=True)
     app = FastApp(
         w.app_id,
         seek_delay_s=w.recovery_seek_delay_s,
+        drain_timeout_s=w.drain_timeout_s,
         broker=f"kafka://{k.bootstrap}",
         store="memory://",
+        datadir=str(datadir),
         web_enabled=w.web_enabled,
         web_port=w.web_port,
         topic_partitions=k.partitions,
@@ -144,6 +149,17 @@ def build_app(settings: Settings) -> faust.App:
                 await send_dead_letters(letters)
             await asyncio.to_thread(_count_feedback, client, keys, len(records), len(letters))
             await ack(stream, batch)
+
+    async def drain_at_stop() -> int:
+        """SIGTERM: finish the pushes and refreshes in hand and acknowledge their events
+        (stream/fast_consumer.py FastApp)."""
+        if "stream" not in holder:
+            return 0
+        ready = await holder["p"].drain()
+        await ack(holder["stream"], ready)
+        return len(ready)
+
+    app.add_drainer(drain_at_stop)
 
     @app.timer(interval=0.1)
     async def between_batches() -> None:

@@ -1,5 +1,6 @@
-"""A Faust app whose Kafka consumer hands messages to streams without two tasks per message, and
-whose table recovery seeks before it resumes (`SeekFirstRecovery`, below).
+"""A Faust app whose Kafka consumer hands messages to streams without two tasks per message,
+whose table recovery seeks before it resumes (`SeekFirstRecovery`, below), and which finishes
+the work it holds before it waits for acknowledgements at a stop (`FastApp`, below).
 
 Workaround. faust-streaming's fetch loop (`Consumer._drain_messages`) delivers every message as
 `await self.wait_first(callback(message), self.suspend_flow.wait())`: two new tasks and an
@@ -16,6 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -25,6 +29,11 @@ from faust.transport.drivers import aiokafka as aiokafka_driver
 from mode.services import WaitResults
 
 _EVENT_WAIT = asyncio.Event.wait.__code__
+log = logging.getLogger(__name__)
+
+Drainer = Callable[[], Awaitable[int]]
+"""Finishes the work a stopping worker holds and acknowledges what it can; returns how many
+events it acknowledged."""
 
 
 class FastDrainConsumer(aiokafka_driver.Consumer):
@@ -49,15 +58,65 @@ class FastDrainTransport(aiokafka_driver.Transport):
 
 class FastApp(faust.App):
     """faust.App using `FastDrainTransport` for its kafka:// broker and `SeekFirstRecovery` for
-    its tables; `seek_delay_s` widens the recovery seek (tests only)."""
+    its tables; `seek_delay_s` widens the recovery seek (tests only).
 
-    def __init__(self, *args: Any, seek_delay_s: float = 0.0, **kwargs: Any) -> None:
+    Workaround for a stop with events in flight. On SIGTERM faust 0.15.3 (`App._stop_consumer`)
+    stops the fetcher, then waits until every event a stream took is acknowledged
+    (`Consumer.wait_empty`, no time limit), and only then commits and leaves. The app's timers
+    have stopped by then (`should_stop` is set first), and an agent that acknowledges an event
+    only after later work (here: after the Feast push that carried it, which the timer collects)
+    never acknowledges it: the worker waits forever and its supervisor has to kill it (measured
+    before this: a SIGTERMed worker with events in flight never exited; `WorkerProcess.stop`
+    killed it after 30 s). faust has no hook between the fetcher stop and that wait, so
+    `_consumer_wait_empty` runs the registered drainers first (`add_drainer`), again until every
+    taken event is acknowledged (a batch the agent was still processing lands meanwhile) or
+    `drain_timeout_s` passed, and then lets faust wait and commit as before. After the timeout it
+    commits what was acknowledged and leaves the rest to the next owner (at-least-once: they come
+    again; state and item model drop what was already applied). Acknowledgement itself is
+    faust's, unchanged. A rebalance (not a stop) keeps faust's path: its timers still run.
+    """
+
+    def __init__(self, *args: Any, seek_delay_s: float = 0.0, drain_timeout_s: float = 15.0, **kwargs: Any) -> None:
         kwargs.setdefault("TableManager", SeekFirstTableManager)
         super().__init__(*args, **kwargs)
         self.seek_delay_s = seek_delay_s
+        self.drain_timeout_s = drain_timeout_s
+        self._drainers: list[Drainer] = []
 
     def _new_transport(self) -> Any:
         return FastDrainTransport(self.conf.broker_consumer, self)
+
+    def add_drainer(self, drainer: Drainer) -> None:
+        self._drainers.append(drainer)
+
+    async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
+        if self.should_stop and self._drainers:
+            if not await self._drain(consumer):
+                left = len(consumer._unacked_messages)
+                log.warning("stopping with %d events unacknowledged after %.0f s: committing what was "
+                            "acknowledged; the rest come again to the partitions' next owner", left,
+                            self.drain_timeout_s)
+                await consumer.commit_and_end_transactions()
+                return
+        await super()._consumer_wait_empty(consumer, logger)
+
+    async def _drain(self, consumer: Any) -> bool:
+        """Run the drainers until no taken event is unacknowledged; False after the timeout."""
+        deadline = time.monotonic() + self.drain_timeout_s
+        acked = 0
+        while True:
+            for drainer in self._drainers:
+                try:
+                    acked += await drainer()
+                except Exception as exc:  # an outage while stopping: try again until the deadline
+                    log.warning("draining at stop: %r", exc)
+            consumer._clean_unacked_messages()
+            if not consumer._unacked_messages:
+                log.info("drained at stop: %d events acknowledged", acked)
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
 
 
 class SeekFirstRecovery(Recovery):

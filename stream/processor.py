@@ -268,6 +268,21 @@ class BatchProcessor:
         pipe.execute()
         return acked
 
+    async def drain(self) -> list[Any]:
+        """Stopping: run every debounced refresh now, push everything queued and wait for it.
+        Returns the tokens safe to acknowledge (the caller may call it again for a batch that
+        was still being processed)."""
+        now = now_ms()
+        self.pending = {uid: min(at, now) for uid, at in self.pending.items()}
+        acked = await self.flush_pending()
+        tokens, produced, finished_ms = await self.pusher.drain()
+        if produced:
+            self.metrics.sample("feature_freshness_ms", [finished_ms - p for p in produced])
+        pipe = self.client.pipeline(transaction=False)
+        self.metrics.queue(pipe)
+        pipe.execute()
+        return acked + tokens
+
     # -- pieces -----------------------------------------------------------------------------------
     def _load(self, user_id: str) -> UserState:
         record = self.table.get(user_id.encode())

@@ -1,10 +1,12 @@
 """Two workers on one consumer group: the partitions split between them, the shared item model
 counts every event once, a SIGKILLed worker restarted with its static instance id takes its
-partitions back at once (no wait for its old session), and a SIGTERMed one's partitions, then a
-SIGKILLed one's, move to the other; per-user and per-item counts stay exact throughout."""
+partitions back at once (no wait for its old session), and a SIGTERMed one (mid-stream: it
+finishes what it holds, commits and exits by itself), then a SIGKILLed one, hand their
+partitions to the other; per-user and per-item counts stay exact throughout."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 from tests.integration.kafka_io import group_assignment, users_by_partition, wait_committed_to_end, wait_for
@@ -58,9 +60,17 @@ def test_two_workers_split_the_stream_and_take_over_from_each_other(scoped, work
     assert sorted(group_assignment(scoped), key=min) == split
     wait_committed_to_end(scoped, 60, logs)
 
-    # SIGTERM b: a static member does not leave the group; after its session its partitions move.
-    b.stop()
-    traffic.send(users, 10_000, 4000)
+    # SIGTERM b mid-stream: it drains what it holds (pushes, refreshes), commits and exits by
+    # itself; a static member does not leave the group, so after its session its partitions move.
+    sender = threading.Thread(target=traffic.send, args=(users, 10_000, 4000, 1000.0))
+    before = a.processed()
+    sender.start()
+    wait_for(lambda: a.processed() >= before + 500, 60, "the workers to make progress", logs)
+    stopped_at = time.monotonic()
+    assert b.stop(timeout_s=b_settings.worker.drain_timeout_s + 10), "SIGTERMed b did not exit by itself"
+    assert time.monotonic() - stopped_at < b_settings.worker.drain_timeout_s + 5
+    assert "drained at stop" in b.log_tail(60), b.log_tail(60)
+    sender.join()
     wait_for(lambda: group_assignment(scoped) == [frozenset(range(scoped.kafka.partitions))], 60,
              "the survivor to hold every partition", logs)
     wait_for(counted, 120, "every event counted once after the takeover", logs)

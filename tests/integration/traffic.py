@@ -27,10 +27,14 @@ class Traffic:
         self.model = SharedItemModel(redis.Redis(host=r.host, port=r.port, db=r.db), RedisKeys(settings.key_prefix),
                                      settings.kafka.events_topic, settings.kafka.partitions, 5, 100, 3600.0)
 
-    def send(self, users: list[str], start: int, n: int) -> None:
-        """Events e{start}..e{start+n-1}, round robin over `users`, every 50th a purchase."""
+    def send(self, users: list[str], start: int, n: int, per_s: float | None = None) -> None:
+        """Events e{start}..e{start+n-1}, round robin over `users`, every 50th a purchase; at
+        about `per_s` events a second when given (else as fast as the producer goes)."""
+        began = time.monotonic()
         with EventProducer.from_settings(self.settings) as producer:
             for i in range(start, start + n):
+                if per_s and (ahead := (i - start) / per_s - (time.monotonic() - began)) > 0:
+                    time.sleep(ahead)
                 user, item = users[i % len(users)], f"i{(i * 7) % 101}"
                 kind = "purchase" if i % 50 == 0 else "view"
                 producer.send_raw(user.encode(), orjson.dumps({
