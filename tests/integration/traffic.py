@@ -47,6 +47,12 @@ class Traffic:
         rows = self.features.read_users(sorted(self.users), ["event_count"])
         return {r["user_id"]: r["event_count"] for r in rows}
 
+    def user_diff(self) -> str:
+        """Users whose Feast count is off (got, sent), for a failure message."""
+        got, sent = self.user_counts(), dict(self.users)
+        off = {u: (got.get(u), n) for u, n in sent.items() if got.get(u) != n}
+        return f"{len(off)} users off (got, sent): {sorted(off.items())[:12]}"
+
     def users_counted(self) -> bool:
         return self.user_counts() == dict(self.users)
 
