@@ -1,9 +1,9 @@
-"""The Faust app: the events topic, the changelog-backed user-state table, the ingest agent, and
+"""The Faust app: the events topic, the changelog-backed user-state table, the ingest loop, and
 the feedback agent (impressions and actions -> the parquet feedback log, stream/feedback.py).
 
-Run it with `intentstream worker`. The agent takes events in micro-batches (`noack_take`), hands
-each batch to `stream.processor.BatchProcessor` (through `stream.failures.process_resilient`:
-retries, then a stop for an outage or a dead letter for the one event that breaks the code) and
+Run it with `intentstream worker`. The ingest loop takes events in micro-batches of raw messages
+(`BatchInbox`, stream/fast_consumer.py: no faust Event per message), hands each batch to
+`stream.processor.BatchProcessor` (through `stream.failures.process_resilient`: retries, then a stop for an outage or a dead letter for the one event that breaks the code) and
 acknowledges the events the processor hands back (those whose Feast push finished); a 0.1 s timer
 does the same between batches and runs debounced refreshes; at a stop (SIGTERM) a drainer runs
 what is pending and acknowledges it before faust commits. See stream/processor.py for the
@@ -30,8 +30,8 @@ from contracts.keys import RedisKeys
 from contracts.settings import Settings
 from features.pusher import FeaturePusher
 from features.redis_client import connect
-from stream.failures import WorkerStopped, is_retryable, process_resilient
-from stream.fast_consumer import FastApp
+from stream.failures import is_retryable, process_resilient
+from stream.fast_consumer import BatchInbox, FastApp
 from stream.feedback import FeedbackLog
 from stream.intent_route import IntentRoute
 from stream.processor import BatchProcessor, RawMessage
@@ -99,23 +99,31 @@ def build_app(settings: Settings) -> faust.App:
         for event in ready:
             await stream.ack(event)
 
-    @app.agent(events, name="ingest")
-    async def ingest(stream: faust.StreamT) -> None:
+    # The events topic arrives in batches of raw messages (stream/fast_consumer.py BatchInbox),
+    # not as a faust agent's per-message Events.
+    inbox = BatchInbox(app, events, w.batch_max, max(4 * w.batch_max, 4096))
+    app.add_starter(processor)  # Feast, the pusher child, the intent route: loaded before the join
+
+    @app.task
+    async def ingest() -> None:
+        """Take a batch, process it, acknowledge the events the processor hands back: only after
+        the Feast push that carried their features finished (see stream/processor.py)."""
         proc = processor()
-        holder["stream"] = stream
-        # noack_take: events are acknowledged only when the processor hands them back, i.e. after
-        # the Feast push that carried their features finished (see stream/processor.py).
-        async for batch in stream.noack_take(w.batch_max, within=w.batch_within_s):
-            messages = [RawMessage(e.message.key, e.message.value, e.message.topic, e.message.partition,
-                                   e.message.offset, int(e.message.timestamp * 1000)) for e in batch]
+        holder["inbox"] = inbox
+        while not app.should_stop:
+            batch = await inbox.take(w.batch_within_s)
+            if not batch:
+                continue
+            messages = [RawMessage(m.key, m.value, m.topic, m.partition, m.offset, int(m.timestamp * 1000))
+                        for m in batch]
             try:
                 ready = await process_resilient(proc.process, messages, batch, failed_message,
                                                 w.batch_attempts, w.retry_backoff_s)
-            except WorkerStopped as exc:
+            except Exception as exc:  # WorkerStopped, or a bug: a dead loop would leave the worker stuck
                 log.critical("stopping the worker: %s (unacknowledged events come again after a restart)", exc)
                 await app.crash(exc)
                 return
-            await ack(stream, ready)
+            inbox.ack(ready)
 
     async def failed_message(msg: RawMessage, reason: str) -> None:
         letter = DeadLetter.of(reason, msg.topic, msg.partition, msg.offset, msg.key, msg.value, int(time.time() * 1000))
@@ -153,24 +161,24 @@ def build_app(settings: Settings) -> faust.App:
     async def drain_at_stop() -> int:
         """SIGTERM: finish the pushes and refreshes in hand and acknowledge their events
         (stream/fast_consumer.py FastApp)."""
-        if "stream" not in holder:
+        if "inbox" not in holder:
             return 0
         ready = await holder["p"].drain()
-        await ack(holder["stream"], ready)
+        inbox.ack(ready)
         return len(ready)
 
     app.add_drainer(drain_at_stop)
 
     @app.timer(interval=0.1)
     async def between_batches() -> None:
-        if "stream" not in holder:
+        if "inbox" not in holder:
             return
         try:
             ready = await holder["p"].flush_pending()
-        except Exception as exc:  # the next batch or tick tries again; a lasting outage stops the agent
+        except Exception as exc:  # the next batch or tick tries again; a lasting outage stops the worker
             log.warning("between batches: %r", exc, exc_info=not is_retryable(exc))
             return
-        await ack(holder["stream"], ready)
+        inbox.ack(ready)
 
     return app
 

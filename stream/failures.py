@@ -1,6 +1,6 @@
 """What the worker does when processing a batch raises: retry, then narrow it down, never skip.
 
-`process_resilient` wraps `BatchProcessor.process` for the ingest agent:
+`process_resilient` wraps `BatchProcessor.process` for the ingest loop (stream/app.py):
 
 1. Try the whole batch up to `attempts` times, waiting `backoff_s`, then twice as long, ...
    between tries. Nothing of a failed try is acknowledged (the processor hands tokens to the
