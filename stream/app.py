@@ -3,11 +3,12 @@ the feedback agent (impressions and actions -> the parquet feedback log, stream/
 
 Run it with `intentstream worker`. The ingest loop takes events in micro-batches of raw messages
 (`BatchInbox`, stream/fast_consumer.py: no faust Event per message), hands each batch to
-`stream.processor.BatchProcessor` (through `stream.failures.process_resilient`: retries, then a stop for an outage or a dead letter for the one event that breaks the code) and
-acknowledges the events the processor hands back (those whose Feast push finished); a 0.1 s timer
-does the same between batches and runs debounced refreshes; at a stop (SIGTERM) a drainer runs
-what is pending and acknowledges it before faust commits. See stream/processor.py for the
-delivery guarantee. Table recovery seeks before it resumes (stream/fast_consumer.py).
+`stream.processor.BatchProcessor` (through `stream.failures.process_resilient`: retries, then a
+stop for an outage or a dead letter for the one event that breaks the code) and acknowledges the
+events the processor hands back (those whose Feast push finished); a 0.1 s timer does the same
+between batches and runs debounced refreshes; at a stop (SIGTERM) a drainer runs what is pending
+and acknowledges it before faust commits. See stream/processor.py for the delivery guarantee.
+Table recovery seeks before it resumes (stream/fast_consumer.py).
 The state table's changelog is partitioned with the producer's partitioner on the raw user_id,
 like the events topic, so a user's state and events live on the same partition number.
 """

@@ -26,10 +26,10 @@ from typing import Any
 
 import faust
 from faust.tables import TableManager
-from faust.transport.conductor import Conductor
-from faust.types import TP, Message
 from faust.tables.recovery import Recovery
+from faust.transport.conductor import Conductor
 from faust.transport.drivers import aiokafka as aiokafka_driver
+from faust.types import TP, Message
 from mode.services import WaitResults
 
 _EVENT_WAIT = asyncio.Event.wait.__code__
@@ -62,24 +62,24 @@ class BatchInbox:
 
     Workaround. A faust agent gets every message as an `Event` through a stream: per message the
     conductor decodes it into an Event and queues it, the stream iterator takes it, tracks it,
-    calls the sensors and the processors (noack_take's buffer is one), and the agent acknowledges
-    each Event. A do-nothing `noack_take` agent drains ~15k events/s here (with
+    calls the sensors and the processors (noack_take's buffer is one), and the agent
+    acknowledges each Event. A do-nothing `noack_take` agent drains ~15k events/s here (with
     `FastDrainConsumer`), a plain aiokafka consumer ~300k/s: ~65 µs per message, about a fifth
     of the worker's time per event at ~3k events/s (py-spy). faust has no batch delivery: its
     answer to "bulk processing" is `take` (robinhood/faust#310), `noack_take` its manually
-    acknowledged form (faust-streaming/faust#192), both built on the per-Event stream. So `BatchConductor`
-    routes the topic's partitions to `deliver`, which appends the raw `ConsumerMessage`; `take`
-    returns up to `max_n` of them, waiting at most `within_s` after the first. Kept from
-    faust's path: flow control (delivery waits while faust suspends it at a rebalance, `clear`
-    runs with faust's queues), the skip of messages from an older consumer generation or taken
-    while flow is suspended (the seek after the rebalance fetches them again), tracking of every
-    taken message as unacknowledged (faust's stop and rebalance wait for it, its commit moves
-    only over acknowledged offsets), and acknowledgement by `Consumer.ack` itself. At most
-    `maxsize` messages wait; a full inbox holds up the fetcher. Not kept: faust's per-message
-    sensor calls (its Monitor's per-topic counters; the worker's own metrics count events).
-    Measured gain (`intentstream bench ingest --events 100000 --workers 1`, this 2-core box, two
-    interleaved pairs): 2,769 and 2,934 events/s with the agent, 3,729 and 3,882 with the inbox
-    (1.33x; benchmarks/REPORT.md "Before and after").
+    acknowledged form (faust-streaming/faust#192), both built on the per-Event stream. So
+    `BatchConductor` routes the topic's partitions to `deliver`, which appends the raw
+    `ConsumerMessage`; `take` returns up to `max_n` of them, waiting at most `within_s` after
+    the first. Kept from faust's path: flow control (delivery waits while faust suspends it at a
+    rebalance, `clear` runs with faust's queues), the skip of messages from an older consumer
+    generation or taken while flow is suspended (the seek after the rebalance fetches them
+    again), tracking of every taken message as unacknowledged (faust's stop and rebalance wait
+    for it, its commit moves only over acknowledged offsets), and acknowledgement by
+    `Consumer.ack` itself. At most `maxsize` messages wait; a full inbox holds up the fetcher.
+    Not kept: faust's per-message sensor calls (its Monitor's per-topic counters; the worker's
+    own metrics count events). Measured gain (`intentstream bench ingest --events 100000
+    --workers 1`, this 2-core box, two interleaved pairs): 2,769 and 2,934 events/s with the
+    agent, 3,729 and 3,882 with the inbox (1.33x; benchmarks/REPORT.md "Before and after").
     """
 
     def __init__(self, app: faust.App, topic: faust.TopicT, max_n: int, maxsize: int) -> None:
@@ -180,14 +180,15 @@ class FastApp(faust.App):
     before this: a SIGTERMed worker with events in flight never exited; `WorkerProcess.stop`
     killed it after 30 s). faust has no hook between the fetcher stop and that wait, so
     `_consumer_wait_empty` runs the registered drainers first (`add_drainer`), again until every
-    taken event is acknowledged (a batch the agent was still processing lands meanwhile) or
+    taken event is acknowledged (a batch the ingest loop was still processing lands meanwhile) or
     `drain_timeout_s` passed, and then lets faust wait and commit as before. After the timeout it
     commits what was acknowledged and leaves the rest to the next owner (at-least-once: they come
     again; state and item model drop what was already applied). Acknowledgement itself is
     faust's, unchanged. A rebalance (not a stop) keeps faust's path: its timers still run.
     """
 
-    def __init__(self, *args: Any, seek_delay_s: float = 0.0, drain_timeout_s: float = 15.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, seek_delay_s: float = 0.0, drain_timeout_s: float = 15.0,
+                 **kwargs: Any) -> None:
         kwargs.setdefault("TableManager", SeekFirstTableManager)
         super().__init__(*args, **kwargs)
         self.seek_delay_s = seek_delay_s
