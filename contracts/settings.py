@@ -232,6 +232,10 @@ class IntentSettings(BaseModel):
     min_interval_s: float = Field(default=10.0, ge=0)
     """A user whose intent route ran less than this many seconds ago is not queued again; their
     refresh merges the last intent result into the fresh behavioural list."""
+    every_n_events: int = Field(default=10, ge=1)
+    """After min_interval_s, a refresh whose reason is only the event count (not a purchase or a
+    new dominant category) queues the user again once this many events came since the state the
+    last run read (stream/trigger.py intent_due); until then the last result is merged."""
     remember_users: int = Field(default=100_000, ge=1)
     """Users whose last intent result the worker keeps in memory for those merges (LRU)."""
     max_wait_s: float = Field(default=30.0, gt=0)

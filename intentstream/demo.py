@@ -175,6 +175,10 @@ def run_demo(settings: Settings, dataset: str, rate: float, console: Console) ->
         il, ifr = m["intent_latency_ms"], m["intent_freshness_ms"]
         summary.add_row("share of events that triggered a refresh",
                         f"{m.get('refreshes', 0) / max(m.get('events_valid', 1), 1):.1%}")
+        queued, reused = m.get("intent_queued", 0), m.get("intent_recent_reused", 0)
+        summary.add_row("refreshes sent to reasoning", f"{queued:,} of {m.get('refreshes', 0):,} "
+                        f"({queued / max(m.get('refreshes', 1), 1):.1%}); intent not due (last result merged) "
+                        f"{reused:,} (stream/trigger.py intent_due)")
         summary.add_row("intent route", f"{m['intent_users']:,} user refreshes in {m.get('intent_batches', 0):,} batches, "
                         f"{m['intent_users'] / max(m.get('intent_time_ms', 1) / 1000, 1e-9):.1f} users/s while reasoning, "
                         f"{m.get('intent_tokens', 0) / m['intent_users']:.0f} LM tokens per refresh")

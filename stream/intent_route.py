@@ -9,8 +9,11 @@ and behavioural routes, writes recs:{user_id} (fallback_reason null, model_versi
 `<behavioural>+<intent model>`) and pushes the compressed context it read to Feast
 (`intent_context`). A user queued again before the child took it is coalesced (newest state
 wins). The parent remembers each user's last intent result and merges it into their later
-behavioural refreshes, so a refresh never drops the intent items; a user whose intent route ran
-less than `intent.min_interval_s` ago is not queued again.
+behavioural refreshes, so a refresh never drops the intent items. A refreshed user is queued again
+only when their intent may have changed (stream/trigger.py `intent_due`: at least
+`intent.min_interval_s` after the last run, and a purchase, a new dominant category, or
+`intent.every_n_events` events since the state that run read); the share of refreshes queued is
+counted (`intent_queued` vs `intent_recent_reused`).
 
 When the queue holds `intent.queue_max` users, a refresh keeps its behavioural list with
 fallback_reason `intent_queue_full`; a user waiting longer than `intent.max_wait_s` gets
@@ -48,6 +51,7 @@ import orjson
 from contracts.recs import FallbackReason, RecsPayload
 from contracts.settings import Settings
 from reasoning.reasoner import UserView
+from stream.trigger import IntentMark, intent_due
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +160,8 @@ def _reason_in_child(jobs: list[dict]) -> dict:
     return {"users": len(jobs), "seconds": time.perf_counter() - started, "tokens": stats.tokens,
             "results": {r.user_id: {"items": r.items, "intents": r.intents, "version": engine.version, "tags": r.tags,
                                     "context_items": [i for i, _ in r.context.items],
-                                    "context_actions": [a for _, a in r.context.items]} for r in results},
+                                    "context_actions": [a for _, a in r.context.items],
+                                    "state_version": job["state_version"]} for job, r in zip(jobs, results)},
             "context_tokens": stats.context_tokens, "written_ms": written_ms,
             "latency_ms": [written_ms - j["queued_ms"] for j in jobs],
             "freshness_ms": [written_ms - j["last_produced_ms"] for j in jobs if j["last_produced_ms"]]}
@@ -224,8 +229,8 @@ class IntentRoute:
     def submit(self, views: list[UserView], payloads: list[RecsPayload], last_produced_ms: list[int]) -> list[FallbackReason | None]:
         """Queue users for the intent route and merge each payload with the user's last intent
         result, if any (in place). Returns the fallback_reason each payload is written with:
-        `intent_pending` (queued), `intent_queue_full`, or None when the last intent result is
-        younger than `intent.min_interval_s` (the user is not queued again)."""
+        `intent_pending` (queued), `intent_queue_full`, or None when the user's intent is not due
+        again (stream/trigger.py `intent_due`): the last intent result is merged instead."""
         now = int(time.time() * 1000)
         reasons: list[FallbackReason | None] = []
         for view, payload, produced in zip(views, payloads, last_produced_ms):
@@ -233,7 +238,8 @@ class IntentRoute:
             last = self.last.get(view.user_id)
             if last is not None:
                 self._merge(payload, view, last)
-                if now - last["at_ms"] < self.cfg.min_interval_s * 1000:
+                mark = IntentMark(last["at_ms"], last["state_version"])
+                if not intent_due(view.trigger, view.state_version, mark, now, self.cfg):
                     reasons.append(None)
                     continue
             if view.user_id not in self._queue and len(self._queue) >= self.cfg.queue_max:

@@ -85,3 +85,41 @@ def test_dominant_category_change_respects_hysteresis():
     for i in range(6, 9):
         apply(state, ev(i, category="b"), 0, StateLimits())
     assert refresh_reason(state, cfg) == "dominant_category"
+
+
+def test_intent_route_queues_a_refresh_only_when_the_intent_may_have_changed():
+    # The real route's parent side (no child is started before a batch is submitted).
+    import time
+
+    from contracts.recs import FallbackReason, rec_item
+    from contracts.settings import Settings
+    from reasoning.reasoner import UserView
+    from stream.intent_route import IntentRoute
+
+    base = Settings()
+    settings = base.model_copy(update={"intent": base.intent.model_copy(
+        update={"min_interval_s": 10.0, "every_n_events": 8})})
+    route = IntentRoute(settings)
+    try:
+        now = int(time.time() * 1000)
+        last = {"items": [rec_item("x", 1.0, "intent", "because")], "intents": [], "version": "v1", "tags": ["t"],
+                "context_items": [], "context_actions": []}
+        route.last["recent"] = {**last, "at_ms": now, "state_version": 5}       # ran just now
+        route.last["old"] = {**last, "at_ms": now - 60_000, "state_version": 5}  # ran a minute ago
+
+        def submit(user: str, trigger: str, version: int) -> FallbackReason | None:
+            view = UserView(user, [["i1", "view", now, "c"]], frozenset(), ["c"], version, trigger)
+            payload = {"user_id": user, "items": [rec_item("b", 1.0, "behavioural", "e")], "model_version": "b-1"}
+            reason = route.submit([view], [payload], [now])[0]
+            if reason is None:  # not queued: the last intent result is merged into the fresh list
+                assert payload["model_version"] == "b-1+v1" and payload["tags"] == ["t"]
+            return reason
+
+        assert submit("new", "event_count", 3) is FallbackReason.intent_pending
+        assert submit("recent", "purchase", 6) is None                      # inside min_interval_s
+        assert submit("old", "event_count", 9) is None                      # 4 events since: same intent
+        assert submit("old", "event_count", 13) is FallbackReason.intent_pending
+        route._queue.clear()
+        assert submit("old", "dominant_category", 6) is FallbackReason.intent_pending
+    finally:
+        route.close()
