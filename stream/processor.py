@@ -1,5 +1,5 @@
 """One micro-batch of the worker, top to bottom: validate → fold state → queue features for
-Feast → decide refreshes → recommend → write results. The Faust agent (stream/app.py) feeds it.
+Feast → decide refreshes → recommend → write results. The ingest loop (stream/app.py) feeds it.
 
 Delivery guarantee (at-least-once in, effectively-once on state): `process` returns the events
 that are safe to acknowledge: those whose batch is folded and written to the state table, and
