@@ -12,8 +12,8 @@ them back only when the push that carried them has finished; the worker acknowle
 commits) offsets only then. A crash before that re-delivers the events (at-least-once). A push
 that fails is queued again under the rows that changed since (newer rows win) and its tokens stay
 with it: `cycle` raises a retryable `FeatureStoreError`, and the next cycle pushes it again.
-`cycle` may be called from several tasks (the ingest loop and the timer): a lock makes each collect and
-submit one step, so no caller can drop a push another just submitted.
+`cycle` may be called from several tasks (the ingest loop and the timer): a lock makes each
+collect and submit one step, so no caller can drop a push another just submitted.
 """
 
 from __future__ import annotations
