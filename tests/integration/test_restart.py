@@ -7,8 +7,9 @@ faust 0.15.3 resumed the stream partitions before seeking them to their committe
 dropped what the fetcher delivered meanwhile (stream/fast_consumer.py SeekFirstRecovery). On a
 partition without a commit nothing moves the fetch position back: those events were lost and the
 partition's commit froze. SeekFirstRecovery also seeks such a partition to its beginning (records
-dropped before the seek were lost too: the first 2,000 events of one partition in 3 of 17 runs). The warm phase builds exactly that case (the first worker only ever saw
-partitions 0 and 1), and the seek is widened to 1.5 s so the old order would lose events every
+fetched there before the seek that never reached the stream were lost too: the first 2,000 events
+of one partition in 5 of 23 runs with batch delivery). The warm phase builds exactly that case
+(the first worker only ever saw partitions 0 and 1), and the seek is widened to 1.5 s so the old order would lose events every
 time, not by luck (checked: with the old order this test fails)."""
 
 from __future__ import annotations
