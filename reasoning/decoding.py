@@ -10,6 +10,13 @@ suffixes at once (one per persona, per candidate) without recomputing the contex
 Sequences are laid out `[left pad][context][suffix pad][suffix][generated]`: the attention mask
 hides both pads and position ids count real tokens only, so every branch sees its context and
 suffix contiguously, as in training.
+
+Decoding writes each step's keys and values into room reserved after the branch
+(`ReservedLayer`) instead of letting transformers' `DynamicLayer` concatenate the whole cache
+per layer per step: measured on the demo model (4 layers, batches of 32 users, 1 thread) the
+concatenation was a quarter of a reasoning batch (`torch.cat` 2.0 s of 8.2 s under cProfile) and
+throughput went from 15.6 to 23.2 users/s with identical outputs (`bench reasoner` has the
+figures of record; a unit test holds the equality).
 """
 
 from __future__ import annotations
@@ -20,8 +27,39 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from transformers.cache_utils import DynamicLayer
 
 from reasoning.intent_model import IntentModel
+
+
+class ReservedLayer(DynamicLayer):
+    """A `DynamicLayer` whose keys and values live in a buffer with room for `extra` more
+    positions: a step writes its slot and the layer exposes views of the filled part (what
+    attention reads), so no step copies the cache. Past the room it falls back to concatenation."""
+
+    @classmethod
+    def reserve(cls, layer: DynamicLayer, extra: int) -> DynamicLayer:
+        if type(layer) is not DynamicLayer or not layer.is_initialized or layer.keys.dim() != 4:
+            return layer  # another layer kind (sliding window, quantised): leave it as it is
+        new = cls.__new__(cls)
+        new.__dict__.update(layer.__dict__)
+        b, h, n, d = layer.keys.shape
+        new._k = layer.keys.new_empty((b, h, n + extra, d))
+        new._v = layer.values.new_empty((b, h, n + extra, layer.values.shape[-1]))
+        new._k[:, :, :n], new._v[:, :, :n] = layer.keys, layer.values
+        new._n = n
+        new.keys, new.values = new._k[:, :, :n], new._v[:, :, :n]
+        return new
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        t = key_states.shape[-2]
+        if self._n + t > self._k.shape[-2]:
+            return super().update(key_states, value_states, *args, **kwargs)
+        self._k[:, :, self._n:self._n + t] = key_states
+        self._v[:, :, self._n:self._n + t] = value_states
+        self._n += t
+        self.keys, self.values = self._k[:, :, :self._n], self._v[:, :, :self._n]
+        return self.keys, self.values
 
 
 class PhraseTrie:
@@ -105,9 +143,11 @@ class Prefix:
 
 
 class Decoder:
-    def __init__(self, model: IntentModel) -> None:
+    def __init__(self, model: IntentModel, reserve_cache: bool = True) -> None:
         self.model = model
         self.lm = model.lm
+        self.reserve_cache = reserve_cache
+        """Decode into reserved cache room (`ReservedLayer`); False: transformers' concatenation."""
 
     @torch.no_grad()
     def prefill(self, sequences: Sequence[list[int]], atoms: Sequence[np.ndarray | None]) -> Prefix:
@@ -146,6 +186,8 @@ class Decoder:
         are appended to it as `(tokens, allowed)`: what RL needs to score the sample under the
         constrained distribution (training/grpo.py)."""
         logits, state = self.branch(prefix, owners, suffixes)
+        if self.reserve_cache and hasattr(state["cache"], "layers"):
+            state["cache"].layers = [ReservedLayer.reserve(layer, max_steps + 1) for layer in state["cache"].layers]
         last = logits[:, -1]
         cursors = [_Cursor(t, max(1, lim)) for t, lim in zip(tries, limits)]
         steps: list[tuple[list[int], list[list[int]]]] = [([], []) for _ in cursors]

@@ -120,6 +120,32 @@ def test_a_catalog_without_text_gets_learned_category_atoms() -> None:
     assert v[0] @ v[1] > v[0] @ v[2]  # co-occurring categories end up closer
 
 
+def test_decoding_into_reserved_cache_room_gives_the_same_lists_as_concatenating(engine) -> None:
+    # reasoning/decoding.py ReservedLayer: the same greedy and sampled lists (fixed seed) and
+    # log-probs as transformers' own cache, over every persona's trie, for a batch of users.
+    from reasoning.decoding import Decoder
+
+    model, backend = engine.model, engine.backend
+    contexts = [build_context(u.user_id, u.recent, engine.catalog, 20) for u in _users(engine, 6)]
+    seqs = [model.encode_chat(messages(c, "hybrid", task_tags(), engine.catalog)) for c in contexts]
+    atoms = [engine.atoms.atoms(c.items) for c in contexts]
+    outputs = []
+    for reserve in (False, True):
+        decoder = Decoder(model, reserve_cache=reserve)
+        prefix = decoder.prefill([ctx for ctx, _ in seqs], atoms)
+        runs = []
+        for temperature in (0.0, 1.0):
+            trace: list = []
+            lists, tokens = decoder.generate_lists(prefix, range(len(seqs)), [suffix for _, suffix in seqs],
+                                                   [backend.tag_trie] * len(seqs), [5] * len(seqs),
+                                                   temperature=temperature, seed=7, trace=trace)
+            runs.append(([[t for t, _ in emitted] for emitted in lists], tokens, trace,
+                         [[round(lp, 4) for _, lp in emitted] for emitted in lists]))
+        outputs.append(runs)
+    assert outputs[0] == outputs[1]
+    assert any(len(ids) == 5 for ids in outputs[1][1][0])  # the sampled lists are real lists
+
+
 def test_branching_a_prefilled_context_scores_like_reading_the_whole_sequence(engine) -> None:
     import torch
 
