@@ -42,8 +42,7 @@ def run_loop_benchmark(settings: Settings, dataset: str, progress=None) -> dict[
                   version=f"eval-{model_dir.name}", progress=say)
     run = time.strftime("%Y%m%d-%H%M%S")
     base = settings.model_copy(update={
-        "intent": settings.intent.model_copy(update={"enabled": True, "model_dir": model_dir, "max_wait_s": 3600.0,
-                                                     "queue_max": 1_000_000}),
+        "intent": settings.intent.model_copy(update={"enabled": True, "model_dir": model_dir, "max_wait_s": 3600.0}),
         # A REES46 train period gives a few hundred impressions: every 2nd event shows the list,
         # and one run trains on what that yields.
         "feedback": settings.feedback.model_copy(update={"impression_every": 2}),

@@ -1,8 +1,9 @@
 """Names of the Redis keys the project writes; one place so writers and readers agree.
 
-A user id is any string, so the only keys a user id reaches are `recs:{user_id}`: every key of
-the project's own (the update stream, the popularity fallback, metrics, models) lies outside the
-`recs:` namespace, where no user id can land. `system_keys` lists them; a test holds the rule.
+A user id is any string, so the only keys a user id reaches are `recs:{user_id}` and
+`intent:{user_id}`: every key of the project's own (the update stream, the popularity fallback,
+metrics, models) lies outside those namespaces, where no user id can land. `system_keys` lists
+them; a test holds the rule.
 """
 
 from __future__ import annotations
@@ -14,6 +15,13 @@ class RedisKeys:
 
     def recs(self, user_id: str) -> str:
         return f"{self.prefix}recs:{user_id}"
+
+    def intent(self, user_id: str) -> str:
+        """The user's last intent result (JSON, contracts/intent.py `IntentResult`), written by the
+        reasoner, read by the worker at the user's next refresh."""
+        return f"{self.prefix}intent:{user_id}"
+
+    USER_NAMESPACES = ("recs:", "intent:")
 
     @property
     def updates(self) -> str:
@@ -81,7 +89,7 @@ class RedisKeys:
 
     def system_keys(self) -> list[str]:
         """Every fixed key above (sample lists are `metrics:{name}`, item rows `items-*:{id}`): none
-        starts with `recs:`."""
+        starts with `recs:` or `intent:` (USER_NAMESPACES)."""
         return [self.updates, self.popular, self.item_fence, self.item_popularity, self.item_popularity_t0,
                 self.metrics,
                 self.model_serving, self.model_history, self.model_sequence, self.model_retired]

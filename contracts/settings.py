@@ -37,6 +37,9 @@ class KafkaSettings(BaseModel):
     """Topic invalid events (and invalid feedback) go to, each with its reason."""
     feedback_topic: str = "intentstream.feedback"
     """Topic the shop emits feedback to (impressions and actions on recommended items), keyed by user_id."""
+    intent_topic: str = "intentstream.intent-requests"
+    """Topic the worker sends refreshes to reasoning on, keyed by user_id; `intentstream reasoner`
+    processes consume it (one consumer group; reasoners beyond its partitions idle)."""
     partitions: int = Field(default=4, ge=1)
     """Partitions of topics the project creates (events, dead letters, changelogs)."""
 
@@ -181,12 +184,12 @@ class IntentSettings(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True)
 
     enabled: bool = True
-    """Run the intent route in the worker when a model exists at model_dir (else behavioural only,
-    with a warning in the log)."""
+    """Send refreshes to reasoning (the intent topic, served by `intentstream reasoner`) when a
+    model exists at model_dir or in the registry (else behavioural only, with a warning in the log)."""
     model_dir: Path | None = None
     """The intent model directory (Hugging Face format); default: <cache_dir>/models/intent."""
     backend: str = "local"
-    """LM backend: local (in-process transformers) or openai (an OpenAI-compatible server)."""
+    """LM backend of the reasoner: local (in-process transformers) or openai (an OpenAI-compatible server)."""
     openai_url: str = "http://127.0.0.1:8000"
     """Base URL of the OpenAI-compatible server (vllm serve / transformers serve)."""
     openai_model: str = ""
@@ -225,28 +228,33 @@ class IntentSettings(BaseModel):
     the LLM from reasoning/prompts/explanation.md (served only if it passes the faithfulness
     check; the grounded realisation serves otherwise)."""
     batch_size: int = Field(default=32, ge=1)
-    """Users reasoned about in one batch."""
-    queue_max: int = Field(default=2000, ge=1)
-    """Users waiting for the intent route; beyond it a refresh keeps the behavioural list
-    (fallback_reason intent_queue_full)."""
+    """Users the reasoner reasons about in one batch."""
+    take_max: int = Field(default=2000, ge=1)
+    """At most this many requests a reasoner takes from the intent topic at once (it takes what
+    is waiting): coalesced per user, the newest it can serve within max_wait_s served in batches
+    of batch_size, the rest shed; the take's offsets are committed after all are written."""
     min_interval_s: float = Field(default=10.0, ge=0)
-    """A user whose intent route ran less than this many seconds ago is not queued again; their
-    refresh merges the last intent result into the fresh behavioural list."""
+    """A user whose intent was reasoned about (or requested) less than this many seconds ago is
+    not sent again; their refresh merges the last intent result into the fresh behavioural list."""
     every_n_events: int = Field(default=10, ge=1)
     """After min_interval_s, a refresh whose reason is only the event count (not a purchase or a
-    new dominant category) queues the user again once this many events came since the state the
+    new dominant category) is sent again once this many events came since the state the
     last run read (stream/trigger.py intent_due); until then the last result is merged."""
     remember_users: int = Field(default=100_000, ge=1)
-    """Users whose last intent result the worker keeps in memory for those merges (LRU)."""
-    max_wait_s: float = Field(default=30.0, gt=0)
-    """A queued user older than this is skipped (fallback_reason intent_timeout)."""
+    """Users whose last request the worker keeps in memory, so a user is not sent again while
+    their request is on its way (LRU; the last result itself is read from Redis)."""
+    max_wait_s: float = Field(default=10.0, gt=0)
+    """The reasoning SLO: a request older than this when its batch comes is shed, and of a take
+    a reasoner serves only the newest users it can reason about within it (its measured users/s
+    times this); the rest are shed at once: the behavioural list serves (fallback_reason
+    intent_timeout, counted intent_shed)."""
     batch_timeout_s: float = Field(default=120.0, gt=0)
-    """A reasoning batch still running after this many seconds is abandoned: its child process is
-    replaced and its users get fallback_reason intent_timeout."""
+    """A reasoning batch still running after this many seconds is abandoned: the reasoner's LM
+    child process is replaced and the batch's users get fallback_reason intent_timeout."""
     threads: int = Field(default=1, ge=0)
-    """torch threads of the in-process model (0: torch's default); the worker keeps a core."""
+    """torch threads of the reasoner's in-process model (0: torch's default)."""
     registry_poll_s: float = Field(default=5.0, gt=0)
-    """How often (at most, before a batch) the worker's intent process checks the model registry
+    """How often (at most, before a batch) the reasoner checks the model registry
     in Redis for a newly promoted or rolled-back version, which it then loads between batches."""
 
     def merge_weights(self, model_meta: dict) -> tuple[float, float, float]:
@@ -353,16 +361,22 @@ class Settings(BaseSettings):
         return value.expanduser()
 
     def isolated(self, name: str, key_prefix: str | None = None) -> "Settings":
-        """A copy with its own events, dead-letter and feedback topics (`name`, `name.dlq`,
-        `name.feedback`; so also its own feedback log), consumer
-        group (`name`) and Redis key prefix: how the demo, benchmarks, evaluation and tests run
-        beside each other and beside production on the same services."""
+        """A copy with its own events, dead-letter, feedback and intent topics (`name`, `name.dlq`,
+        `name.feedback`, `name.intent`; so also its own feedback log), consumer groups
+        (`name`, `name-reasoner`) and Redis key prefix: how the demo, benchmarks, evaluation and
+        tests run beside each other and beside production on the same services."""
         return self.model_copy(update={
             "key_prefix": self.key_prefix if key_prefix is None else key_prefix,
             "kafka": self.kafka.model_copy(update={"events_topic": name, "dead_letter_topic": f"{name}.dlq",
-                                                   "feedback_topic": f"{name}.feedback"}),
+                                                   "feedback_topic": f"{name}.feedback",
+                                                   "intent_topic": f"{name}.intent"}),
             "worker": self.worker.model_copy(update={"app_id": name}),
         })
+
+    @property
+    def reasoner_group(self) -> str:
+        """The consumer group of `intentstream reasoner` processes: `<worker.app_id>-reasoner`."""
+        return f"{self.worker.app_id}-reasoner"
 
     @property
     def feedback_dir(self) -> Path:

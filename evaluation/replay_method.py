@@ -23,10 +23,12 @@ from contracts.recs import FallbackReason
 from contracts.settings import Settings
 from contracts.topics import worker_topics
 from features.redis_client import connect, delete_matching
-from infra.worker_process import WorkerProcess
+from infra.worker_process import ReasonerProcess, WorkerProcess
 from offline.datasets import Dataset
 from offline.replay import replay
 from offline.splits import Split, UserCase
+from reasoning.registry import served_model_dir
+from stream.metrics import intent_backlog
 from stream.producer import EventProducer, delete_topics, ensure_topics
 from stream.reader import RecommendationReader
 
@@ -48,9 +50,13 @@ class ReplayMethod:
     def fit(self, split: Split, catalog: Sequence[str]) -> None:
         s = self.settings
         k = s.kafka
-        ensure_topics(k.bootstrap, [k.events_topic, k.dead_letter_topic, k.feedback_topic], k.partitions)
+        ensure_topics(k.bootstrap, [k.events_topic, k.dead_letter_topic, k.feedback_topic, k.intent_topic],
+                      k.partitions)
         workers = [WorkerProcess(self._member(i), s.state_dir / "logs" / f"{s.worker.app_id}-{i}.log")
                    for i in range(self.workers)]
+        # With an intent model the system reasons as deployed: a reasoner beside the workers.
+        if served_model_dir(s) is not None:
+            workers.append(ReasonerProcess(s, s.state_dir / "logs" / f"{s.worker.app_id}-reasoner.log"))
         for w in workers:
             w.start()
         worker = workers[0]  # metrics are shared by the group: any member reads them all
@@ -90,9 +96,7 @@ class ReplayMethod:
 
     def _intent_idle(self) -> bool:
         s = self.settings
-        client = connect(s.redis)
-        backlog = client.hget(RedisKeys(s.key_prefix).metrics, "intent_backlog")
-        return backlog is not None and int(backlog) == 0
+        return not intent_backlog(connect(s.redis), RedisKeys(s.key_prefix))
 
     def _member(self, i: int) -> Settings:
         """Worker i's settings: with several workers each is a static member of the group."""

@@ -1,4 +1,5 @@
-"""Run `intentstream worker` as a child process with given settings (demo, benchmarks, tests)."""
+"""Run `intentstream worker` (or `intentstream reasoner`) as a child process with given settings
+(demo, benchmarks, evaluation, tests)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 class WorkerProcess:
+    command = "worker"
+
     def __init__(self, settings: Settings, log_path: Path) -> None:
         self.settings = settings
         self.log_path = log_path
@@ -40,11 +43,12 @@ class WorkerProcess:
         self.keys = RedisKeys(settings.key_prefix)
 
     def start(self) -> None:
+        self.started_ms = int(time.time() * 1000)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1"}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "intentstream.cli", "worker"],
+                [sys.executable, "-m", "intentstream.cli", self.command],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 start_new_session=True,
             )
@@ -90,3 +94,19 @@ class WorkerProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return ""
+
+
+class ReasonerProcess(WorkerProcess):
+    """`intentstream reasoner` (stream/reasoner_service.py) with the same settings as the workers."""
+
+    command = "reasoner"
+
+    def wait_started(self, timeout_s: float = 180) -> None:
+        """Wait until its model is loaded and it consumes; raises if it exits or takes too long."""
+        deadline = time.monotonic() + timeout_s
+        while int(self.client.hget(self.keys.metrics, "reasoner_started_ms") or 0) < self.started_ms:
+            if not self.alive():
+                raise RuntimeError(f"the reasoner exited ({self.proc.returncode}):\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the reasoner did not start within {timeout_s:.0f} s:\n{self.log_tail()}")
+            time.sleep(0.2)

@@ -85,6 +85,23 @@ def worker(loglevel: str = typer.Option("info", help="Faust log level")) -> None
 
 
 @app.command()
+def reasoner(loglevel: str = typer.Option("info", help="Log level")) -> None:
+    """Run a reasoner (intent reasoning on the intent topic; stream/reasoner_service.py) until
+    interrupted. Start as many as the intent topic has partitions; they share one consumer group."""
+    import logging
+
+    from reasoning.errors import ModelNotFound
+    from stream.errors import BrokerUnavailable
+    from stream.reasoner_service import run_reasoner
+
+    logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
+    try:
+        run_reasoner(Settings())
+    except (ModelNotFound, BrokerUnavailable) as exc:
+        _fail(str(exc))
+
+
+@app.command()
 def emit(
     json_event: Optional[str] = typer.Option(None, "--json", help="The whole event as JSON"),
     user: Optional[str] = typer.Option(None, help="user_id"),
@@ -409,6 +426,23 @@ def bench_intent(
     from benchmarks.intent import run_intent_benchmark
 
     _print_result(run_intent_benchmark(Settings(), dataset, sasrec, progress=lambda m: console.print(m)), out)
+
+
+@bench_app.command("reasoner")
+def bench_reasoner(
+    dataset: str = typer.Option("rees46", help="Dataset folder or name (rees46, taobao)"),
+    factors: str = typer.Option("1,10,100", help="Replay rates as multiples of the log's real-time rate"),
+    seconds: float = typer.Option(60.0, help="Wall seconds each rate is replayed for"),
+    users: int = typer.Option(256, help="Users in the throughput measurement"),
+    out: Optional[Path] = typer.Option(None, help="Also write the JSON here"),
+) -> None:
+    """The reasoning tier: users/s per core, intent coverage and latency at x1/x10/x100 real time,
+    and the stream's event -> recs with the reasoner beside it vs without."""
+    from benchmarks.reasoner import run_reasoner_benchmark
+
+    scale = tuple(float(f) for f in factors.split(","))
+    _print_result(run_reasoner_benchmark(Settings(), dataset, scale, seconds, users,
+                                         progress=lambda m: console.print(m)), out)
 
 
 def _print_result(result: dict, out: Optional[Path]) -> None:

@@ -1,12 +1,14 @@
 """`intentstream demo`: the main job, end to end on the real services.
 
-Starts Kafka, Redis and Feast (`up`), starts a worker, replays the REES46 events through Kafka at
+Starts Kafka, Redis and Feast (`up`), starts a worker and a reasoner (intent reasoning, its own
+tier: stream/reasoner_service.py), replays the REES46 events through Kafka at
 a steady rate while showing live progress (with simulated feedback: impressions of what Redis
 serves and the users' later events as actions, logged where `intentstream train --once` reads
 them), then prints a summary (events, events/s, dead letters,
-users refreshed, freshness percentiles) and the recommendations of a few users, read back from
+users refreshed, freshness percentiles, the share of refreshes sent to reasoning, the reasoner's
+throughput and the intent coverage) and the recommendations of a few users, read back from
 Redis exactly as a shop would. Each run uses fresh topics and a fresh consumer group, and clears
-the previous run's metrics and behavioural model, so running it again is safe; recommendations
+the previous run's metrics, behavioural model and intent results, so running it again is safe; recommendations
 stay in Redis afterwards (`intentstream recs USER`).
 """
 
@@ -24,13 +26,13 @@ from rich.table import Table
 from contracts.keys import RedisKeys
 from contracts.settings import Settings
 from features.item_model import SharedItemModel
-from features.redis_client import connect
+from features.redis_client import connect, delete_matching
 from infra import services
-from infra.worker_process import WorkerProcess
+from infra.worker_process import ReasonerProcess, WorkerProcess
 from intentstream.render import print_recommendations
 from offline import datasets
 from offline.replay import FeedbackSimulator, replay
-from stream.metrics import read_metrics, reset_metrics
+from stream.metrics import intent_backlog, intent_coverage, read_metrics, reset_metrics
 from stream.producer import EventProducer, delete_topics, ensure_topics
 from stream.reader import RecommendationReader
 
@@ -58,16 +60,16 @@ def _progress_table(sent: int, total: int, m: dict, elapsed: float) -> Table:
 
 
 def _wait_for_intent(client: redis.Redis, keys: RedisKeys, console: Console, timeout_s: float = 300.0) -> None:
-    """Let the intent route finish the users it has queued (it runs behind the stream)."""
+    """Let the reasoner handle the requests the worker sent (it runs behind the stream)."""
     deadline = time.monotonic() + timeout_s
-    with console.status("intent route finishing its queue ...") as status:
+    with console.status("reasoner finishing its backlog ...") as status:
         while time.monotonic() < deadline:
-            backlog = client.hget(keys.metrics, "intent_backlog")
-            if backlog is None or int(backlog) == 0:
+            backlog = intent_backlog(client, keys)
+            if not backlog:
                 return
-            status.update(f"intent route finishing its queue: {int(backlog):,} users left")
+            status.update(f"reasoner finishing its backlog: {backlog:,} requests left")
             time.sleep(0.5)
-    console.print("[yellow]the intent route still had users queued after 5 minutes[/yellow]")
+    console.print("[yellow]the reasoner still had requests to handle after 5 minutes[/yellow]")
 
 
 def run_demo(settings: Settings, dataset: str, rate: float, console: Console) -> None:
@@ -90,8 +92,9 @@ def run_demo(settings: Settings, dataset: str, rate: float, console: Console) ->
     client = connect(demo.redis)
     reset_metrics(client, keys)
     SharedItemModel.from_settings(demo, client).reset()
-    ensure_topics(bootstrap, [demo.kafka.events_topic, demo.kafka.dead_letter_topic, demo.kafka.feedback_topic],
-                  demo.kafka.partitions)
+    delete_matching(client, keys.intent("*"))  # the previous run's intent results: coverage is this run's
+    ensure_topics(bootstrap, [demo.kafka.events_topic, demo.kafka.dead_letter_topic, demo.kafka.feedback_topic,
+                              demo.kafka.intent_topic], demo.kafka.partitions)
 
     model_dir = settings.intent.resolved_model_dir(settings.cache_dir)
     if settings.intent.enabled:
@@ -104,9 +107,13 @@ def run_demo(settings: Settings, dataset: str, rate: float, console: Console) ->
             console.print(f"no intent model at {model_dir}: training one on {data.name} (a few minutes, once)")
             train_model(data, model_dir, settings.cache_dir, progress=console.print)
 
-    console.rule("2. worker")
+    console.rule("2. worker and reasoner")
     worker = WorkerProcess(demo, demo.state_dir / "logs" / f"demo-worker-{run}.log")
     worker.start()
+    reasoner = None
+    if settings.intent.enabled:
+        reasoner = ReasonerProcess(demo, demo.state_dir / "logs" / f"demo-reasoner-{run}.log")
+        reasoner.start()
     try:
         deadline = time.monotonic() + 120
         while not client.hexists(keys.metrics, "worker_started_ms"):
@@ -114,6 +121,9 @@ def run_demo(settings: Settings, dataset: str, rate: float, console: Console) ->
                 raise RuntimeError(f"the worker did not start:\n{worker.log_tail()}")
             time.sleep(0.2)
         console.print(f"worker ready (log: {worker.log_path})")
+        if reasoner is not None:
+            reasoner.wait_started()
+            console.print(f"reasoner ready (log: {reasoner.log_path})")
 
         console.rule(f"3. replay at {rate:,.0f} events/s" if rate else "3. replay")
         sent_box = {"n": 0}
@@ -140,6 +150,8 @@ def run_demo(settings: Settings, dataset: str, rate: float, console: Console) ->
                     break
                 if not worker.alive():
                     raise RuntimeError(f"the worker died:\n{worker.log_tail()}")
+                if reasoner is not None and not reasoner.alive():
+                    raise RuntimeError(f"the reasoner died:\n{reasoner.log_tail()}")
                 if time.monotonic() - replay_started > 600:
                     raise RuntimeError("the demo did not finish within 10 minutes")
                 time.sleep(0.25)
@@ -152,8 +164,12 @@ def run_demo(settings: Settings, dataset: str, rate: float, console: Console) ->
             time.sleep(0.5)
         m = read_metrics(client, keys)
         feedback_logged = int(client.hget(keys.metrics, "feedback_logged") or 0)
+        users = [str(u) for u in data.events.user_id.unique()]
+        coverage = intent_coverage(client, keys, users, demo.intent.every_n_events) if reasoner else None
     finally:
         worker.stop()
+        if reasoner is not None:
+            reasoner.stop()
 
     console.rule("4. summary")
     seconds = (m["last_batch_ms"] - m["first_batch_ms"]) / 1000 if m.get("first_batch_ms") else 0.0
@@ -175,17 +191,25 @@ def run_demo(settings: Settings, dataset: str, rate: float, console: Console) ->
         il, ifr = m["intent_latency_ms"], m["intent_freshness_ms"]
         summary.add_row("share of events that triggered a refresh",
                         f"{m.get('refreshes', 0) / max(m.get('events_valid', 1), 1):.1%}")
-        queued, reused = m.get("intent_queued", 0), m.get("intent_recent_reused", 0)
-        summary.add_row("refreshes sent to reasoning", f"{queued:,} of {m.get('refreshes', 0):,} "
-                        f"({queued / max(m.get('refreshes', 1), 1):.1%}); intent not due (last result merged) "
+        sent, reused = m.get("intent_requested", 0), m.get("intent_recent_reused", 0)
+        summary.add_row("refreshes sent to reasoning", f"{sent:,} of {m.get('refreshes', 0):,} "
+                        f"({sent / max(m.get('refreshes', 1), 1):.1%}); intent not due (last result merged) "
                         f"{reused:,} (stream/trigger.py intent_due)")
-        summary.add_row("intent route", f"{m['intent_users']:,} user refreshes in {m.get('intent_batches', 0):,} batches, "
-                        f"{m['intent_users'] / max(m.get('intent_time_ms', 1) / 1000, 1e-9):.1f} users/s while reasoning, "
-                        f"{m.get('intent_tokens', 0) / m['intent_users']:.0f} LM tokens per refresh")
-        summary.add_row("intent latency: queued → merged recs", f"p50 {il['p50']:.0f} ms · p99 {il['p99']:.0f} ms")
+        summary.add_row("reasoner", f"{m['intent_users']:,} users reasoned about in {m.get('intent_batches', 0):,} "
+                        f"batches, {m['intent_users'] / max(m.get('intent_time_ms', 1) / 1000, 1e-9):.1f} users/s "
+                        f"while reasoning (1 process, intent.threads={demo.intent.threads}), "
+                        f"{m.get('intent_tokens', 0) / m['intent_users']:.0f} LM tokens per user; superseded by a "
+                        f"newer request {m.get('intent_superseded', 0):,}")
+        summary.add_row("intent latency: requested → merged recs", f"p50 {il['p50']:.0f} ms · p99 {il['p99']:.0f} ms")
         summary.add_row("freshness: event → intent recs", f"p50 {ifr['p50']:.0f} ms · p99 {ifr['p99']:.0f} ms")
-        summary.add_row("intent fallbacks", f"queue full {m.get('intent_queue_full', 0):,} · timeouts "
-                        f"{m.get('intent_timeouts', 0):,} · failed batches {m.get('intent_errors', 0):,}")
+        summary.add_row("intent fallbacks", f"shed (waited past intent.max_wait_s) {m.get('intent_shed', 0):,} · "
+                        f"hung batches' users {m.get('intent_timeouts', 0):,} · failed batches "
+                        f"{m.get('intent_errors', 0):,} · not sent {m.get('intent_queue_full', 0):,}")
+        if coverage and coverage["users"]:
+            summary.add_row("intent coverage", f"{coverage['covered']:,} of {coverage['users']:,} users "
+                            f"({coverage['share']:.1%}) hold intent results at most {coverage['max_events_behind']} "
+                            f"events behind their list; further behind {coverage['merged_stale']:,}, "
+                            f"none yet {coverage['never']:,}")
     summary.add_row("feedback (simulated: replay --feedback)",
                     f"{simulator.impressions:,} impressions and {simulator.actions:,} actions sent, "
                     f"{feedback_logged:,} logged to {demo.feedback_dir}")

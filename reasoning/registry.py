@@ -10,7 +10,7 @@
 - `model:history` lists every entry ever promoted, oldest first; `rollback` points the serving
   entry back at the previous one and records the rolled-back version in `model:retired`.
 
-The worker's intent process polls the pointer (`intent.registry_poll_s`) and loads a new version
+The reasoner's LM child polls the pointer (`intent.registry_poll_s`) and loads a new version
 between batches; without a pointer it serves `intent.model_dir`.
 """
 
@@ -102,3 +102,14 @@ class ModelRegistry:
         pipe.rpush(self.keys.model_history, orjson.dumps(entry))
         pipe.execute()
         return entry
+
+
+def served_model_dir(settings, client: redis.Redis | None = None) -> Path | None:
+    """The intent model the reasoners serve (the registry's serving version, else
+    intent.model_dir), or None when the intent route is off or no model exists there: the one
+    rule the worker, the demo and the evaluation use to decide whether reasoning runs."""
+    if not settings.intent.enabled:
+        return None
+    model_dir = ModelRegistry.from_settings(settings, client).serving_dir(
+        settings.intent.resolved_model_dir(settings.cache_dir))
+    return model_dir if (model_dir / "intent.json").exists() else None

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from contracts.recs import rec_item
+from contracts.recs import RecsPayload, rec_item
 from features.catalog import Catalog
 from reasoning.index import ItemIndex
 from reasoning.tags import TagVocabulary
@@ -108,3 +108,25 @@ def merge(routes: Sequence[tuple[float, list[dict]]], exclude: set[str], k: int,
                 best[item] = (c, entry)
     ranked = heapq.nlargest(k, score.items(), key=lambda kv: kv[1])
     return [{**best[item][1], "score": s} for item, s in ranked]
+
+
+def merge_with_intent(behavioural: RecsPayload, recent: Sequence[Sequence], bought: set[str],
+                      result: Mapping, k: int) -> RecsPayload:
+    """A new payload: the behavioural list fused with the user's recent items and an intent result
+    (the fields of contracts/intent.py `IntentResult`, with the weights it was merged with); the
+    intents, tags, context and the model version `<behavioural>+<intent>` come from the result.
+    The worker and the reasoner both merge through here, so a list merged by either is the same.
+
+    >>> b = {"items": [{"item_id": "x", "route": "covisit"}], "model_version": "behavioural-1"}
+    >>> r = {"items": [{"item_id": "y", "route": "intent"}], "weights": (0.0, 1.0, 1.0), "version": "m2",
+    ...      "intents": [], "tags": ["t"], "context_items": ["x"], "context_actions": ["view"]}
+    >>> out = merge_with_intent(b, [], set(), r, 10)
+    >>> [e["item_id"] for e in out["items"]], out["model_version"]
+    (['x', 'y'], 'behavioural-1+m2')
+    """
+    w_recent, w_behavioural, w_intent = result["weights"]
+    items = merge([(w_recent, recent_route(recent, bought, k)), (w_behavioural, behavioural["items"]),
+                   (w_intent, result["items"])], bought, k)
+    return {**behavioural, "items": items, "intents": result["intents"], "tags": result["tags"],
+            "context_items": result["context_items"], "context_actions": result["context_actions"],
+            "model_version": f"{behavioural['model_version']}+{result['version']}"}

@@ -90,8 +90,8 @@ def build_app(settings: Settings) -> faust.App:
             client = connect(r)
             pusher = FeaturePusher(settings)
             pusher.warm_up()
-            proc = BatchProcessor(settings, table, pusher, client, send_dead_letters, intent=_intent_route(settings),
-                                  owned=owned_partitions)
+            proc = BatchProcessor(settings, table, pusher, client, send_dead_letters,
+                                  intent=_intent_route(settings, client), owned=owned_partitions)
             proc.restore()
             holder["p"] = proc
         return holder["p"]
@@ -103,7 +103,7 @@ def build_app(settings: Settings) -> faust.App:
     # The events topic arrives in batches of raw messages (stream/fast_consumer.py BatchInbox),
     # not as a faust agent's per-message Events.
     inbox = BatchInbox(app, events, w.batch_max, max(4 * w.batch_max, 4096))
-    app.add_starter(processor)  # Feast, the pusher child, the intent route: loaded before the join
+    app.add_starter(processor)  # Feast, the pusher child, the intent producer: loaded before the join
 
     @app.task
     async def ingest() -> None:
@@ -191,20 +191,20 @@ def _count_feedback(client: redis.Redis, keys: RedisKeys, logged: int, invalid: 
     pipe.execute()
 
 
-def _intent_route(settings: Settings) -> IntentRoute | None:
-    """The intent route when enabled and a model exists; otherwise the behavioural route alone."""
-    from reasoning.registry import ModelRegistry
+def _intent_route(settings: Settings, client: redis.Redis) -> IntentRoute | None:
+    """The intent route when enabled and a model exists for the reasoners to serve; otherwise the
+    behavioural route alone."""
+    from reasoning.registry import served_model_dir
 
     if not settings.intent.enabled:
         return None
-    model_dir = ModelRegistry.from_settings(settings).serving_dir(settings.intent.resolved_model_dir(settings.cache_dir))
-    if not (model_dir / "intent.json").exists():
+    if served_model_dir(settings, client) is None:
         log.warning("no intent model at %s: serving the behavioural route only "
-                    "(train one with `intentstream train --sft`)", model_dir)
+                    "(train one with `intentstream train --sft`)", settings.intent.resolved_model_dir(settings.cache_dir))
         return None
-    route = IntentRoute(settings)
-    log.info("intent route: model %s (%s backend)", route.warm_up(), settings.intent.backend)
-    return route
+    log.info("intent route: refreshes go to reasoning on %s (run `intentstream reasoner`)",
+             settings.kafka.intent_topic)
+    return IntentRoute(settings, client)
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
@@ -212,7 +212,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     # Subscribing to a topic that does not exist yet leaves the consumer idle until its next
     # metadata refresh (minutes), so the worker creates its input topics first.
     k = settings.kafka
-    ensure_topics(k.bootstrap, [k.events_topic, k.dead_letter_topic, k.feedback_topic], k.partitions)
+    ensure_topics(k.bootstrap, [k.events_topic, k.dead_letter_topic, k.feedback_topic, k.intent_topic], k.partitions)
     app = build_app(settings)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

@@ -1,4 +1,4 @@
-"""Worker metrics kept in Redis, so the CLI, the demo and the benchmarks can read them live.
+"""Worker and reasoner metrics kept in Redis, so the CLI, the demo and the benchmarks can read them live.
 
 Counters live in the hash `metrics`; latency samples in capped lists `metrics:{name}`; the set of
 refreshed users in a HyperLogLog. The worker flushes what a batch added in the same pipeline as
@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
+
+import orjson
 
 import numpy as np
 import redis
@@ -53,7 +56,7 @@ class WorkerMetrics:
 
     def mark(self, name: str, value_ms: int) -> None:
         """A field in the hash: `first_*` and `last_*` timestamps merge over the workers of a group
-        (earliest, latest); any other mark (a gauge such as intent_backlog) is this worker's."""
+        (earliest, latest); any other mark is this process's."""
         self.marks[name] = value_ms
 
     def queue(self, pipe: redis.client.Pipeline) -> None:
@@ -93,8 +96,46 @@ def read_metrics(client: redis.Redis, keys: RedisKeys) -> dict[str, Any]:
         values = [float(v) for v in client.lrange(keys.samples(name), 0, -1)]
         out[name] = percentiles(values)
     out["users_refreshed"] = client.pfcount(keys.samples("users_refreshed"))
+    out["intent_backlog"] = max(0, out.get("intent_requested", 0) - out.get("intent_handled", 0))
     return out
+
+
+def intent_backlog(client: redis.Redis, keys: RedisKeys) -> int | None:
+    """Requests the workers sent that no reasoner has handled yet (None: none sent so far)."""
+    requested, handled = client.hmget(keys.metrics, "intent_requested", "intent_handled")
+    if requested is None:
+        return None
+    return max(0, int(requested) - int(handled or 0))
 
 
 def reset_metrics(client: redis.Redis, keys: RedisKeys) -> None:
     client.delete(keys.metrics, *[keys.samples(name) for name in SAMPLED], keys.samples("users_refreshed"))
+
+
+def intent_coverage(client: redis.Redis, keys: RedisKeys, users: Sequence[str], max_behind: int) -> dict[str, Any]:
+    """Of `users` that hold a served list: how many carry intent results (the list was merged
+    with an intent result) from a state at most `max_behind` events older than the state the
+    list was built from. With the route on, every refreshed user is sent to reasoning at their
+    first refresh, so these are the triggered users.
+
+    Returns users (with a list), covered, share, merged_stale (merged, but further behind) and
+    never (no intent result yet)."""
+    users = list(users)
+    covered = stale = never = served = 0
+    for start in range(0, len(users), 1000):
+        chunk = users[start:start + 1000]
+        recs = client.mget([keys.recs(u) for u in chunk])
+        results = client.mget([keys.intent(u) for u in chunk])
+        for raw_recs, raw_result in zip(recs, results):
+            if raw_recs is None:
+                continue
+            served += 1
+            listed = orjson.loads(raw_recs)
+            if raw_result is None or "+" not in listed["model_version"]:
+                never += 1
+            elif listed["state_version"] - orjson.loads(raw_result)["state_version"] <= max_behind:
+                covered += 1
+            else:
+                stale += 1
+    return {"users": served, "covered": covered, "share": covered / served if served else None,
+            "merged_stale": stale, "never": never, "max_events_behind": max_behind}

@@ -14,9 +14,10 @@ Recommendations are derived data: a refresh built but not written when a batch r
 at the user's next trigger. Invalid events go to the dead-letter topic with their reason and
 never stop the batch.
 
-With the intent route on (stream/intent_route.py), a refresh writes the behavioural list at once
-and queues the user; the route's results, fallbacks and metrics are collected after every batch
-and on the timer. Recommendations are derived data: no offset waits for the intent route.
+With the intent route on (stream/intent_route.py), a refresh merges the user's last intent result
+into the behavioural list and, when the user's intent is due, sends the user to the reasoner
+service (stream/reasoner_service.py), which writes the merged list when it is done.
+Recommendations are derived data: no offset waits for reasoning.
 """
 
 from __future__ import annotations
@@ -99,8 +100,7 @@ class BatchProcessor:
         self.behavioural = BehaviouralReasoner(self.model, r.model_version)
         self.reasoner: Reasoner = reasoner or self.behavioural
         self.intent = intent
-        self._intent_backlog = -1
-        """The intent route (stream/intent_route.py), when a model is loaded."""
+        """The intent route (stream/intent_route.py), when a model is registered."""
         self.sink = RedisResultSink(client, self.keys, r.updates_stream_maxlen)
         self.metrics = WorkerMetrics(self.keys)
         self.pending: dict[str, int] = {}
@@ -198,7 +198,6 @@ class BatchProcessor:
 
         pipe = self.client.pipeline(transaction=False)
         self._write_recs(due, results, pipe)
-        self._cycle_intent(pipe)
         m = self.metrics
         # Where a batch's time goes (ms totals; divide by `batches`).
         m.add("time_fold_ms", folded - started)  # incl. queueing a push (it runs in a child)
@@ -236,7 +235,6 @@ class BatchProcessor:
             self.pusher.add([], item_rows, [], [])
         acked = await self._collect_pushes()
         pipe = self.client.pipeline(transaction=False)
-        self._cycle_intent(pipe)
         self._maybe_write_popular(pipe)
         if self.metrics.samples or self.metrics.counters or self.metrics.marks or len(pipe):
             self.metrics.queue(pipe)
@@ -276,6 +274,8 @@ class BatchProcessor:
         self.pending = {uid: min(at, now) for uid, at in self.pending.items()}
         acked = await self.flush_pending()
         tokens, produced, finished_ms = await self.pusher.drain()
+        if self.intent is not None:
+            self.intent.flush()
         if produced:
             self.metrics.sample("feature_freshness_ms", [finished_ms - p for p in produced])
         pipe = self.client.pipeline(transaction=False)
@@ -312,7 +312,7 @@ class BatchProcessor:
             for result, reason in zip(results, intent_reasons):
                 if result.get("fallback_reason") is not FallbackReason.refresh_failed:
                     result["fallback_reason"] = reason
-            self.metrics.add("intent_queued", sum(r is FallbackReason.intent_pending for r in intent_reasons))
+            self.metrics.add("intent_requested", sum(r is FallbackReason.intent_pending for r in intent_reasons))
             self.metrics.add("intent_queue_full", sum(r is FallbackReason.intent_queue_full for r in intent_reasons))
             self.metrics.add("intent_recent_reused", sum(r is None for r in intent_reasons))
         built = now_ms()
@@ -346,28 +346,6 @@ class BatchProcessor:
         else:
             self.metrics.add("refreshes_debounced", len(states))
             self.metrics.sample("recs_debounce_lag_ms", [written - at for at in debounced_due_ms])
-
-    def _cycle_intent(self, pipe: redis.client.Pipeline) -> None:
-        """Collect the intent route's finished batch (metrics, fallbacks) and start the next."""
-        if self.intent is None:
-            return
-        stats, fallbacks, counters = self.intent.cycle()
-        m = self.metrics
-        if self.intent.backlog != self._intent_backlog:  # written when it changes, not every tick
-            self._intent_backlog = self.intent.backlog
-            m.mark("intent_backlog", self._intent_backlog)
-        for name, value in counters.items():
-            m.add(name, value)
-        if fallbacks:
-            self.sink.write(fallbacks, pipe)
-        if stats:
-            m.add("intent_users", stats["users"])
-            m.add("intent_batches")
-            m.add("intent_time_ms", int(stats["seconds"] * 1000))
-            m.add("intent_tokens", stats["tokens"])
-            m.add("intent_context_tokens", stats["context_tokens"])
-            m.sample("intent_latency_ms", stats["latency_ms"])
-            m.sample("intent_freshness_ms", stats["freshness_ms"])
 
     def _take_item_rows(self) -> list[dict]:
         """The Feast rows of items changed since their last push, for the slots this worker owns,

@@ -77,6 +77,27 @@ def worker_factory(scoped: Settings, tmp_path: Path) -> Iterator:
         w.stop(kill=True)
 
 
+@pytest.fixture
+def reasoner_factory(scoped: Settings, tmp_path: Path) -> Iterator:
+    """Start `intentstream reasoner` processes (stream/reasoner_service.py); by default wait
+    until the model is loaded. Killed at the end of the test."""
+    from infra.worker_process import ReasonerProcess
+
+    started: list[ReasonerProcess] = []
+
+    def start(settings: Settings | None = None, wait: bool = True) -> ReasonerProcess:
+        r = ReasonerProcess(settings or scoped, tmp_path / f"reasoner-{len(started)}.log")
+        r.start()
+        started.append(r)
+        if wait:
+            r.wait_started()
+        return r
+
+    yield start
+    for r in started:
+        r.stop(kill=True)
+
+
 @pytest.fixture(scope="session")
 def data_dir(base_settings: Settings) -> Path:
     if not (base_settings.data_dir / "rees46-ecommerce-2019oct-head").exists():

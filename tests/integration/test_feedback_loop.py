@@ -1,7 +1,7 @@
 """The feedback loop for real: replayed events and simulated feedback through Kafka into the
 worker and its parquet log, one trainer run (judge, reward model, GRPO, held-out gate), and the
-worker swapping to the promoted version and back after a rollback, without a restart or a lost
-event."""
+reasoner swapping to the promoted version and back after a rollback, without a restart of it or
+the worker and without a lost event."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from contracts.recs import Recommendations
 from offline import datasets
 from offline.replay import FeedbackSimulator, replay
 from reasoning.registry import ModelRegistry
+from stream.metrics import intent_backlog
 from stream.producer import EventProducer
 from tests.integration.kafka_io import read_topic, wait_for
 from training.trainer import run_once
@@ -23,12 +24,11 @@ from training.trainer import run_once
 pytestmark = pytest.mark.integration
 
 
-def _wait_intent_idle(client, keys, worker, timeout_s: float = 240) -> None:
+def _wait_intent_idle(client, keys, reasoner, timeout_s: float = 240) -> None:
     def idle() -> bool:
-        backlog = client.hget(keys.metrics, "intent_backlog")
-        return backlog is not None and int(backlog) == 0 and int(client.hget(keys.metrics, "intent_users") or 0) > 0
+        return intent_backlog(client, keys) == 0 and int(client.hget(keys.metrics, "intent_users") or 0) > 0
 
-    wait_for(idle, timeout_s, "the intent route to drain", worker.log_tail)
+    wait_for(idle, timeout_s, "the reasoner to handle every request", reasoner.log_tail)
 
 
 def _served_by(client, keys, users: list[str], version: str) -> int:
@@ -36,12 +36,12 @@ def _served_by(client, keys, users: list[str], version: str) -> int:
     return sum(1 for raw in raws if raw and Recommendations.model_validate_json(raw).model_version.endswith("+" + version))
 
 
-def test_feedback_trains_a_version_that_the_worker_swaps_to_and_rolls_back_from(
-        scoped, worker_factory, tiny_intent_model: Path, data_dir: Path, tmp_path: Path) -> None:
+def test_feedback_trains_a_version_that_the_reasoner_swaps_to_and_rolls_back_from(
+        scoped, worker_factory, reasoner_factory, tiny_intent_model: Path, data_dir: Path, tmp_path: Path) -> None:
     settings = scoped.model_copy(update={
         "intent": scoped.intent.model_copy(update={
             "enabled": True, "model_dir": tiny_intent_model, "batch_size": 16, "min_interval_s": 0.0,
-            "registry_poll_s": 0.5, "max_wait_s": 300.0, "queue_max": 10_000}),
+            "registry_poll_s": 0.5, "max_wait_s": 300.0}),
         "feedback": scoped.feedback.model_copy(update={"impression_every": 2, "batch_within_s": 0.5,
                                                        "window_s": 7 * 86400.0}),
         "trainer": scoped.trainer.model_copy(update={"min_episodes": 10, "grpo_steps": 2,
@@ -54,12 +54,13 @@ def test_feedback_trains_a_version_that_the_worker_swaps_to_and_rolls_back_from(
     client = redis.Redis(host=settings.redis.host, port=settings.redis.port, db=settings.redis.db)
     keys = RedisKeys(settings.key_prefix)
     worker = worker_factory(settings)
-    pid = worker.proc.pid
+    reasoner = reasoner_factory(settings)
+    pid, reasoner_pid = worker.proc.pid, reasoner.proc.pid
 
     with EventProducer.from_settings(settings) as producer:
         replay(first, producer, user_prefix=prefix)
     wait_for(lambda: worker.processed() >= len(first.events), 180, "the first half", worker.log_tail)
-    _wait_intent_idle(client, keys, worker)
+    _wait_intent_idle(client, keys, reasoner)
 
     with EventProducer.from_settings(settings) as producer, \
             EventProducer.from_settings(settings, settings.kafka.feedback_topic) as feedback_producer:
@@ -104,7 +105,7 @@ def test_feedback_trains_a_version_that_the_worker_swaps_to_and_rolls_back_from(
 
     sent += nudge("after-promotion")
     wait_for(lambda: _served_by(client, keys, users, candidate) > 0, 180,
-             f"recommendations from {candidate}", worker.log_tail)
+             f"recommendations from {candidate}", reasoner.log_tail)
     swapped = [u for u in users if _served_by(client, keys, [u], candidate)]
 
     back = registry.rollback()
@@ -117,6 +118,7 @@ def test_feedback_trains_a_version_that_the_worker_swaps_to_and_rolls_back_from(
     sent += nudge("after-rollback")
     wait_for(lambda: worker.processed() >= sent, 180, "the nudges", worker.log_tail)
     wait_for(lambda: _served_by(client, keys, swapped, sft_name) > 0, 180,
-             "recommendations from the rolled-back-to version", worker.log_tail)
+             "recommendations from the rolled-back-to version", reasoner.log_tail)
     assert worker.alive() and worker.proc.pid == pid
+    assert reasoner.alive() and reasoner.proc.pid == reasoner_pid
     assert worker.processed() == sent  # nothing lost, nothing counted twice

@@ -1,56 +1,76 @@
-"""The intent route for real: the worker with a trained checkpoint, and the OpenAI-compatible
-backend against `transformers serve` hosting the same checkpoint."""
+"""The intent route for real: the worker sending refreshes to a reasoner (stream/reasoner_service.py)
+over Kafka with a trained checkpoint; the reasoner's coalescing, shedding, dead letters, hung
+batches and SIGKILL; and the OpenAI-compatible backend against `transformers serve` hosting the
+same checkpoint."""
 
 from __future__ import annotations
 
 import os
 import socket
+from collections import namedtuple
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import orjson
+import pandas as pd
 import pytest
 import redis
 
+from contracts.intent import IntentRequest, IntentResult
 from contracts.keys import RedisKeys
 from contracts.recs import Recommendations
 from features.feast_store import FeastFeatures
 from offline import datasets
 from offline.replay import replay
 from stream.producer import EventProducer
-from tests.integration.kafka_io import wait_for
+from stream.metrics import intent_backlog, read_metrics
+from tests.integration.kafka_io import read_topic, wait_for
 
 pytestmark = pytest.mark.integration
 
 
-def test_worker_serves_merged_intent_recommendations_and_pushes_the_context(
-        scoped, worker_factory, tiny_intent_model: Path, data_dir: Path) -> None:
+def _children(pid: int) -> list[str]:
+    """Command lines of the multiprocessing children of `pid` (Linux /proc; not its resource tracker)."""
+    kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    lines = [Path(f"/proc/{k}/cmdline").read_bytes().replace(b"\0", b" ").decode() for k in kids]
+    return [line for line in lines if "spawn_main" in line]
+
+
+def _wait_reasoned(client, keys, processes, timeout_s: float = 180) -> None:
+    """Until every request the worker sent has been handled and some were reasoned about."""
+    def idle() -> bool:
+        return intent_backlog(client, keys) == 0 and int(client.hget(keys.metrics, "intent_users") or 0) > 0
+
+    wait_for(idle, timeout_s, "the reasoner to handle every request",
+             lambda: "\n".join(p.log_tail() for p in processes))
+
+
+def test_worker_sends_refreshes_to_the_reasoner_which_serves_merged_lists_and_pushes_the_context(
+        scoped, worker_factory, reasoner_factory, tiny_intent_model: Path, data_dir: Path) -> None:
     settings = scoped.model_copy(update={"intent": scoped.intent.model_copy(
         update={"enabled": True, "model_dir": tiny_intent_model, "batch_size": 16})})
     data = datasets.load("rees46", data_dir).head(1500)
     prefix = settings.key_prefix  # namespaces user ids in the shared Feast project
     worker = worker_factory(settings)
+    reasoner = reasoner_factory(settings)
     with EventProducer.from_settings(settings) as producer:
         replay(data, producer, user_prefix=prefix)
     wait_for(lambda: worker.processed() >= len(data.events), 180, "the worker to process the slice", worker.log_tail)
     client = redis.Redis(host=settings.redis.host, port=settings.redis.port, db=settings.redis.db)
     keys = RedisKeys(settings.key_prefix)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        backlog = client.hget(keys.metrics, "intent_backlog")
-        users = int(client.hget(keys.metrics, "intent_users") or 0)
-        if backlog is not None and int(backlog) == 0 and users:
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail(f"the intent route did not finish:\n{worker.log_tail()}")
+    _wait_reasoned(client, keys, [worker, reasoner])
 
+    # Reasoning is its own tier: the worker's only child is the Feast pusher, the LM runs in the
+    # reasoner's child.
+    assert len(_children(worker.proc.pid)) == 1, _children(worker.proc.pid)
+    assert len(_children(reasoner.proc.pid)) == 1, _children(reasoner.proc.pid)
     users = [prefix + u for u in data.events.user_id.unique()]
     served = [Recommendations.model_validate_json(raw) for raw in client.mget([keys.recs(u) for u in users]) if raw]
     merged = [r for r in served if r.fallback_reason is None and "+" in r.model_version]
     assert merged, {r.fallback_reason for r in served}
-    assert all(r.fallback_reason in (None, "intent_timeout", "intent_queue_full") for r in served)
+    assert all(r.fallback_reason in (None, "intent_timeout") for r in served), {r.fallback_reason for r in served}
     purchases = data.events[data.events.type == "purchase"]
     bought = purchases.assign(user_id=prefix + purchases.user_id).groupby("user_id").item_id.agg(set).to_dict()
     with_intent = [r for r in merged if any(i.route == "intent" for i in r.items)]
@@ -61,10 +81,165 @@ def test_worker_serves_merged_intent_recommendations_and_pushes_the_context(
         for item in r.items:
             if item.route == "intent":
                 assert item.tag and item.explanation
+    # The stored result of each merged user is what the next refresh merges (contracts/intent.py).
+    for r in merged[:20]:
+        stored = IntentResult.model_validate_json(client.get(keys.intent(r.user_id)))
+        assert stored.state_version <= r.state_version and r.model_version.endswith("+" + stored.version)
     contexts = FeastFeatures(settings).read_contexts([r.user_id for r in merged[:5]])
     for row, r in zip(contexts, merged[:5]):
         assert row["context_items"] and row["model_version"] == r.model_version.split("+", 1)[1]
         assert row["context_mode"] == "hybrid" and row["embedder"].startswith("all-MiniLM-L6-v2")
+    m = worker.metrics()
+    assert m["intent_requested"] > 0 and m["intent_handled"] >= m["intent_requested"]
+    assert m["intent_requested"] + m.get("intent_recent_reused", 0) + m.get("intent_queue_full", 0) == m["refreshes"]
+
+
+def test_worker_sends_a_refresh_only_when_the_intent_may_have_changed(scoped) -> None:
+    # The worker's side of the route for real (Redis for the last results, Kafka for requests),
+    # driven by hand: which refreshes go to reasoning (stream/trigger.py intent_due).
+    from contracts.recs import FallbackReason, rec_item
+    from reasoning.reasoner import UserView
+    from stream.intent_route import IntentRoute
+
+    settings = scoped.model_copy(update={"intent": scoped.intent.model_copy(
+        update={"min_interval_s": 10.0, "every_n_events": 8})})
+    client = redis.Redis(host=settings.redis.host, port=settings.redis.port, db=settings.redis.db)
+    keys = RedisKeys(settings.key_prefix)
+    route = IntentRoute(settings, client)
+    try:
+        now = int(time.time() * 1000)
+        last = {"items": [rec_item("x", 1.0, "intent", "because")], "intents": [], "version": "v1", "tags": ["t"],
+                "context_items": [], "context_actions": [], "weights": [1.0, 1.0, 0.3]}
+        client.set(keys.intent("recent"), orjson.dumps({**last, "user_id": "recent", "at_ms": now, "state_version": 5}))
+        client.set(keys.intent("old"), orjson.dumps({**last, "user_id": "old", "at_ms": now - 60_000, "state_version": 5}))
+
+        def submit(user: str, trigger: str, version: int) -> FallbackReason | None:
+            view = UserView(user, [["i1", "view", now, "c"]], frozenset(), ["c"], version, trigger)
+            payload = {"user_id": user, "items": [rec_item("b", 1.0, "covisit", "e")], "model_version": "b-1"}
+            reason = route.submit([view], [payload], [now])[0]
+            if user != "new":  # the last intent result is merged into the fresh list, sent or not
+                assert payload["model_version"] == "b-1+v1" and payload["tags"] == ["t"]
+                assert {"b", "x"} <= {e["item_id"] for e in payload["items"]}
+            return reason
+
+        assert submit("new", "event_count", 3) is FallbackReason.intent_pending
+        assert submit("new", "purchase", 4) is None                         # just sent: on its way
+        assert submit("recent", "purchase", 6) is None                      # inside min_interval_s
+        assert submit("old", "event_count", 9) is None                      # 4 events since: same intent
+        assert submit("old", "event_count", 13) is FallbackReason.intent_pending
+        route.flush()
+    finally:
+        route.close()
+    sent = read_topic(settings, settings.kafka.intent_topic, 2)
+    assert sorted((r["user_id"], r["state_version"]) for r in sent) == [("new", 3), ("old", 13)]
+    request = IntentRequest.model_validate(next(r for r in sent if r["user_id"] == "old"))
+    assert request.behavioural["model_version"] == "b-1" and request.behavioural["fallback_reason"] is None
+
+
+def _request(user: str, version: int, requested_ms: int, item: str) -> bytes:
+    payload = {"user_id": user, "items": [], "intents": [], "generated_at": "2026-12-01T00:00:00+00:00",
+               "state_version": version, "trigger": "first_events", "model_version": "behavioural-1",
+               "fallback_reason": None}
+    return orjson.dumps(IntentRequest(user_id=user, state_version=version, trigger="first_events",
+                                      recent=[[item, "view", 1_570_000_000_000]], bought=[], behavioural=payload,
+                                      requested_ms=requested_ms, last_produced_ms=requested_ms).model_dump())
+
+
+def test_reasoner_coalesces_per_user_sheds_stale_requests_and_dead_letters_invalid_ones(
+        scoped, reasoner_factory, tiny_intent_model: Path) -> None:
+    settings = scoped.model_copy(update={"intent": scoped.intent.model_copy(
+        update={"enabled": True, "model_dir": tiny_intent_model, "batch_size": 8, "max_wait_s": 60.0})})
+    items = sorted(pd.read_parquet(tiny_intent_model / "catalog.parquet").item_id.astype(str))[:3]
+    p = settings.key_prefix
+    now = int(time.time() * 1000)
+    with EventProducer.from_settings(settings, settings.kafka.intent_topic) as producer:
+        producer.send_raw(f"{p}a".encode(), _request(f"{p}a", 3, now, items[0]))
+        producer.send_raw(f"{p}a".encode(), _request(f"{p}a", 5, now, items[1]))  # newer: wins
+        producer.send_raw(f"{p}b".encode(), _request(f"{p}b", 2, now - 120_000, items[2]))  # waited 2 min
+        producer.send_raw(f"{p}c".encode(), b'{"user_id": "c"}')  # not a request
+    reasoner = reasoner_factory(settings)
+    client = redis.Redis(host=settings.redis.host, port=settings.redis.port, db=settings.redis.db)
+    keys = RedisKeys(p)
+    wait_for(lambda: int(client.hget(keys.metrics, "intent_handled") or 0) >= 4, 60, "the four requests",
+             reasoner.log_tail)
+    m = reasoner.metrics()
+    assert (m["intent_superseded"], m["intent_shed"], m["intent_requests_invalid"], m["intent_users"]) == (1, 1, 1, 1)
+    assert IntentResult.model_validate_json(client.get(keys.intent(f"{p}a"))).state_version == 5
+    a = Recommendations.model_validate_json(client.get(keys.recs(f"{p}a")))
+    assert a.state_version == 5 and a.fallback_reason is None and a.intents
+    b = Recommendations.model_validate_json(client.get(keys.recs(f"{p}b")))
+    assert b.fallback_reason == "intent_timeout" and client.get(keys.intent(f"{p}b")) is None
+    letters = read_topic(settings, settings.kafka.dead_letter_topic, 1)
+    assert [letter["reason"].split(":")[0] for letter in letters] == ["invalid_intent_request"]
+
+
+def test_under_overload_a_reasoner_serves_the_newest_users_and_sheds_the_rest_at_once(
+        scoped, tiny_intent_model: Path) -> None:
+    # stream/reasoner_service.py step 4, in this process: a reasoner that measured 0.1 users/s
+    # can serve max(batch_size, 0.1 x max_wait_s) = 2 users within the SLO, so of five waiting
+    # users the two with the newest events are reasoned about and three get intent_timeout now.
+    from stream.reasoner_service import ReasonerService
+
+    settings = scoped.model_copy(update={"intent": scoped.intent.model_copy(
+        update={"enabled": True, "model_dir": tiny_intent_model, "batch_size": 2, "max_wait_s": 10.0})})
+    items = sorted(pd.read_parquet(tiny_intent_model / "catalog.parquet").item_id.astype(str))[:5]
+    p = settings.key_prefix
+    Record = namedtuple("Record", "key value topic partition offset")
+    service = ReasonerService(settings)
+    try:
+        service.child.warm_up()
+        now = int(time.time() * 1000)  # after the model load: none of them waited past max_wait_s
+        records = [Record(f"{p}u{i}".encode(), _request(f"{p}u{i}", 1, now - 1000 + i, items[i]), "t", 0, i)
+                   for i in range(5)]
+        service.users_per_s = 0.1
+        assert service.budget() == 2
+        service.handle(records)
+    finally:
+        service.consumer.close()
+        service.child.close()
+    client = redis.Redis(host=settings.redis.host, port=settings.redis.port, db=settings.redis.db)
+    keys = RedisKeys(p)
+    served = {i: Recommendations.model_validate_json(client.get(keys.recs(f"{p}u{i}"))) for i in range(5)}
+    assert [i for i in range(5) if served[i].fallback_reason is None] == [3, 4], {i: r.fallback_reason for i, r in served.items()}
+    assert all(served[i].fallback_reason == "intent_timeout" for i in range(3))
+    m = read_metrics(client, keys)
+    assert (m["intent_shed"], m["intent_users"], m["intent_handled"]) == (3, 2, 5)
+    assert service.users_per_s > 0.1  # the batch it ran measured it again
+
+
+def test_a_reasoner_killed_mid_take_loses_no_request(
+        scoped, worker_factory, reasoner_factory, tiny_intent_model: Path, data_dir: Path) -> None:
+    settings = scoped.model_copy(update={"intent": scoped.intent.model_copy(
+        update={"enabled": True, "model_dir": tiny_intent_model, "batch_size": 8, "take_max": 64,
+                "min_interval_s": 0.0, "every_n_events": 1, "max_wait_s": 600.0})})
+    data = datasets.load("rees46", data_dir).head(1500)
+    prefix = settings.key_prefix
+    worker = worker_factory(settings)
+    first = reasoner_factory(settings)
+    client = redis.Redis(host=settings.redis.host, port=settings.redis.port, db=settings.redis.db)
+    keys = RedisKeys(settings.key_prefix)
+    with EventProducer.from_settings(settings) as producer:
+        replay(data, producer, user_prefix=prefix)
+    wait_for(lambda: int(client.hget(keys.metrics, "intent_users") or 0) >= 16, 180, "the first batches",
+             first.log_tail)
+    first.stop(kill=True)  # SIGKILL: its take in hand is not committed
+    assert intent_backlog(client, keys), "nothing left for the second reasoner: the kill came too late"
+    wait_for(lambda: worker.processed() >= len(data.events), 180, "the worker to process the slice", worker.log_tail)
+    second = reasoner_factory(settings)
+    sent = int(client.hget(keys.metrics, "intent_requested"))
+    requests = read_topic(settings, settings.kafka.intent_topic, sent, timeout_s=60)
+    assert len(requests) == sent
+    newest: dict[str, int] = {}
+    for r in requests:
+        newest[r["user_id"]] = max(newest.get(r["user_id"], 0), r["state_version"])
+
+    def missing() -> list[str]:
+        raws = client.mget([keys.intent(u) for u in newest])
+        return [u for u, raw in zip(newest, raws) if raw is None or orjson.loads(raw)["state_version"] != newest[u]]
+
+    wait_for(lambda: not missing(), 240, "every user's newest request to be reasoned about",
+             lambda: f"{len(missing())} of {len(newest)} users missing\n{second.log_tail()}")
+    assert second.alive(), second.log_tail()
 
 
 def _free_port() -> int:
@@ -143,29 +318,33 @@ def test_openai_backend_reports_a_down_server_as_retryable(tiny_intent_model: Pa
     assert info.value.retryable
 
 
-def test_a_hung_intent_child_is_replaced_and_its_users_fall_back(
-        scoped, worker_factory, tiny_intent_model: Path, data_dir: Path) -> None:
-    # A batch timeout far below what a batch takes: every batch counts as hung, so every child is
-    # killed and replaced; the stream must go on and every queued user must get its fallback.
+def test_a_hung_reasoning_batch_is_abandoned_and_its_users_fall_back(
+        scoped, worker_factory, reasoner_factory, tiny_intent_model: Path, data_dir: Path) -> None:
+    # A batch timeout far below what a batch takes: every batch counts as hung, so every LM child
+    # is killed and replaced; the reasoner and the stream must go on and every sent user must get
+    # its fallback.
     settings = scoped.model_copy(update={"intent": scoped.intent.model_copy(
         update={"enabled": True, "model_dir": tiny_intent_model, "batch_size": 16, "batch_timeout_s": 0.05})})
     data = datasets.load("rees46", data_dir).head(600)
     prefix = settings.key_prefix
     worker = worker_factory(settings)
-    pid = worker.proc.pid
+    reasoner = reasoner_factory(settings)
+    pid, reasoner_pid = worker.proc.pid, reasoner.proc.pid
     with EventProducer.from_settings(settings) as producer:
         replay(data, producer, user_prefix=prefix)
     wait_for(lambda: worker.processed() >= len(data.events), 180, "the worker to process the slice", worker.log_tail)
     client = redis.Redis(host=settings.redis.host, port=settings.redis.port, db=settings.redis.db)
     keys = RedisKeys(settings.key_prefix)
     wait_for(lambda: int(client.hget(keys.metrics, "intent_errors") or 0) >= 2, 60,
-             "two hung batches to be abandoned", worker.log_tail)
+             "two hung batches to be abandoned", reasoner.log_tail)
     users = [prefix + u for u in data.events.user_id.unique()]
 
     def timed_out() -> list[Recommendations]:
         served = [Recommendations.model_validate_json(raw) for raw in client.mget([keys.recs(u) for u in users]) if raw]
         return [r for r in served if r.fallback_reason == "intent_timeout"]
 
-    wait_for(lambda: len(timed_out()) > 0, 60, "users of an abandoned batch to get intent_timeout", worker.log_tail)
+    wait_for(lambda: len(timed_out()) > 0, 60, "users of an abandoned batch to get intent_timeout", reasoner.log_tail)
     assert all(r.items for r in timed_out())  # the behavioural list still serves them
     assert worker.alive() and worker.proc.pid == pid, worker.log_tail()
+    assert reasoner.alive() and reasoner.proc.pid == reasoner_pid, reasoner.log_tail()
+    assert "replaced the LM child" in reasoner.log_tail(200)

@@ -26,3 +26,14 @@ def test_compose_sets_only_settings_that_exist():
     known = set(re.findall(SETTING, (ROOT / ".env.example").read_text()))  # every setting (a test keeps it so)
     used = set(re.findall(SETTING, COMPOSE.read_text()))
     assert used and used <= known, used - known
+
+
+def test_compose_runs_reasoners_apart_from_the_workers_on_cpu_and_on_the_gpu_profile():
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    cpu, gpu = services["reasoner"], services["reasoner-gpu"]
+    assert cpu["command"] == gpu["command"] == ["intentstream", "reasoner"]
+    assert re.fullmatch(r"\$\{REASONERS:-\d+\}", str(cpu["deploy"]["replicas"]))
+    assert "profiles" not in cpu and gpu["profiles"] == ["gpu"]
+    assert gpu["environment"]["INTENTSTREAM_INTENT__BACKEND"] == "openai"
+    assert gpu["environment"]["INTENTSTREAM_INTENT__OPENAI_URL"] == "http://vllm:8000"
+    assert "vllm" in gpu["depends_on"]

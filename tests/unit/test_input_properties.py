@@ -155,4 +155,5 @@ def test_enough_events_were_generated():
 def test_no_user_id_reaches_a_system_key(user_id):
     keys = RedisKeys("p:")
     assert keys.recs(user_id) not in keys.system_keys()
-    assert not any(k.startswith("p:recs:") for k in keys.system_keys())
+    assert keys.intent(user_id) not in keys.system_keys()
+    assert not any(k.startswith(tuple("p:" + n for n in keys.USER_NAMESPACES)) for k in keys.system_keys())
