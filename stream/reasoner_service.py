@@ -12,10 +12,12 @@ most `intent.take_max` requests) and `handle`s the take:
    `intent_superseded`; a user's requests arrive in order on one partition, so one reasoner sees
    them all).
 3. Order newest first (by the user's newest event): the users active right now gain most.
-4. Keep what this reasoner can serve within the SLO: the newest `max(batch_size, users/s x
-   intent.max_wait_s)` users (users/s measured on its own batches; before the first batch, the
-   whole take); the older rest are shed at once (the behavioural list serves with fallback_reason
-   `intent_timeout`, counted `intent_shed`), so under overload the backlog drains at Kafka speed
+4. Keep what this reasoner can serve within the SLO: a budget of `max(batch_size, users/s x
+   intent.max_wait_s)` users (users/s measured on its own batches; before the first batch, no
+   limit), less the requests still waiting behind the take on its partitions (the lag: they
+   are newer than the whole take and come next); of the take, the newest that fit are served,
+   the older rest are shed at once (the behavioural list serves with fallback_reason
+   `intent_timeout`, counted `intent_shed`). Under overload the backlog drains at Kafka speed
    and the served users are the freshest, not those that waited longest.
 5. For each batch of `intent.batch_size`: shed what has meanwhile waited past
    `intent.max_wait_s` (as in 4); run planner -> experts -> arbiter -> retrieval ->
@@ -274,7 +276,7 @@ class ReasonerService:
                 records = self._take()
                 if not records:
                     continue
-                self.handle(records)
+                self.handle(records, self._lag())
                 try:
                     self.consumer.commit()
                 except (CommitFailedError, KafkaError) as exc:  # a rebalance took the partitions
@@ -297,15 +299,25 @@ class ReasonerService:
             records += [r for batch in more.values() for r in batch]
         return records
 
-    def budget(self) -> int:
-        """Users this reasoner can serve within intent.max_wait_s (step 4); the whole take until
+    def _lag(self) -> int:
+        """Requests waiting behind the take on this reasoner's partitions (from the last fetch)."""
+        lag = 0
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            if high is not None:
+                lag += max(0, high - self.consumer.position(tp))
+        return lag
+
+    def budget(self) -> int | None:
+        """Users this reasoner can serve within intent.max_wait_s (step 4); None (no limit) until
         it has measured itself."""
         if self.users_per_s is None:
-            return self.cfg.take_max
+            return None
         return max(self.cfg.batch_size, int(self.users_per_s * self.cfg.max_wait_s))
 
-    def handle(self, records: list) -> None:
-        """Steps 1-6 of the module docstring for one take (records: kafka-python ConsumerRecords)."""
+    def handle(self, records: list, lag: int = 0) -> None:
+        """Steps 1-6 of the module docstring for one take (records: kafka-python ConsumerRecords;
+        `lag`: requests waiting behind them)."""
         m = self.metrics
         now = int(time.time() * 1000)
         newest: dict[str, dict] = {}
@@ -330,6 +342,7 @@ class ReasonerService:
         m.add("intent_superseded", len(records) - len(invalid) - len(newest))
         queue = sorted(newest.values(), key=lambda r: r["last_produced_ms"], reverse=True)
         budget = self.budget()
+        budget = len(queue) if budget is None else max(0, budget - lag)
         if len(queue) > budget:  # more than can be served within the SLO: the oldest are shed now
             self._fall_back(queue[budget:], FallbackReason.intent_timeout)
             m.add("intent_shed", len(queue) - budget)

@@ -191,9 +191,17 @@ def test_under_overload_a_reasoner_serves_the_newest_users_and_sheds_the_rest_at
         now = int(time.time() * 1000)  # after the model load: none of them waited past max_wait_s
         records = [Record(f"{p}u{i}".encode(), _request(f"{p}u{i}", 1, now - 1000 + i, items[i]), "t", 0, i)
                    for i in range(5)]
+        assert service.budget() is None  # not measured yet: no limit
         service.users_per_s = 0.1
         assert service.budget() == 2
         service.handle(records)
+        measured = service.users_per_s
+        # Requests waiting behind a take are newer than all of it and take the budget first: with
+        # 5 of them behind, these two are shed unreasoned.
+        service.users_per_s = 0.1
+        now = int(time.time() * 1000)
+        service.handle([Record(f"{p}v{i}".encode(), _request(f"{p}v{i}", 1, now, items[i]), "t", 0, 10 + i)
+                        for i in range(2)], lag=5)
     finally:
         service.consumer.close()
         service.child.close()
@@ -203,8 +211,10 @@ def test_under_overload_a_reasoner_serves_the_newest_users_and_sheds_the_rest_at
     assert [i for i in range(5) if served[i].fallback_reason is None] == [3, 4], {i: r.fallback_reason for i, r in served.items()}
     assert all(served[i].fallback_reason == "intent_timeout" for i in range(3))
     m = read_metrics(client, keys)
-    assert (m["intent_shed"], m["intent_users"], m["intent_handled"]) == (3, 2, 5)
-    assert service.users_per_s > 0.1  # the batch it ran measured it again
+    assert (m["intent_shed"], m["intent_users"], m["intent_handled"]) == (3 + 2, 2, 5 + 2)
+    assert measured > 0.1  # the batch it ran measured it again
+    assert all(Recommendations.model_validate_json(client.get(keys.recs(f"{p}v{i}"))).fallback_reason
+               == "intent_timeout" for i in range(2))
 
 
 def test_a_reasoner_killed_mid_take_loses_no_request(
