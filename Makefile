@@ -38,6 +38,7 @@ bench: setup
 	$(BIN)/intentstream bench intent --dataset rees46 --out benchmarks/results/intent-rees46.json > /dev/null
 	$(BIN)/intentstream bench rl --dataset rees46 --out benchmarks/results/rl-rees46.json > /dev/null
 	$(BIN)/intentstream bench loop --dataset rees46 --out benchmarks/results/loop-rees46.json > /dev/null
+	$(BIN)/intentstream bench reasoner --dataset rees46 --out benchmarks/results/reasoner-rees46.json > /dev/null
 	$(BIN)/python -m benchmarks.report
 
 compose-check:

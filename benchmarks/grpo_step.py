@@ -8,7 +8,9 @@ GPU check (issue 5), runnable on any machine.
 
 `run` times the same `GRPOTrainer.step` (sampling with the KV cache and the trie, rewards,
 three teacher-forced passes, two updates) on the CPU and, when CUDA is there, on the GPU, with
-the same episodes and seeds; the CPU figure is the baseline measured in the same run. R_align
+the same episodes and seeds; the CPU figure is the baseline measured in the same run. With
+`--compare-cache` it also times the CPU with decoding concatenating the KV cache each step (as
+before reasoning/decoding.py `ReservedLayer`), the before of that change in the same run. R_align
 is a constant here (the reward model is a 60k-parameter MLP on the CPU, not what a GPU changes).
 """
 
@@ -26,7 +28,9 @@ from pathlib import Path
 import numpy as np
 
 
-def export(out: Path, dataset: str = "rees46", episodes_n: int = 256) -> None:
+def export(out: Path, dataset: str = "rees46", episodes_n: int = 256, model: Path | None = None) -> None:
+    """The bundle: the evaluation's intent model of `dataset` (or `model`, e.g. the demo's at
+    intent.model_dir), its item atoms and `episodes_n` train episodes."""
     from contracts.settings import Settings
     from evaluation.intent_method import IntentMethod
     from features.catalog import Catalog
@@ -39,7 +43,7 @@ def export(out: Path, dataset: str = "rees46", episodes_n: int = 256) -> None:
     data = datasets.load(dataset, settings.data_dir)
     split = make_split(data.events, "global-time")
     catalog = Catalog.from_frames(data.items, data.events)
-    model_dir = IntentMethod(settings, data)._model_dir(split, catalog)
+    model_dir = model or IntentMethod(settings, data)._model_dir(split, catalog)
     engine = engine_for(model_dir, settings.cache_dir, settings.intent)
     eps = episodes(split.train, catalog, engine.model.vocab, settings.intent.max_items, 5, 12, seed=1)
     eps = random.Random(0).sample(eps, min(episodes_n, len(eps)))
@@ -53,7 +57,7 @@ def export(out: Path, dataset: str = "rees46", episodes_n: int = 256) -> None:
     print(json.dumps({"bundle": str(out), "model": engine.version, "episodes": len(eps)}))
 
 
-def _time(bundle: Path, device: str, steps: int, contexts: int) -> dict:
+def _time(bundle: Path, device: str, steps: int, contexts: int, reserve_cache: bool = True) -> dict:
     import pandas as pd
     import torch
 
@@ -74,6 +78,7 @@ def _time(bundle: Path, device: str, steps: int, contexts: int) -> dict:
     model = IntentModel.load(model_dir).to(device)
     cfg = GRPOConfig(steps=steps, contexts_per_step=contexts)
     trainer = GRPOTrainer(model, atoms, catalog, tag_vectors, lambda h, p, t: np.full(len(t), 0.9), lambda c: [], cfg)
+    trainer.backend.decoder.reserve_cache = reserve_cache
     rng = random.Random(0)
     trainer.step(rng.sample(eps, contexts))  # warm-up (allocations, kernels)
     if device == "cuda":
@@ -89,22 +94,30 @@ def _time(bundle: Path, device: str, steps: int, contexts: int) -> dict:
             "sampling_share": float(np.sum([h["sample_seconds"] for h in history]) / np.sum(seconds)),
             "contexts_per_s": float(np.mean([h["contexts_per_s"] for h in history])),
             "samples_per_s": float(np.mean([h["samples_per_s"] for h in history])),
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "reserved_cache": reserve_cache}
 
 
-def run(bundle: Path, steps: int, contexts: int) -> None:
+def run(bundle: Path, steps: int, contexts: int, compare_cache: bool = False) -> None:
     import torch
 
     results = [_time(bundle, "cpu", steps, contexts)]
+    if compare_cache:
+        before = _time(bundle, "cpu", steps, contexts, reserve_cache=False)
+        results.append(before)
     if torch.cuda.is_available():
         results.append(_time(bundle, "cuda", steps, contexts))
-    out = {"command": f"python -m benchmarks.grpo_step run --bundle {bundle} --steps {steps} --contexts {contexts}",
+    out = {"command": f"python -m benchmarks.grpo_step run --bundle {bundle} --steps {steps} --contexts {contexts}"
+                      + (" --compare-cache" if compare_cache else ""),
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "processor": platform.processor(),
                        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                        "torch": torch.__version__},
            "results": results}
-    if len(results) == 2:
-        out["cpu_over_gpu_seconds_per_step"] = results[0]["seconds_per_step"] / results[1]["seconds_per_step"]
+    if compare_cache:
+        out["cpu_concatenated_over_reserved_seconds_per_step"] = (before["seconds_per_step"]
+                                                                  / results[0]["seconds_per_step"])
+    gpu = [r for r in results if r["device"] == "cuda"]
+    if gpu:
+        out["cpu_over_gpu_seconds_per_step"] = results[0]["seconds_per_step"] / gpu[0]["seconds_per_step"]
     print(json.dumps(out, indent=1))
 
 
@@ -114,15 +127,17 @@ def main() -> None:
     e = sub.add_parser("export")
     e.add_argument("--out", type=Path, required=True)
     e.add_argument("--dataset", default="rees46")
+    e.add_argument("--model", type=Path, default=None, help="model directory (default: the evaluation's)")
     r = sub.add_parser("run")
     r.add_argument("--bundle", type=Path, required=True)
     r.add_argument("--steps", type=int, default=8)
     r.add_argument("--contexts", type=int, default=8)
+    r.add_argument("--compare-cache", action="store_true")
     args = parser.parse_args()
     if args.cmd == "export":
-        export(args.out, args.dataset)
+        export(args.out, args.dataset, model=args.model)
     else:
-        run(args.bundle, args.steps, args.contexts)
+        run(args.bundle, args.steps, args.contexts, args.compare_cache)
 
 
 if __name__ == "__main__":

@@ -120,10 +120,13 @@ def replay(
     on_progress: Callable[[int], None] | None = None,
     feedback: FeedbackSimulator | None = None,
 ) -> tuple[int, float]:
-    """Send every event of `dataset`; `rate` > 0 paces to that many events/s. Returns (sent, seconds).
-    With `feedback`, simulated impressions and actions go to the feedback topic as well."""
+    """Send every event of `dataset`; `rate` > 0 paces to that many events/s (checked every
+    rate/10 events, at most 100: a slow rate is sent one event at a time, not in bursts).
+    Returns (sent, seconds). With `feedback`, simulated impressions and actions go to the
+    feedback topic as well."""
     started = time.perf_counter()
     sent = 0
+    step = max(1, min(100, int(rate / 10)))
     for key, value in event_payloads(dataset.events, user_prefix, id_prefix):
         if feedback is not None:
             feedback.on_event(orjson.loads(value))
@@ -131,7 +134,7 @@ def replay(
         sent += 1
         if feedback is not None and sent % feedback.chunk == 0:
             feedback.flush()
-        if rate > 0 and sent % 100 == 0:
+        if rate > 0 and sent % step == 0:
             ahead = sent / rate - (time.perf_counter() - started)
             if ahead > 0:
                 time.sleep(ahead)

@@ -1,0 +1,218 @@
+"""`intentstream bench reasoner`: the reasoning tier's figures, as one JSON object.
+
+1. throughput: the served intent model (the registry's serving version, else intent.model_dir)
+   reasons about the first `users` users of the dataset (their newest 20 events each) in
+   batches of intent.batch_size with one torch thread, in this process: users/s and users/s per
+   core (process CPU time over wall time), and where a batch's time goes (pipeline stages);
+   before (decoding concatenates the KV cache each step, as transformers does) and after
+   (reasoning/decoding.py `ReservedLayer`), interleaved twice, and whether both gave the same lists.
+2. coverage: a worker and a reasoner (`intentstream worker`, `intentstream reasoner` child
+   processes, fresh topics and key prefix each run) while the dataset's events are replayed in
+   time order at x1, x10, x100 its real-time rate (events over the log's time span; a constant
+   rate, not the log's inter-arrival pattern) for `seconds` each: the share of triggered users
+   whose served list carries intent results at most intent.every_n_events events behind the
+   state the list was built from (stream/metrics.py intent_coverage), at the end of the replay
+   (live) and after the reasoner drained its backlog; event -> intent recs p50/p99; the share
+   of refreshes sent to reasoning; requests shed and superseded; CPU cores of each process.
+3. isolation: at the fastest rate, the stream's event -> recs p50/p99 with the reasoner beside
+   the worker vs a run without the intent route (same events, same rate), and their ratio.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from benchmarks.ingest import commit, cpu_seconds, machine
+from contracts.keys import RedisKeys
+from contracts.settings import Settings
+from contracts.topics import worker_topics
+from features.item_model import SharedItemModel
+from features.redis_client import connect, delete_matching
+from infra.worker_process import ReasonerProcess, WorkerProcess
+from offline import datasets
+from offline.replay import replay
+from reasoning.registry import served_model_dir
+from stream.metrics import intent_backlog, intent_coverage, read_metrics
+from stream.producer import EventProducer, delete_topics, ensure_topics
+
+
+def _say(progress, text: str) -> None:
+    if progress is not None:
+        progress(text)
+
+
+def throughput(settings: Settings, data: datasets.Dataset, users: int) -> dict[str, Any]:
+    """Users/s of the pipeline (reasoning/pipeline.py `reason`) in this process, one torch thread,
+    without and with the reserved decoding cache (two interleaved rounds; the better of each)."""
+    import torch
+
+    from reasoning.engine import IntentEngine
+    from reasoning.pipeline import IntentInput, reason
+
+    model_dir = served_model_dir(settings)
+    cfg = settings.intent.model_copy(update={"threads": 1})
+    engine = IntentEngine(model_dir, cfg, settings.cache_dir)
+    torch.set_num_threads(1)
+    events = data.events.sort_values("ts", kind="stable")
+    inputs = []
+    for user_id, group in events.groupby("user_id", sort=False):
+        recent = [[str(r.item_id), str(r.type), int(r.ts)] for r in group.iloc[::-1].head(20).itertuples()]
+        inputs.append(IntentInput(str(user_id), recent, frozenset()))
+        if len(inputs) >= users:
+            break
+    batch = cfg.batch_size
+    decoder = engine.backend.decoder
+    reason(engine, inputs[:batch], {}, settings.recs.top_k)  # warm: first-call allocations
+
+    def one_pass(reserve: bool) -> dict[str, Any]:
+        decoder.reserve_cache = reserve
+        stages: dict[str, float] = {}
+        tokens, lists = 0, []
+        wall, cpu = time.perf_counter(), time.process_time()
+        for start in range(0, len(inputs), batch):
+            results, stats = reason(engine, inputs[start:start + batch], {}, settings.recs.top_k)
+            lists += [(r.tags, [e["item_id"] for e in r.items]) for r in results]
+            tokens += stats.tokens
+            for name, value in stats.seconds.items():
+                stages[name] = stages.get(name, 0.0) + value
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        return {"seconds": round(wall, 2), "users_per_s": round(len(inputs) / wall, 2),
+                "cores": round(cpu / wall, 2), "users_per_s_per_core": round(len(inputs) / cpu, 2),
+                "lm_tokens_per_user": round(tokens / len(inputs), 1),
+                "stage_share": {k: round(v / sum(stages.values()), 3) for k, v in stages.items()}, "_lists": lists}
+
+    rounds = [(one_pass(False), one_pass(True)) for _ in range(2)]
+    decoder.reserve_cache = True
+    before = max((r[0] for r in rounds), key=lambda r: r["users_per_s"])
+    after = max((r[1] for r in rounds), key=lambda r: r["users_per_s"])
+    same = all(b["_lists"] == a["_lists"] for b, a in rounds)
+    for r in (before, after):
+        r.pop("_lists")
+    return {"model": engine.version, "model_dir": str(model_dir), "users": len(inputs), "batch_size": batch,
+            "torch_threads": 1, "before_concatenated_cache": before, "after_reserved_cache": after,
+            "speedup": round(after["users_per_s"] / before["users_per_s"], 2), "same_lists": same,
+            "rounds_users_per_s": [[b["users_per_s"], a["users_per_s"]] for b, a in rounds],
+            "users_per_s": after["users_per_s"], "users_per_s_per_core": after["users_per_s_per_core"]}
+
+
+def _run(settings: Settings, data: datasets.Dataset, rate: float, seconds: float, with_reasoner: bool,
+         log_dir, progress) -> dict[str, Any]:
+    """One replay of `rate * seconds` events at `rate` through a fresh worker (and reasoner)."""
+    run = uuid.uuid4().hex[:8]
+    s = settings.isolated(f"intentstream.bench.reasoner.{run}", key_prefix=f"bench:{run}:")
+    if not with_reasoner:
+        s = s.model_copy(update={"intent": s.intent.model_copy(update={"enabled": False})})
+    k, keys = s.kafka, RedisKeys(s.key_prefix)
+    client = connect(s.redis)
+    SharedItemModel.from_settings(s, client).reset()
+    ensure_topics(k.bootstrap, [k.events_topic, k.dead_letter_topic, k.feedback_topic, k.intent_topic], k.partitions)
+    n = max(1, int(rate * seconds))
+    part = datasets.Dataset(data.name, data.events.iloc[:n], data.items)
+    processes = [WorkerProcess(s, log_dir / f"reasoner-bench-worker-{run}.log")]
+    if with_reasoner:
+        processes.append(ReasonerProcess(s, log_dir / f"reasoner-bench-reasoner-{run}.log"))
+    for p in processes:
+        p.start()
+    try:
+        deadline = time.monotonic() + 180
+        while not client.hexists(keys.metrics, "worker_started_ms"):
+            if time.monotonic() > deadline or not processes[0].alive():
+                raise RuntimeError(f"the worker did not start:\n{processes[0].log_tail()}")
+            time.sleep(0.2)
+        if with_reasoner:
+            processes[1].wait_started()
+        cpu0 = [cpu_seconds(p.proc.pid) for p in processes]
+        started = time.monotonic()
+        with EventProducer.from_settings(s) as producer:
+            sent, _ = replay(part, producer, rate, user_prefix=s.key_prefix)
+        processes[0].wait_processed(sent, 120)
+        time.sleep(2.0)  # the refreshes of the last events, and reasoning already under way
+        window = time.monotonic() - started
+        cpu = [round((cpu_seconds(p.proc.pid) - c) / window, 2) for p, c in zip(processes, cpu0)]
+        users = [s.key_prefix + str(u) for u in part.events.user_id.unique()]
+        live = intent_coverage(client, keys, users, s.intent.every_n_events) if with_reasoner else None
+        drained, drain_s = None, None
+        if with_reasoner:
+            t = time.monotonic()
+            while intent_backlog(client, keys) and time.monotonic() - t < 300:
+                time.sleep(0.5)
+            drain_s = round(time.monotonic() - t, 1)
+            drained = intent_coverage(client, keys, users, s.intent.every_n_events)
+        m = read_metrics(client, keys)
+    finally:
+        for p in processes:
+            p.stop()
+        delete_topics(k.bootstrap, worker_topics(s))
+        delete_matching(client, f"{s.key_prefix}*")
+    out: dict[str, Any] = {
+        "offered_events_per_s": round(rate, 2), "events": sent, "seconds": round(window, 1),
+        "cores": {"worker": cpu[0], **({"reasoner": cpu[1]} if with_reasoner else {})},
+        "refreshes": m.get("refreshes", 0),
+        "event_to_recs_ms": {q: m["recs_freshness_ms"][q] for q in ("p50", "p99", "n")},
+    }
+    if with_reasoner:
+        out.update({
+            "coverage_live": live, "coverage_after_drain": drained, "drain_seconds": drain_s,
+            "event_to_intent_recs_ms": {q: m["intent_freshness_ms"][q] for q in ("p50", "p99", "n")},
+            "requested_to_intent_recs_ms": {q: m["intent_latency_ms"][q] for q in ("p50", "p99", "n")},
+            "refreshes_sent_to_reasoning": m.get("intent_requested", 0),
+            "share_sent": round(m.get("intent_requested", 0) / max(m.get("refreshes", 0), 1), 3),
+            "reasoned": m.get("intent_users", 0), "shed": m.get("intent_shed", 0),
+            "superseded": m.get("intent_superseded", 0), "errors": m.get("intent_errors", 0),
+            "reasoner_users_per_s_while_reasoning": round(
+                m.get("intent_users", 0) / max(m.get("intent_time_ms", 0) / 1000, 1e-9), 2),
+        })
+    _say(progress, f"x{rate:.1f}/s: {out}")
+    return out
+
+
+def run_reasoner_benchmark(settings: Settings, dataset: str, factors: tuple[float, ...], seconds: float,
+                           users: int, progress=None) -> dict[str, Any]:
+    if served_model_dir(settings) is None:
+        raise RuntimeError(f"no intent model at {settings.intent.resolved_model_dir(settings.cache_dir)}: "
+                           "run `make demo` or `intentstream train --sft` first")
+    data = datasets.load(dataset, settings.data_dir)
+    data = datasets.Dataset(data.name, data.events.sort_values("ts", kind="stable").reset_index(drop=True), data.items)
+    span_s = (data.events.ts.max() - data.events.ts.min()) / 1000
+    real_rate = len(data.events) / span_s
+    log_dir = settings.state_dir / "logs"
+    started = time.perf_counter()
+    _say(progress, "throughput ...")
+    result: dict[str, Any] = {
+        "command": f"intentstream bench reasoner --dataset {dataset} --factors {','.join(f'{f:g}' for f in factors)} "
+                   f"--seconds {seconds:g} --users {users}",
+        "machine": machine(), "commit": commit(), "dataset": dataset,
+        "real_time_events_per_s": round(real_rate, 3), "span_hours": round(span_s / 3600, 2),
+        "throughput": throughput(settings, data, users),
+        "intent_settings": settings.intent.model_dump(mode="json"),
+    }
+    coverage = {}
+    for factor in factors:
+        _say(progress, f"coverage at x{factor:g} real time ({factor * real_rate:.1f} events/s) ...")
+        coverage[f"x{factor:g}"] = _run(settings, data, factor * real_rate, seconds, True, log_dir, progress)
+    result["coverage"] = coverage
+    top = max(factors)
+    _say(progress, f"isolation: x{top:g} without the intent route ...")
+    alone = _run(settings, data, top * real_rate, seconds, False, log_dir, progress)
+    beside = coverage[f"x{top:g}"]
+    result["isolation"] = {
+        "factor": top, "without_reasoner": alone["event_to_recs_ms"], "with_reasoner": beside["event_to_recs_ms"],
+        "p99_ratio": round(beside["event_to_recs_ms"]["p99"] / alone["event_to_recs_ms"]["p99"], 3)
+        if alone["event_to_recs_ms"]["p99"] else None,
+        "cores_without": alone["cores"], "cores_with": beside["cores"],
+    }
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    targets = coverage.get("x10")
+    result["targets"] = {
+        "throughput_10x_of_12_users_per_s": result["throughput"]["users_per_s"] >= 120,
+        "x10_coverage_95": bool(targets and targets["coverage_live"]["share"] is not None
+                                and targets["coverage_live"]["share"] >= 0.95),
+        "x10_event_to_intent_recs_p99_2s": bool(targets and targets["event_to_intent_recs_ms"]["p99"] is not None
+                                                and targets["event_to_intent_recs_ms"]["p99"] <= 2000),
+        "stream_p99_within_20pct": bool(result["isolation"]["p99_ratio"] is not None
+                                        and result["isolation"]["p99_ratio"] <= 1.2),
+    }
+    return result
+
