@@ -23,7 +23,8 @@ INTENT_CHANGING = frozenset({"first_events", "purchase", "dominant_category"})
 
 
 class IntentMark(NamedTuple):
-    """When the intent route last ran for a user, and on which state."""
+    """When the intent route last ran for a user, or was last asked to (the newer of the two:
+    stream/intent_route.py), and on which state."""
 
     at_ms: int
     state_version: int
