@@ -146,6 +146,37 @@ def test_decoding_into_reserved_cache_room_gives_the_same_lists_as_concatenating
     assert any(len(ids) == 5 for ids in outputs[1][1][0])  # the sampled lists are real lists
 
 
+def test_the_tensor_trie_walk_emits_what_the_per_row_walk_emits(engine) -> None:
+    # reasoning/decoding.py _TensorWalk against _Cursor, the rules it vectorises: the same lists,
+    # log-probs, token counts and traces, greedy and sampled on fixed seeds, over a batch that
+    # mixes the tag trie and every persona's trie (what experts and GRPO decode with).
+    from reasoning.decoding import Decoder
+
+    model, backend = engine.model, engine.backend
+    contexts = [build_context(u.user_id, u.recent, engine.catalog, 20) for u in _users(engine, 6)]
+    seqs = [model.encode_chat(messages(c, "hybrid", task_tags(), engine.catalog)) for c in contexts]
+    atoms = [engine.atoms.atoms(c.items) for c in contexts]
+    rows = [(u, t) for u in range(len(seqs)) for t in [backend.tag_trie, *backend.persona_tries[:3]]]
+    tries, owners = [t for _, t in rows], [u for u, _ in rows]
+    limits = [1 + (i % 6) for i in range(len(rows))]
+    outputs = []
+    for tensor_walk in (False, True):
+        decoder = Decoder(model, tensor_walk=tensor_walk)
+        prefix = decoder.prefill([ctx for ctx, _ in seqs], atoms)
+        runs = []
+        for temperature, seed in ((0.0, 0), (1.0, 7), (1.5, 11)):
+            trace: list = []
+            lists, tokens = decoder.generate_lists(prefix, owners, [seqs[u][1] for u in owners], tries, limits,
+                                                   temperature=temperature, seed=seed, trace=trace)
+            runs.append((lists, tokens, trace))
+        outputs.append(runs)
+    for (lists, tokens, trace), (lists2, tokens2, trace2) in zip(*outputs):
+        assert [[t for t, _ in e] for e in lists] == [[t for t, _ in e] for e in lists2]
+        assert all(abs(a - b) < 1e-9 for e, e2 in zip(lists, lists2) for (_, a), (_, b) in zip(e, e2))
+        assert tokens == tokens2 and trace == trace2
+    assert any(len(e) == lim for e, lim in zip(outputs[1][1][0], limits))  # lists reach their limit
+
+
 def test_branching_a_prefilled_context_scores_like_reading_the_whole_sequence(engine) -> None:
     import torch
 
