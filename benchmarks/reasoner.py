@@ -4,8 +4,10 @@
    reasons about the first `users` users of the dataset (their newest 20 events each) in
    batches of intent.batch_size with one torch thread, in this process: users/s and users/s per
    core (process CPU time over wall time), and where a batch's time goes (pipeline stages);
-   before (decoding concatenates the KV cache each step, as transformers does) and after
-   (reasoning/decoding.py `ReservedLayer`), interleaved twice, and whether both gave the same lists.
+   before (the decoding of the start of this round: a per-row Python trie walk, the KV cache
+   concatenated each step as transformers does) and after (reasoning/decoding.py: the tries
+   walked as tensors, the cache decoded into reserved room), interleaved twice, and whether both
+   gave the same lists.
 2. coverage: a worker and a reasoner (`intentstream worker`, `intentstream reasoner` child
    processes, fresh topics and key prefix each run) while the dataset's events are replayed in
    time order at x1, x10, x100 its real-time rate (events over the log's time span; a constant
@@ -45,7 +47,7 @@ def _say(progress, text: str) -> None:
 
 def throughput(settings: Settings, data: datasets.Dataset, users: int) -> dict[str, Any]:
     """Users/s of the pipeline (reasoning/pipeline.py `reason`) in this process, one torch thread,
-    without and with the reserved decoding cache (two interleaved rounds; the better of each)."""
+    with the decoding before and after this round (two interleaved rounds; the better of each)."""
     import torch
 
     from reasoning.engine import IntentEngine
@@ -66,8 +68,8 @@ def throughput(settings: Settings, data: datasets.Dataset, users: int) -> dict[s
     decoder = engine.backend.decoder
     reason(engine, inputs[:batch], {}, settings.recs.top_k)  # warm: first-call allocations
 
-    def one_pass(reserve: bool) -> dict[str, Any]:
-        decoder.reserve_cache = reserve
+    def one_pass(after: bool) -> dict[str, Any]:
+        decoder.reserve_cache = decoder.tensor_walk = after
         stages: dict[str, float] = {}
         tokens, lists = 0, []
         wall, cpu = time.perf_counter(), time.process_time()
@@ -84,14 +86,15 @@ def throughput(settings: Settings, data: datasets.Dataset, users: int) -> dict[s
                 "stage_share": {k: round(v / sum(stages.values()), 3) for k, v in stages.items()}, "_lists": lists}
 
     rounds = [(one_pass(False), one_pass(True)) for _ in range(2)]
-    decoder.reserve_cache = True
+    decoder.reserve_cache = decoder.tensor_walk = True
     before = max((r[0] for r in rounds), key=lambda r: r["users_per_s"])
     after = max((r[1] for r in rounds), key=lambda r: r["users_per_s"])
     same = all(b["_lists"] == a["_lists"] for b, a in rounds)
     for r in (before, after):
         r.pop("_lists")
     return {"model": engine.version, "model_dir": str(model_dir), "users": len(inputs), "batch_size": batch,
-            "torch_threads": 1, "before_concatenated_cache": before, "after_reserved_cache": after,
+            "torch_threads": 1, "before_row_walk_concatenated_cache": before,
+            "after_tensor_walk_reserved_cache": after,
             "speedup": round(after["users_per_s"] / before["users_per_s"], 2), "same_lists": same,
             "rounds_users_per_s": [[b["users_per_s"], a["users_per_s"]] for b, a in rounds],
             "users_per_s": after["users_per_s"], "users_per_s_per_core": after["users_per_s_per_core"]}

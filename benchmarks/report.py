@@ -225,16 +225,18 @@ def _loop_section(result: dict) -> list[str]:
 
 def _reasoner_section(result: dict) -> list[str]:
     t = result["throughput"]
-    b, a = t["before_concatenated_cache"], t["after_reserved_cache"]
+    b = t.get("before_row_walk_concatenated_cache") or t["before_concatenated_cache"]
+    a = t.get("after_tensor_walk_reserved_cache") or t["after_reserved_cache"]
     lines = [f"## The reasoning tier: {result['dataset']}", "",
              f"Command: `{result['command']}` (commit `{result['commit']}`; benchmarks/reasoner.py). "
              f"The dataset's real-time rate: {result['real_time_events_per_s']} events/s over "
              f"{result['span_hours']} h.", "",
              f"Throughput of model `{t['model']}` on {t['users']} users, batches of {t['batch_size']}, one torch "
              f"thread (rounds before/after: {t['rounds_users_per_s']}; same lists: {t['same_lists']}):", "",
-             "| decoding cache | users/s | users/s per core | LM tokens per user | experts share | arbiter share |",
+             "| decoding | users/s | users/s per core | LM tokens per user | experts share | arbiter share |",
              "|---|---|---|---|---|---|"]
-    for name, r in (("concatenated each step (before)", b), ("reserved room (after)", a)):
+    for name, r in (("before: trie walked per row, cache concatenated each step", b),
+                    ("after: trie walked as tensors, cache into reserved room", a)):
         lines.append(f"| {name} | {r['users_per_s']} | {r['users_per_s_per_core']} | {r['lm_tokens_per_user']} | "
                      f"{r['stage_share'].get('experts', 0):.2f} | {r['stage_share'].get('arbiter', 0):.2f} |")
     lines += ["", f"Speed-up {t['speedup']}x.", "",
