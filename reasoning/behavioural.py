@@ -173,12 +173,19 @@ class BehaviouralReasoner:
         # Ranking the whole catalog costs ~10 ms at 50k items, so it is shared by all users and
         # redone at most every `popular_refresh_s` after `invalidate` (popularity moves slowly);
         # ranked with headroom so users who bought or hold many items still get n after filtering.
+        # The headroom doubles only when asked for more than it holds: a ranking that is short
+        # because the catalog was small is redone at the same size (doubling it on every growth
+        # step overflowed Redis's ZREVRANGE range after ~55 batches of a new catalog, and every
+        # refresh of that batch raised until the worker's retries happened to pass it).
         cache = self._popular_cache
-        if (cache is None or cache[0] < n
-                or (len(cache[1]) < n and self.model.popular_size() > len(cache[1]))):
+        if cache is None or cache[0] < n:
             size = max(n, 2 * cache[0] if cache else 512)
-            self._popular_cache = (size, self.model.top_popular(size))
-            self._popular_at = time.monotonic()
+        elif len(cache[1]) < n and self.model.popular_size() > len(cache[1]):
+            size = cache[0]
+        else:
+            return cache[1][:n]
+        self._popular_cache = (size, self.model.top_popular(size))
+        self._popular_at = time.monotonic()
         return self._popular_cache[1][:n]
 
     def invalidate(self) -> None:

@@ -104,3 +104,15 @@ def test_popular_fill_grows_with_the_catalog_between_invalidations():
         model.observe(item, "view", 0, [])
     reasoner.invalidate()  # inside the refresh interval: the ranking is not recomputed for that...
     assert len(reasoner.popular(5)) == 5  # ...but a ranking shorter than asked for is
+
+
+def test_the_popular_ranking_keeps_its_size_while_a_new_catalog_grows():
+    # A catalog that grows by one item between refreshes (a new shop, one event per batch): the
+    # ranking is redone at the same size, not doubled each time (it overflowed Redis's range).
+    model = BehaviouralModel(3, 10, 3600)
+    reasoner = BehaviouralReasoner(model, "m", popular_refresh_s=3600)
+    for n in range(200):
+        model.observe(f"i{n}", "view", n, [])
+        assert len(reasoner.popular(100)) == min(n + 1, 100)
+        assert reasoner._popular_cache[0] == 512
+    assert len(reasoner.popular(600)) == 200 and reasoner._popular_cache[0] == 1024
