@@ -210,8 +210,8 @@ def run_ingest_benchmark(settings: Settings, events: int, users: int, offered_ra
                          console=None) -> dict[str, Any]:
     from features.feast_store import FeastFeatures
 
-    # The stream path alone: with a trained intent model in the cache the workers would also run
-    # the intent route's child on these cores (the route has its own benchmark, `bench intent`).
+    # The stream path alone: with a trained intent model in the cache the workers would also send
+    # intent requests (reasoning has its own benchmarks, `bench reasoner` and `bench intent`).
     settings = settings.model_copy(update={"intent": settings.intent.model_copy(update={"enabled": False})})
     bootstrap = settings.kafka.bootstrap
     run = uuid.uuid4().hex[:6]

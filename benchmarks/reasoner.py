@@ -119,11 +119,7 @@ def _run(settings: Settings, data: datasets.Dataset, rate: float, seconds: float
     for p in processes:
         p.start()
     try:
-        deadline = time.monotonic() + 180
-        while not client.hexists(keys.metrics, "worker_started_ms"):
-            if time.monotonic() > deadline or not processes[0].alive():
-                raise RuntimeError(f"the worker did not start:\n{processes[0].log_tail()}")
-            time.sleep(0.2)
+        processes[0].wait_ready()  # events sent before the join would wait for it
         if with_reasoner:
             processes[1].wait_started()
         cpu0 = [cpu_seconds(p.proc.pid) for p in processes]

@@ -71,6 +71,17 @@ class WorkerProcess:
             self.proc.wait()
             return False
 
+    def wait_ready(self, timeout_s: float = 180) -> None:
+        """Wait until the worker consumes (joined, recovered: `worker_ready_ms` of this start);
+        raises if it exits or takes too long."""
+        deadline = time.monotonic() + timeout_s
+        while int(self.client.hget(self.keys.metrics, "worker_ready_ms") or 0) < self.started_ms:
+            if not self.alive():
+                raise RuntimeError(f"the worker exited ({self.proc.returncode}):\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the worker was not ready within {timeout_s:.0f} s:\n{self.log_tail()}")
+            time.sleep(0.2)
+
     def metrics(self) -> dict:
         return read_metrics(self.client, self.keys)
 

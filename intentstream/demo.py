@@ -115,11 +115,7 @@ def run_demo(settings: Settings, dataset: str, rate: float, console: Console) ->
         reasoner = ReasonerProcess(demo, demo.state_dir / "logs" / f"demo-reasoner-{run}.log")
         reasoner.start()
     try:
-        deadline = time.monotonic() + 120
-        while not client.hexists(keys.metrics, "worker_started_ms"):
-            if not worker.alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the worker did not start:\n{worker.log_tail()}")
-            time.sleep(0.2)
+        worker.wait_ready(120)  # joined and consuming: the replay's first events do not wait for the join
         console.print(f"worker ready (log: {worker.log_path})")
         if reasoner is not None:
             reasoner.wait_started()

@@ -111,6 +111,7 @@ def build_app(settings: Settings) -> faust.App:
         the Feast push that carried their features finished (see stream/processor.py)."""
         proc = processor()
         holder["inbox"] = inbox
+        proc.mark_ready()  # app tasks start after the first recovery: the worker consumes now
         while not app.should_stop:
             batch = await inbox.take(w.batch_within_s)
             if not batch:

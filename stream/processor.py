@@ -115,6 +115,12 @@ class BatchProcessor:
         """Mark the start; the item model lives in Redis (nothing to load)."""
         self.client.hset(self.keys.metrics, "worker_started_ms", now_ms())
 
+    def mark_ready(self) -> None:
+        """Mark that the worker joined its group, recovered its table and consumes
+        (`worker_ready_ms`): events sent before it wait for the join, which a latency figure
+        should not count."""
+        self.client.hset(self.keys.metrics, "worker_ready_ms", now_ms())
+
     # -- one batch ------------------------------------------------------------------------------
     async def process(self, batch: Sequence[RawMessage], tokens: Sequence[Any] = ()) -> list[Any]:
         """Process one batch; returns the tokens (events) that may now be acknowledged.
