@@ -15,8 +15,9 @@ Decoding writes each step's keys and values into room reserved after the branch
 (`ReservedLayer`) instead of letting transformers' `DynamicLayer` concatenate the whole cache
 per layer per step. Measured on the demo model (4 layers, 128 users in batches of 32, 1 thread,
 cProfile): `torch.cat` 1.35 s -> 0.15 s, but attention reading the strided views of the buffer
-+0.3 s, net 16.7 -> 19.0 users/s (1.14x); `bench reasoner` has the figures of record (two
-interleaved rounds: 1.01x and 1.16x). Outputs are identical (a unit test holds it).
++0.3 s, net 16.7 -> 19.0 users/s (1.14x). Outputs are identical (a unit test holds it).
+`bench reasoner` measures this and the tensor walk below together against the decoding before
+them: 1.08x, 1.17x and 1.10x in three runs (benchmarks/REPORT.md has the latest).
 
 The trie walk runs as tensor operations over all rows at once (`TrieForest`, `_TensorWalk`:
 every trie of a call in one node table, allowed tokens by gather and mask, greedy and sampled
