@@ -50,16 +50,16 @@ def read_topic(settings: Settings, topic: str, expected: int, timeout_s: float =
     return records
 
 
-def committed_and_end(settings: Settings, topic: str) -> tuple[dict[int, int], dict[int, int]]:
-    """(the worker group's committed offset, the log end offset) per partition of `topic`;
-    a partition without a commit is missing from the first."""
+def committed_and_end(settings: Settings, topic: str, group: str | None = None) -> tuple[dict[int, int], dict[int, int]]:
+    """(the committed offset of `group` (default: the worker group), the log end offset) per
+    partition of `topic`; a partition without a commit is missing from the first."""
     from kafka import KafkaAdminClient, TopicPartition
 
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap)
     try:
         committed = {tp.partition: meta.offset
-                     for tp, meta in admin.list_consumer_group_offsets(settings.worker.app_id).items()
+                     for tp, meta in admin.list_consumer_group_offsets(group or settings.worker.app_id).items()
                      if tp.topic == topic and meta.offset >= 0}
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         end = {tp.partition: offset for tp, offset in consumer.end_offsets(partitions).items()}

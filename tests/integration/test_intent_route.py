@@ -26,7 +26,7 @@ from offline import datasets
 from offline.replay import replay
 from stream.producer import EventProducer
 from stream.metrics import intent_backlog, read_metrics
-from tests.integration.kafka_io import read_topic, wait_for
+from tests.integration.kafka_io import committed_and_end, read_topic, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -171,6 +171,10 @@ def test_reasoner_coalesces_per_user_sheds_stale_requests_and_dead_letters_inval
     assert b.fallback_reason == "intent_timeout" and client.get(keys.intent(f"{p}b")) is None
     letters = read_topic(settings, settings.kafka.dead_letter_topic, 1)
     assert [letter["reason"].split(":")[0] for letter in letters] == ["invalid_intent_request"]
+    # SIGTERM: it commits what it handled and exits by itself; nothing comes again to the next one.
+    assert reasoner.stop(timeout_s=30), reasoner.log_tail()
+    committed, end = committed_and_end(settings, settings.kafka.intent_topic, settings.reasoner_group)
+    assert all(committed.get(part, 0) == n for part, n in end.items()), (committed, end)
 
 
 def test_under_overload_a_reasoner_serves_the_newest_users_and_sheds_the_rest_at_once(
