@@ -121,7 +121,7 @@ def _run(settings: Settings, data: datasets.Dataset, rate: float, seconds: float
     try:
         processes[0].wait_ready()  # events sent before the join would wait for it
         if with_reasoner:
-            processes[1].wait_started()
+            processes[1].wait_ready()
         cpu0 = [cpu_seconds(p.proc.pid) for p in processes]
         started = time.monotonic()
         with EventProducer.from_settings(s) as producer:

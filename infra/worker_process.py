@@ -33,6 +33,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 class WorkerProcess:
     command = "worker"
+    ready_mark = "worker_ready_ms"
+    """The metrics field the process writes once it consumes (joined, recovered)."""
 
     def __init__(self, settings: Settings, log_path: Path) -> None:
         self.settings = settings
@@ -72,14 +74,15 @@ class WorkerProcess:
             return False
 
     def wait_ready(self, timeout_s: float = 180) -> None:
-        """Wait until the worker consumes (joined, recovered: `worker_ready_ms` of this start);
-        raises if it exits or takes too long."""
+        """Wait until the process consumes (its `ready_mark` written since this start: events sent
+        before would wait for the group join); raises if it exits or takes too long."""
         deadline = time.monotonic() + timeout_s
-        while int(self.client.hget(self.keys.metrics, "worker_ready_ms") or 0) < self.started_ms:
+        while int(self.client.hget(self.keys.metrics, self.ready_mark) or 0) < self.started_ms:
             if not self.alive():
-                raise RuntimeError(f"the worker exited ({self.proc.returncode}):\n{self.log_tail()}")
+                raise RuntimeError(f"`intentstream {self.command}` exited ({self.proc.returncode}):\n{self.log_tail()}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the worker was not ready within {timeout_s:.0f} s:\n{self.log_tail()}")
+                raise RuntimeError(f"`intentstream {self.command}` was not ready within {timeout_s:.0f} s:\n"
+                                   f"{self.log_tail()}")
             time.sleep(0.2)
 
     def metrics(self) -> dict:
@@ -111,13 +114,5 @@ class ReasonerProcess(WorkerProcess):
     """`intentstream reasoner` (stream/reasoner_service.py) with the same settings as the workers."""
 
     command = "reasoner"
-
-    def wait_started(self, timeout_s: float = 180) -> None:
-        """Wait until its model is loaded and it consumes; raises if it exits or takes too long."""
-        deadline = time.monotonic() + timeout_s
-        while int(self.client.hget(self.keys.metrics, "reasoner_started_ms") or 0) < self.started_ms:
-            if not self.alive():
-                raise RuntimeError(f"the reasoner exited ({self.proc.returncode}):\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the reasoner did not start within {timeout_s:.0f} s:\n{self.log_tail()}")
-            time.sleep(0.2)
+    ready_mark = "reasoner_started_ms"
+    """Written once its model is loaded and it consumes."""

@@ -118,7 +118,7 @@ def run_demo(settings: Settings, dataset: str, rate: float, console: Console) ->
         worker.wait_ready(120)  # joined and consuming: the replay's first events do not wait for the join
         console.print(f"worker ready (log: {worker.log_path})")
         if reasoner is not None:
-            reasoner.wait_started()
+            reasoner.wait_ready()
             console.print(f"reasoner ready (log: {reasoner.log_path})")
 
         console.rule(f"3. replay at {rate:,.0f} events/s" if rate else "3. replay")

@@ -90,7 +90,7 @@ def reasoner_factory(scoped: Settings, tmp_path: Path) -> Iterator:
         r.start()
         started.append(r)
         if wait:
-            r.wait_started()
+            r.wait_ready()
         return r
 
     yield start
