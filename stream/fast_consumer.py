@@ -1,7 +1,8 @@
 """A Faust app whose Kafka consumer hands messages to streams without two tasks per message,
 that delivers a topic in batches without an Event per message (`BatchInbox`, below), whose table
-recovery seeks before it resumes (`SeekFirstRecovery`), and which finishes the work it holds
-before it waits for acknowledgements at a stop (`FastApp`).
+recovery seeks before it resumes (`SeekFirstRecovery`), which finishes the work it holds
+before it waits for acknowledgements at a stop (`FastApp`), and whose producer sends every
+queued changelog record before an offset is committed (`DrainingProducerBuffer`).
 
 Workaround. faust-streaming's fetch loop (`Consumer._drain_messages`) delivers every message as
 `await self.wait_first(callback(message), self.suspend_flow.wait())`: two new tasks and an
@@ -28,6 +29,7 @@ import faust
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
 from faust.transport.conductor import Conductor
+from faust.transport.producer import ProducerBuffer
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP, Message
 from mode.services import WaitResults
@@ -162,9 +164,65 @@ class BatchConductor(Conductor):
         return inbox.deliver if inbox is not None else super()._build_handler(tp, channels)
 
 
+class DrainingProducerBuffer(ProducerBuffer):
+    """faust's producer buffer whose `flush` returns only when every queued record was handed to
+    the Kafka producer.
+
+    Workaround. A table write queues its changelog record in this buffer (`send_soon`), and a
+    task hands the records to aiokafka one by one. Before it commits offsets faust awaits
+    `producer.flush()` (faust-streaming/faust#273, "flushing producer before commit, to not have
+    any data loss"), which flushes this buffer and then aiokafka. But faust-streaming 0.15.3's
+    `ProducerBuffer.flush_atmost` (unchanged upstream) returns as soon as no record was sent
+    within 0.1 s, with records still queued: on a busy core the commit then goes out before the
+    changelog records of the events it covers, and a worker killed in that window restarts (or
+    its successor takes over) from a changelog without those users' last states while their
+    events count as processed: they are never counted (tests/unit/test_fast_consumer.py shows
+    faust's flush returning with records queued). Here `flush` waits until the queue is empty
+    and no record is being handed over; a producer that cannot send holds the commit back,
+    which is what at-least-once needs. Cost: a commit waits for the records queued before it.
+    """
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._handing_over = 0
+
+    async def _send_pending(self, fut: Any) -> None:
+        self._handing_over += 1  # in the step that took it off the queue: size + this is exact
+        try:
+            await super()._send_pending(fut)
+        finally:
+            self._handing_over -= 1
+
+    async def flush(self) -> None:
+        waited = time.monotonic()
+        while self.size or self._handing_over:
+            if self.state != "running":
+                raise RuntimeError("Cannot flush: Producer not Running")
+            self.message_sent.clear()
+            try:
+                await asyncio.wait_for(self.message_sent.wait(), timeout=1.0)
+            except TimeoutError:
+                if time.monotonic() - waited > 10.0:
+                    log.warning("changelog flush waiting %.0f s with %d records queued: the commit waits",
+                                time.monotonic() - waited, self.size)
+                    waited = time.monotonic()
+
+
+class DrainingProducer(aiokafka_driver.Producer):
+    """aiokafka's faust producer with `DrainingProducerBuffer`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.app.conf.producer_threaded:
+            raise ValueError("DrainingProducer supports the default (non-threaded) producer only")
+        self.buffer = DrainingProducerBuffer(loop=self.loop, beacon=self.beacon)
+        self.buffer.app = self.app
+
+
 class FastDrainTransport(aiokafka_driver.Transport):
     Consumer = FastDrainConsumer
     Conductor = BatchConductor
+    Producer = DrainingProducer
 
 
 class FastApp(faust.App):
