@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import redis
 
@@ -69,6 +69,13 @@ class Pusher(Protocol):
 DeadLetterSender = Callable[[list[tuple[bytes | None, DeadLetter]]], Awaitable[None]]
 
 
+class PendingRefresh(NamedTuple):
+    """A debounced refresh: when it may run, and the events partition of the user's state."""
+
+    at_ms: int
+    partition: int
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -103,8 +110,11 @@ class BatchProcessor:
         """The intent route (stream/intent_route.py), when a model is registered."""
         self.sink = RedisResultSink(client, self.keys, r.updates_stream_maxlen)
         self.metrics = WorkerMetrics(self.keys)
-        self.pending: dict[str, int] = {}
-        """Users with a debounced refresh: user_id -> wall-clock ms when it may run."""
+        self.pending: dict[str, PendingRefresh] = {}
+        """Users with a debounced refresh. Run only while this worker owns the user's partition:
+        after a rebalance the state belongs to the new owner, and writing this worker's copy
+        (a standby replica, or a state from before the revoke) to the table would put a stale
+        state in the changelog after the owner's newer one (its next restore would read it)."""
         self._last_batch_end = 0
         self._last_item_push = float("-inf")
         """Item features are pushed at most once per item_push_interval_s."""
@@ -150,6 +160,7 @@ class BatchProcessor:
         w = self.settings.worker
         dead: list[tuple[bytes | None, DeadLetter]] = []
         touched: dict[str, UserState] = {}
+        partition_of: dict[str, int] = {}
         produced: list[int] = []
         folds = {Fold.duplicate: 0, Fold.redelivered: 0}
         window = self.settings.recs.covisit_window
@@ -166,6 +177,7 @@ class BatchProcessor:
             if state is None:
                 state = self._load(event.user_id)
                 touched[event.user_id] = state
+                partition_of[event.user_id] = msg.partition
             previous = [entry[0] for entry in state.recent[:window]]
             fold = apply(state, event, msg.timestamp_ms, self.limits, msg.partition, msg.offset)
             if fold is not Fold.applied:
@@ -192,7 +204,7 @@ class BatchProcessor:
                 reasons.append(reason)
                 self.pending.pop(state.user_id, None)
             else:
-                self.pending[state.user_id] = ready_at
+                self.pending[state.user_id] = PendingRefresh(ready_at, partition_of[state.user_id])
         results = self._recommend(due, reasons)
         refreshed = now_ms()
         for user_id, state in touched.items():
@@ -248,12 +260,16 @@ class BatchProcessor:
         if not self.pending:
             return acked
         now = now_ms()
-        ready = [uid for uid, at in self.pending.items() if at <= now]
+        ready = [uid for uid, p in self.pending.items() if p.at_ms <= now]
         if not ready:
             return acked
+        owned = self.owned()
         due, reasons, due_at = [], [], []
         for uid in ready:
-            at = self.pending.pop(uid)
+            at, partition = self.pending.pop(uid)
+            if partition not in owned:  # revoked meanwhile: the new owner refreshes at the next event
+                self.metrics.add("refreshes_revoked")
+                continue
             record = self.table.get(uid.encode())
             if record is None:
                 continue
@@ -277,7 +293,7 @@ class BatchProcessor:
         Returns the tokens safe to acknowledge (the caller may call it again for a batch that
         was still being processed)."""
         now = now_ms()
-        self.pending = {uid: min(at, now) for uid, at in self.pending.items()}
+        self.pending = {uid: p._replace(at_ms=min(p.at_ms, now)) for uid, p in self.pending.items()}
         acked = await self.flush_pending()
         tokens, produced, finished_ms = await self.pusher.drain()
         if self.intent is not None:

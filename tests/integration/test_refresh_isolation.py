@@ -74,3 +74,41 @@ def test_a_failing_user_refresh_falls_back_alone(scoped):
     assert all(served[u].fallback_reason != "refresh_failed" for u in users if u != BAD)
     assert read_metrics(client, keys)["refresh_errors"] == 1
     assert set(pusher.rows) == set(users)  # every user's features went to the pusher
+
+
+def test_a_debounced_refresh_of_a_revoked_partition_is_not_written(scoped):
+    """A worker that lost a user's partition in a rebalance must not run that user's debounced
+    refresh: it would write its own copy of the state to the table (changelog) after the new
+    owner's newer one. The refresh of a user on a partition it still owns runs as usual."""
+    client = redis.Redis(host=scoped.redis.host, port=scoped.redis.port, db=scoped.redis.db)
+    keys = RedisKeys(scoped.key_prefix)
+
+    async def send_dead_letters(records) -> None:
+        raise AssertionError(f"no dead letters expected: {records}")
+
+    owned = {0, 1}
+    table: dict[bytes, dict] = {}
+    proc = BatchProcessor(scoped, table, MemoryPusher(), client, send_dead_letters, owned=lambda: set(owned))
+    revoked, kept = f"{scoped.key_prefix}revoked", f"{scoped.key_prefix}kept"
+
+    def batch(offset: int, kind: str) -> list[RawMessage]:
+        now = int(time.time() * 1000)
+        return [RawMessage(user.encode(), orjson.dumps({"event_id": f"e{offset}-{user}", "user_id": user,
+                                                        "item_id": f"i{offset}", "type": kind, "ts": now}),
+                           "events", partition, offset, now)
+                for partition, user in enumerate((revoked, kept))]
+
+    asyncio.run(proc.process(batch(0, "view")))  # first events: refreshed at once
+    asyncio.run(proc.process(batch(1, "purchase")))  # a purchase within min_interval_s: debounced
+    assert set(proc.pending) == {revoked, kept}
+
+    owned.discard(0)  # the rebalance: partition 0 went to another worker, which writes newer states
+    newer = {**table[revoked.encode()], "marker": "the new owner's state"}
+    table[revoked.encode()] = newer
+    time.sleep(scoped.trigger.min_interval_s + 0.2)
+    asyncio.run(proc.flush_pending())
+
+    assert table[revoked.encode()] is newer  # not overwritten
+    served = {u: Recommendations.model_validate_json(client.get(keys.recs(u))) for u in (revoked, kept)}
+    assert served[revoked].state_version == 1 and served[kept].state_version == 2
+    assert read_metrics(client, keys)["refreshes_revoked"] == 1 and not proc.pending

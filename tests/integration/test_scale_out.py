@@ -9,7 +9,8 @@ from __future__ import annotations
 import threading
 import time
 
-from tests.integration.kafka_io import group_assignment, users_by_partition, wait_committed_to_end, wait_for
+from tests.integration.kafka_io import (committed_and_end, group_assignment, users_by_partition,
+                                        wait_committed_to_end, wait_for)
 from tests.integration.traffic import Traffic
 
 A_SESSION_S = 40.0
@@ -29,7 +30,13 @@ def test_two_workers_split_the_stream_and_take_over_from_each_other(scoped, work
     a_settings, b_settings = _worker(scoped, "worker-a", A_SESSION_S), _worker(scoped, "worker-b", B_SESSION_S)
 
     def logs() -> str:
-        return "\n".join(f"--- {w.log_path.name}\n{w.log_tail(15)}" for w in (a, b))
+        committed, end = committed_and_end(scoped, scoped.kafka.events_topic)
+        views, purchases = traffic.item_counts()
+        items_off = {i: (views.get(i), n) for i, n in traffic.views.items() if views.get(i) != n}
+        return "\n".join([traffic.user_diff(), f"{len(items_off)} items' views off (got, sent): "
+                          f"{sorted(items_off.items())[:12]}", f"committed {committed}, end {end}",
+                          f"processed a {a.processed()}",
+                          *(f"--- {w.log_path.name}\n{w.log_tail(15)}" for w in (a, b))])
 
     def counted() -> bool:
         return traffic.users_counted() and traffic.items_counted()
