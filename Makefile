@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export INTENTSTREAM_WITH_COMPOSE ?= 0
 
-.PHONY: setup up down demo test test-unit lint bench compose-check clean
+.PHONY: setup up down demo test test-unit lint bench bench-beauty compose-check clean
 
 setup:
 	bash infra/bootstrap.sh
@@ -39,6 +39,14 @@ bench: setup
 	$(BIN)/intentstream bench rl --dataset rees46 --out benchmarks/results/rl-rees46.json > /dev/null
 	$(BIN)/intentstream bench loop --dataset rees46 --out benchmarks/results/loop-rees46.json > /dev/null
 	$(BIN)/intentstream bench reasoner --dataset rees46 --out benchmarks/results/reasoner-rees46.json > /dev/null
+	$(BIN)/python -m benchmarks.report
+
+# Amazon Beauty under the papers' leave-one-out protocol, next to the published table (about an
+# hour here, most of it SASRec's training: too long for `make bench`).
+bench-beauty: setup
+	$(BIN)/intentstream up
+	$(BIN)/intentstream eval --dataset beauty --split leave-one-out --methods popularity,popularity_global,recent_history,itemknn,sasrec,oracle,random --json --out benchmarks/results/eval-beauty-loo.json > /dev/null
+	INTENTSTREAM_INTENT__ENABLED=false $(BIN)/intentstream eval --dataset beauty --split leave-one-out --methods replay --json --out benchmarks/results/eval-beauty-loo-replay.json > /dev/null
 	$(BIN)/python -m benchmarks.report
 
 compose-check:

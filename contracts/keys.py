@@ -8,6 +8,21 @@ them; a test holds the rule.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+MODEL_KINDS = ("intent", "sequential")
+"""The kinds of served model with a registry: the intent LM (reasoners) and the sequential route's
+SASRec (workers)."""
+
+
+class RegistryKeys(NamedTuple):
+    serving: str
+    """The serving entry (JSON)."""
+    history: str
+    """Every entry ever promoted, oldest first (list of JSON)."""
+    retired: str
+    """Versions rolled back from (a set)."""
+
 
 class RedisKeys:
     def __init__(self, prefix: str = "") -> None:
@@ -67,15 +82,23 @@ class RedisKeys:
     def samples(self, name: str) -> str:
         return f"{self.prefix}metrics:{name}"
 
+    def registry(self, kind: str) -> "RegistryKeys":
+        """The keys of one model kind's registry (reasoning/registry.py): `model:*` for the intent
+        model (as before there were two kinds), `model:{kind}:*` for the others."""
+        if kind not in MODEL_KINDS:
+            raise ValueError(f"unknown model kind {kind!r}; known: {MODEL_KINDS}")
+        base = f"{self.prefix}model:" if kind == "intent" else f"{self.prefix}model:{kind}:"
+        return RegistryKeys(base + "serving", base + "history", base + "retired")
+
     @property
     def model_serving(self) -> str:
         """The intent model registry's serving entry (JSON; reasoning/registry.py)."""
-        return f"{self.prefix}model:serving"
+        return self.registry("intent").serving
 
     @property
     def model_history(self) -> str:
         """Every registry entry ever promoted, oldest first (list of JSON)."""
-        return f"{self.prefix}model:history"
+        return self.registry("intent").history
 
     @property
     def model_sequence(self) -> str:
@@ -85,11 +108,11 @@ class RedisKeys:
     @property
     def model_retired(self) -> str:
         """Versions rolled back from (a set): never served again by a rollback."""
-        return f"{self.prefix}model:retired"
+        return self.registry("intent").retired
 
     def system_keys(self) -> list[str]:
         """Every fixed key above (sample lists are `metrics:{name}`, item rows `items-*:{id}`): none
         starts with `recs:` or `intent:` (USER_NAMESPACES)."""
         return [self.updates, self.popular, self.item_fence, self.item_popularity, self.item_popularity_t0,
                 self.metrics,
-                self.model_serving, self.model_history, self.model_sequence, self.model_retired]
+                self.model_sequence, *(key for kind in MODEL_KINDS for key in self.registry(kind))]

@@ -269,6 +269,28 @@ class IntentSettings(BaseModel):
         return (self.model_dir or cache_dir / "models" / "intent").expanduser()
 
 
+class SequentialSettings(BaseModel):
+    """The sequential route: a SASRec model over the user's recent items, served by the worker
+    from ONNX with faiss (reasoning/sequential.py), merged with the behavioural route."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    enabled: bool = True
+    """Merge the route into every refresh when a model exists (the registry's serving sequential
+    version, else model_dir); without one the worker serves the behavioural route alone."""
+    model_dir: Path | None = None
+    """The model directory (`intentstream train --sequential` writes one); default:
+    <cache_dir>/models/sequential."""
+    threads: int = Field(default=1, ge=1)
+    """onnxruntime threads of the worker's encoder."""
+    registry_poll_s: float = Field(default=5.0, gt=0)
+    """How often (at most, at a refresh) the worker checks the registry for a newly promoted or
+    rolled-back sequential version, which it loads and serves from the next refresh on."""
+
+    def resolved_model_dir(self, cache_dir: Path) -> Path:
+        return (self.model_dir or cache_dir / "models" / "sequential").expanduser()
+
+
 class FeedbackSettings(BaseModel):
     """Feedback: impressions and actions on Kafka, logged to parquet by the worker."""
 
@@ -351,6 +373,7 @@ class Settings(BaseSettings):
     trigger: TriggerSettings = TriggerSettings()
     recs: RecsSettings = RecsSettings()
     intent: IntentSettings = IntentSettings()
+    sequential: SequentialSettings = SequentialSettings()
     feedback: FeedbackSettings = FeedbackSettings()
     trainer: TrainerSettings = TrainerSettings()
     services: ServicesSettings = ServicesSettings()

@@ -62,7 +62,7 @@ class ReplayMethod:
         worker = workers[0]  # metrics are shared by the group: any member reads them all
         try:
             deadline = time.monotonic() + self.timeout_s
-            events = split.train
+            events = split.inputs  # train (leave-one-out: and the validation events, the test users' input)
             halves = [events.iloc[: len(events) // 2], events.iloc[len(events) // 2:]] if self.feedback else [events]
             sent = 0
             for part, with_feedback in zip(halves, [False, True] if self.feedback else [False]):

@@ -138,7 +138,7 @@ def emit(
 
 @app.command()
 def replay(
-    dataset: str = typer.Argument(..., help="Dataset folder or name (rees46, taobao)"),
+    dataset: str = typer.Argument(..., help="Dataset folder or name (rees46, taobao, beauty)"),
     fmt: str = typer.Option("auto", "--format", help="generic, rees46, taobao or auto"),
     rate: float = typer.Option(0.0, help="Events per second (0: as fast as possible)"),
     limit: int = typer.Option(0, help="Only the first N events (0: all)"),
@@ -218,9 +218,13 @@ def demo(
 @app.command()
 def train(
     sft: bool = typer.Option(False, "--sft", help="Supervised fine-tuning of the intent model on an event log"),
-    dataset: str = typer.Option("rees46", help="Dataset folder or name (rees46, taobao) to train on"),
+    sequential: bool = typer.Option(False, "--sequential", help="Train the sequential route's SASRec on an event "
+                                    "log, export it (ONNX + faiss), register and promote it: workers serve it "
+                                    "from their next registry poll"),
+    dataset: str = typer.Option("rees46", help="Dataset folder or name (rees46, taobao, beauty) to train on"),
     fmt: str = typer.Option("auto", "--format", help="generic, rees46, taobao or auto"),
-    out: Optional[Path] = typer.Option(None, help="Model directory (default: intent.model_dir, what the worker loads)"),
+    out: Optional[Path] = typer.Option(None, help="Model directory (default: --sft intent.model_dir, what the "
+                                                  "reasoners load; --sequential a new registry version)"),
     lm_steps: Optional[int] = typer.Option(None, help="Stage-1 steps (default: SFTConfig)"),
     adaptor_steps: Optional[int] = typer.Option(None, help="Stage-2 steps (default: SFTConfig)"),
     once: bool = typer.Option(False, "--once", help="One periodic-trainer run: GRPO on the feedback logged since "
@@ -229,11 +233,15 @@ def train(
                                                               "1h; 'default': trainer.every) until stopped"),
 ) -> None:
     """Train the intent model: `--sft` (tokenizer, LM on full-text contexts, then the atom
-    adaptor), or the RL trainer on logged feedback (`--once`, `--every 15m`)."""
-    if sum(bool(x) for x in (sft, once, every)) != 1:
-        _fail("say what to train: --sft, --once or --every PERIOD (one of them)")
+    adaptor), or the RL trainer on logged feedback (`--once`, `--every 15m`); or the sequential
+    route (`--sequential`)."""
+    if sum(bool(x) for x in (sft, sequential, once, every)) != 1:
+        _fail("say what to train: --sft, --sequential, --once or --every PERIOD (one of them)")
     if once or every:
         _train_rl(once, every)
+        return
+    if sequential:
+        _train_sequential(dataset, fmt, out)
         return
     from contracts.errors import IntentstreamError
     from offline import datasets
@@ -248,6 +256,27 @@ def train(
     target = out or settings.intent.resolved_model_dir(settings.cache_dir)
     model = train_model(data, target, settings.cache_dir, SFTConfig(**overrides), progress=console.print)
     console.print(f"[green]intent model {model.version}[/green] written to {target}")
+
+
+def _train_sequential(dataset: str, fmt: str, out: Optional[Path]) -> None:
+    from contracts.errors import IntentstreamError
+    from offline import datasets
+    from reasoning.registry import ModelRegistry, RegistryError
+    from training.sequential import train_and_export
+
+    settings = Settings()
+    try:
+        data = datasets.load(dataset, settings.data_dir, fmt)
+        registry = ModelRegistry.from_settings(settings, kind="sequential")
+        version, target = registry.new_version(f"sasrec-{data.name}")
+        target = out or target
+        meta = train_and_export(data.events, target, version, progress=console.print)
+        entry = registry.promote(version, target, train_events=meta["train_events"],
+                                 best_val=meta["best_val_ndcg@10"], merge_weight=meta["merge_weight"])
+    except (IntentstreamError, RegistryError, ValueError) as exc:
+        _fail(str(exc))
+    console.print(f"[green]sequential model {entry['version']}[/green] at {target}: {meta['epochs']} epochs, "
+                  f"validation NDCG@10 {meta['best_val_ndcg@10']:.4f}, merge weight {meta['merge_weight']}; promoted")
 
 
 def _train_rl(once: bool, every: Optional[str]) -> None:
@@ -267,19 +296,26 @@ def _train_rl(once: bool, every: Optional[str]) -> None:
     run_every(settings, period, progress=console.print)
 
 
-model_app = typer.Typer(no_args_is_help=True, help="The intent model registry (versions, serving pointer).")
+model_app = typer.Typer(no_args_is_help=True, help="The model registries (versions, serving pointer): intent "
+                                                    "and sequential.")
 app.add_typer(model_app, name="model")
 
 
+KIND_HELP = "intent (the reasoners' LM) or sequential (the workers' SASRec route)"
+
+
 @model_app.command("status")
-def model_status() -> None:
+def model_status(kind: str = typer.Option("intent", help=KIND_HELP)) -> None:
     """The serving version and every version promoted so far."""
     from reasoning.registry import ModelRegistry
 
-    registry = ModelRegistry.from_settings(Settings())
+    try:
+        registry = ModelRegistry.from_settings(Settings(), kind=kind)
+    except ValueError as exc:
+        _fail(str(exc))
     current = registry.current()
     if current is None:
-        console.print("nothing promoted: the worker serves intent.model_dir")
+        console.print(f"nothing promoted: {kind}.model_dir serves (if a model is there)")
         return
     console.print(f"serving [bold]{current['version']}[/bold] ({current['path']})")
     for entry in registry.history():
@@ -288,26 +324,27 @@ def model_status() -> None:
 
 
 @model_app.command("rollback")
-def model_rollback() -> None:
-    """Serve the previously promoted version again (the worker picks it up without a restart)."""
+def model_rollback(kind: str = typer.Option("intent", help=KIND_HELP)) -> None:
+    """Serve the previously promoted version again (reasoners and workers pick it up without a restart)."""
     from reasoning.registry import ModelRegistry, RegistryError
 
     try:
-        entry = ModelRegistry.from_settings(Settings()).rollback()
-    except RegistryError as exc:
+        entry = ModelRegistry.from_settings(Settings(), kind=kind).rollback()
+    except (RegistryError, ValueError) as exc:
         _fail(str(exc))
     console.print(f"serving [bold]{entry['version']}[/bold] again (rolled back from {entry['rolled_back_from']})")
 
 
 @app.command("eval")
 def eval_(
-    dataset: str = typer.Option(..., "--dataset", help="Dataset folder or name (rees46, taobao)"),
+    dataset: str = typer.Option(..., "--dataset", help="Dataset folder or name (rees46, taobao, beauty)"),
     fmt: str = typer.Option("auto", "--format", help="generic, rees46, taobao or auto"),
-    split: str = typer.Option("global-time", help="global-time or per-user-last"),
-    k: str = typer.Option("10,20", help="Cut-offs, comma-separated"),
-    methods: str = typer.Option(",".join(("popularity", "recent_history", "itemknn", "sasrec", "replay", "oracle", "random")),
-                                help="Methods to run, comma-separated; also: intent (trains the intent model), "
-                                     "replay2 (the replay method with two workers on one group)"),
+    split: str = typer.Option("global-time", help="global-time, per-user-last or leave-one-out"),
+    k: str = typer.Option("10,20", help="Cut-offs, comma-separated (leave-one-out adds 5 and 10)"),
+    methods: str = typer.Option("", help="Methods to run, comma-separated (default: popularity, popularity_global, "
+                                         "recent_history, itemknn, sasrec, replay, oracle, random); also: intent "
+                                         "(trains the intent model), replay2 (the replay method with two workers "
+                                         "on one group)"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object"),
     out: Optional[Path] = typer.Option(None, help="Also write the JSON here"),
 ) -> None:
@@ -317,7 +354,7 @@ def eval_(
     from offline import datasets
 
     settings = Settings()
-    names = [m.strip() for m in methods.split(",") if m.strip()]
+    names = [m.strip() for m in methods.split(",") if m.strip()] or list(METHODS)
     unknown = [m for m in names if m not in METHODS + OPTIONAL_METHODS]
     if unknown:
         _fail(f"unknown methods {unknown}; choose from {list(METHODS + OPTIONAL_METHODS)}")
@@ -333,7 +370,10 @@ def eval_(
     result = evaluate(data, split, ks, names, settings,
                       on_method=None if as_json else lambda n: console.print(f"running {n} ..."),
                       progress=lambda message: console.print(message))
+    from benchmarks.ingest import commit, machine
+
     result["command"] = "intentstream eval " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "intentstream eval"
+    result["machine"], result["commit"] = machine(), commit()
     text = orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode()
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -418,7 +458,7 @@ def bench_loop(
 
 @bench_app.command("intent")
 def bench_intent(
-    dataset: str = typer.Option("taobao", help="Dataset folder or name (rees46, taobao)"),
+    dataset: str = typer.Option("taobao", help="Dataset folder or name (rees46, taobao, beauty)"),
     sasrec: bool = typer.Option(True, help="Also run SASRec (minutes) for the comparison in the same run"),
     out: Optional[Path] = typer.Option(None, help="Also write the JSON here"),
 ) -> None:
@@ -430,7 +470,7 @@ def bench_intent(
 
 @bench_app.command("reasoner")
 def bench_reasoner(
-    dataset: str = typer.Option("rees46", help="Dataset folder or name (rees46, taobao)"),
+    dataset: str = typer.Option("rees46", help="Dataset folder or name (rees46, taobao, beauty)"),
     factors: str = typer.Option("1,10,100", help="Replay rates as multiples of the log's real-time rate"),
     seconds: float = typer.Option(60.0, help="Wall seconds each rate is replayed for"),
     users: int = typer.Option(256, help="Users in the throughput measurement"),

@@ -25,7 +25,8 @@ TYPE_ALIASES = {
     "fav": "fav", "favorite": "fav", "buy": "purchase", "pay": "purchase", "purchase": "purchase",
 }
 FORMATS = ("generic", "rees46", "taobao")
-KNOWN_NAMES = {"rees46": "rees46-ecommerce-2019oct-head", "taobao": "taobao-userbehavior-samples"}
+KNOWN_NAMES = {"rees46": "rees46-ecommerce-2019oct-head", "taobao": "taobao-userbehavior-samples",
+               "beauty": "amazon-beauty-5core"}
 _CATEGORY_SPLIT = re.compile(r"\s*[./>|]\s*")
 
 

@@ -26,13 +26,20 @@ class Method(Protocol):
 
 
 class Popularity:
-    """Most interacted-with items in the last day of the train period (all of it if shorter)."""
+    """Most interacted-with items in the last `window_ms` of the train period (all of it if
+    shorter; None: the whole period, the standard "most popular"), then the rest by their counts
+    over the whole period."""
 
     name = "popularity"
 
+    def __init__(self, window_ms: int | None = DAY_MS) -> None:
+        self.window_ms = window_ms
+        if window_ms is None:
+            self.name = "popularity_global"
+
     def fit(self, split: Split, catalog: Sequence[str]) -> None:
         train = split.train
-        recent = train[train.ts >= train.ts.max() - DAY_MS]
+        recent = train if self.window_ms is None else train[train.ts >= train.ts.max() - self.window_ms]
         self.ranking = recent.item_id.value_counts().index.tolist()
         rest = train.item_id.value_counts().index
         known = set(self.ranking)
@@ -56,7 +63,8 @@ class RecentHistory:
 
 class ItemKNN:
     """The worker's behavioural route (co-visitation + popularity), learned from the train events
-    in time order with the same model code that serves users."""
+    in time order with the same model code that serves users; a user's recent items are read from
+    the split's inputs (leave-one-out: the validation event too, which the model never learns)."""
 
     name = "itemknn"
 
@@ -74,6 +82,12 @@ class ItemKNN:
                           category if isinstance(category, str) else None)
             history.insert(0, [item, kind, int(ts), None])
             del history[50:]
+        if split.history is not None:
+            extra = split.history.loc[split.history.index.difference(split.train.index)]
+            for user, item, kind, ts in extra[["user_id", "item_id", "type", "ts"]].itertuples(index=False):
+                history = recent.setdefault(user, [])
+                history.insert(0, [item, kind, int(ts), None])
+                del history[50:]
         self.recent = recent
         self.reasoner = BehaviouralReasoner(model, "eval")
 

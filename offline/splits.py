@@ -7,6 +7,13 @@ events before the split.
 
 `per-user-last`: every user with at least 5 events holds out the last 20% of their events (at
 least one); targets are the distinct items of that tail, and training is everything else.
+
+`leave-one-out` (the protocol of SASRec, P5, TIGER and eSASRec papers): every user with at least 3
+events; their last event is the test item, the one before it the validation item (early
+stopping and fitted weights only), the rest is training. A test user's history is their training
+events plus the validation event (`Split.history`), as in those papers' code. "Last" follows the
+event table's row order (offline/datasets.py sorts by time with a stable sort, so ties keep the
+file's order); nothing here re-sorts.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-SPLITS = ("global-time", "per-user-last")
+SPLITS = ("global-time", "per-user-last", "leave-one-out")
 
 
 @dataclass
@@ -38,19 +45,30 @@ class Split:
     test: pd.DataFrame
     cases: list[UserCase]
     protocol: dict = field(default_factory=dict)
+    validation: list[UserCase] = field(default_factory=list)
+    """Held-out cases inside the train events (leave-one-out: each user's validation item, history
+    the train events); empty when the split has none: a method cuts its own from `train`."""
+    history: pd.DataFrame | None = None
+    """The events a method may read as a test user's input (never learn from): `train` unless set
+    (leave-one-out: train plus the validation events)."""
+
+    @property
+    def inputs(self) -> pd.DataFrame:
+        return self.train if self.history is None else self.history
 
 
-def _cases(train: pd.DataFrame, test: pd.DataFrame, users: list[str]) -> list[UserCase]:
-    by_user_train = {u: g for u, g in train[train.user_id.isin(users)].groupby("user_id", sort=False)}
-    targets = test[test.user_id.isin(users)].groupby("user_id").item_id.agg(lambda s: set(s))
+def _cases(history: pd.DataFrame, test: pd.DataFrame, users: list[str]) -> list[UserCase]:
+    """One case per user: their `history` events (oldest first) and the distinct `test` items."""
+    mine = history[history.user_id.isin(users)]
+    items = mine.groupby("user_id", sort=False).item_id.agg(list)
+    bought = mine[mine.type == "purchase"].groupby("user_id", sort=False).item_id.agg(set)
+    targets = test[test.user_id.isin(users)].groupby("user_id", sort=False).item_id.agg(set)
     cases = []
     for user in users:
-        g = by_user_train[user]
-        history = g.item_id.tolist()
-        seen = set(history)
-        bought = set(g.item_id[g.type == "purchase"])
+        seen_items = items[user]
+        seen = set(seen_items)
         t = targets[user]
-        cases.append(UserCase(user, history, seen, bought, t, t - seen))
+        cases.append(UserCase(user, seen_items, seen, bought.get(user, set()), t, t - seen))
     return cases
 
 
@@ -80,9 +98,41 @@ def per_user_last(events: pd.DataFrame, test_share: float = 0.2, min_events: int
     return Split("per-user-last", train, test, _cases(train, test, users), protocol)
 
 
+def leave_one_out(events: pd.DataFrame, min_events: int = 3) -> Split:
+    """Last event of every user with `min_events` or more: test; the one before: validation.
+
+    >>> import pandas as pd
+    >>> log = pd.DataFrame({"user_id": list("aaaab"), "item_id": ["x", "y", "z", "w", "x"],
+    ...                     "type": ["view"] * 5, "ts": [1, 2, 2, 2, 3]})
+    >>> s = leave_one_out(log)
+    >>> [(c.user_id, c.history, sorted(c.targets)) for c in s.cases]
+    [('a', ['x', 'y', 'z'], ['w'])]
+    >>> [(c.user_id, c.history, sorted(c.targets)) for c in s.validation]
+    [('a', ['x', 'y'], ['z'])]
+    >>> s.train.item_id.tolist(), s.inputs.item_id.tolist()
+    (['x', 'y', 'x'], ['x', 'y', 'z', 'x'])
+    """
+    sizes = events.groupby("user_id", sort=False).user_id.transform("size")
+    from_end = sizes - 1 - events.groupby("user_id", sort=False).cumcount()
+    eligible = sizes >= min_events
+    test = events[eligible & (from_end == 0)]
+    valid = events[eligible & (from_end == 1)]
+    history = events[~(eligible & (from_end == 0))]
+    train = events[~(eligible & (from_end <= 1))]
+    users = sorted(set(test.user_id))
+    protocol = {"split": "leave-one-out", "min_events": min_events,
+                "test": "each user's last event (row order, ties kept as in the file)",
+                "validation": "the event before it (early stopping, fitted weights)",
+                "ranking": "full catalog minus the user's history"}
+    return Split("leave-one-out", train, test, _cases(history, test, users), protocol,
+                 validation=_cases(train, valid, users), history=history)
+
+
 def make_split(events: pd.DataFrame, name: str) -> Split:
     if name == "global-time":
         return global_time(events)
     if name == "per-user-last":
         return per_user_last(events)
+    if name == "leave-one-out":
+        return leave_one_out(events)
     raise ValueError(f"unknown split {name!r}; choose one of {SPLITS}")

@@ -33,21 +33,32 @@ class RegistryError(RuntimeError):
     pass
 
 
+MARKERS = {"intent": "intent.json", "sequential": "sequential.json"}
+"""The file that makes a directory a model of its kind (a promotion or rollback checks it)."""
+
+
 class ModelRegistry:
-    def __init__(self, client: redis.Redis, keys: RedisKeys, root: Path) -> None:
+    """One kind's registry (`kind`: contracts/keys.py MODEL_KINDS): the intent model's pointer
+    is `model:serving`, the sequential route's `model:sequential:serving`; versions of both kinds
+    share the versions directory and the name sequence, so no name is reused across kinds."""
+
+    def __init__(self, client: redis.Redis, keys: RedisKeys, root: Path, kind: str = "intent") -> None:
         self.client = client
         self.keys = keys
         self.root = root
+        self.kind = kind
+        self.k = keys.registry(kind)
+        self.marker = MARKERS[kind]
 
     @classmethod
-    def from_settings(cls, settings, client: redis.Redis | None = None) -> "ModelRegistry":
+    def from_settings(cls, settings, client: redis.Redis | None = None, kind: str = "intent") -> "ModelRegistry":
         r = settings.redis
         client = client or connect(r)
         root = settings.trainer.versions_dir or settings.cache_dir / "models" / "versions"
-        return cls(client, RedisKeys(settings.key_prefix), root.expanduser())
+        return cls(client, RedisKeys(settings.key_prefix), root.expanduser(), kind)
 
     def current(self) -> dict | None:
-        raw = self.client.get(self.keys.model_serving)
+        raw = self.client.get(self.k.serving)
         return orjson.loads(raw) if raw else None
 
     def serving_dir(self, default: Path) -> Path:
@@ -56,7 +67,7 @@ class ModelRegistry:
         return Path(entry["path"]) if entry else default
 
     def history(self) -> list[dict]:
-        return [orjson.loads(x) for x in self.client.lrange(self.keys.model_history, 0, -1)]
+        return [orjson.loads(x) for x in self.client.lrange(self.k.history, 0, -1)]
 
     def new_version(self, label: str) -> tuple[str, Path]:
         """A fresh version name and its (not yet existing) directory."""
@@ -71,13 +82,13 @@ class ModelRegistry:
         return name, self.root / name
 
     def promote(self, version: str, path: Path, **details) -> dict:
-        if not (path / "intent.json").exists():
-            raise RegistryError(f"cannot promote {version}: no model at {path}")
+        if not (path / self.marker).exists():
+            raise RegistryError(f"cannot promote {version}: no {self.kind} model at {path}")
         entry = {"version": version, "path": str(path), "promoted_at": int(time.time() * 1000), **details}
         blob = orjson.dumps(entry)
         pipe = self.client.pipeline(transaction=True)
-        pipe.set(self.keys.model_serving, blob)
-        pipe.rpush(self.keys.model_history, blob)
+        pipe.set(self.k.serving, blob)
+        pipe.rpush(self.k.history, blob)
         pipe.execute()
         return entry
 
@@ -86,20 +97,20 @@ class ModelRegistry:
         current = self.current()
         if current is None:
             raise RegistryError("nothing is promoted: there is no version to roll back from")
-        retired = {x for x in self.client.smembers(self.keys.model_retired)}
+        retired = {x for x in self.client.smembers(self.k.retired)}
         previous = None
         for entry in reversed(self.history()):
             if entry["version"] != current["version"] and entry["version"].encode() not in retired \
-                    and Path(entry["path"]).joinpath("intent.json").exists():
+                    and Path(entry["path"]).joinpath(self.marker).exists():
                 previous = entry
                 break
         if previous is None:
             raise RegistryError(f"{current['version']} is the only version left: nothing to roll back to")
         entry = {**previous, "rolled_back_from": current["version"], "promoted_at": int(time.time() * 1000)}
         pipe = self.client.pipeline(transaction=True)
-        pipe.sadd(self.keys.model_retired, current["version"])
-        pipe.set(self.keys.model_serving, orjson.dumps(entry))
-        pipe.rpush(self.keys.model_history, orjson.dumps(entry))
+        pipe.sadd(self.k.retired, current["version"])
+        pipe.set(self.k.serving, orjson.dumps(entry))
+        pipe.rpush(self.k.history, orjson.dumps(entry))
         pipe.execute()
         return entry
 
@@ -113,3 +124,13 @@ def served_model_dir(settings, client: redis.Redis | None = None) -> Path | None
     model_dir = ModelRegistry.from_settings(settings, client).serving_dir(
         settings.intent.resolved_model_dir(settings.cache_dir))
     return model_dir if (model_dir / "intent.json").exists() else None
+
+
+def served_sequential_dir(settings, client: redis.Redis | None = None) -> Path | None:
+    """The sequential route's model the workers serve (the registry's serving sequential version,
+    else sequential.model_dir), or None when the route is off or no model exists there."""
+    if not settings.sequential.enabled:
+        return None
+    model_dir = ModelRegistry.from_settings(settings, client, kind="sequential").serving_dir(
+        settings.sequential.resolved_model_dir(settings.cache_dir))
+    return model_dir if (model_dir / MARKERS["sequential"]).exists() else None

@@ -14,6 +14,8 @@ Recommendations are derived data: a refresh built but not written when a batch r
 at the user's next trigger. Invalid events go to the dead-letter topic with their reason and
 never stop the batch.
 
+With a sequential model served (reasoning/sequential.py), every refresh merges the SASRec route
+into the behavioural list (onnxruntime + faiss, one call per batch of refreshes).
 With the intent route on (stream/intent_route.py), a refresh merges the user's last intent result
 into the behavioural list and, when the user's intent is due, sends the user to the reasoner
 service (stream/reasoner_service.py), which writes the merged list when it is done.
@@ -39,6 +41,7 @@ from features.item_model import SharedItemModel
 from features.state import Fold, StateLimits, UserState, apply
 from reasoning.behavioural import BehaviouralReasoner
 from reasoning.reasoner import Reasoner, UserView
+from reasoning.sequential import SequentialServing
 from stream.intent_route import IntentRoute
 from stream.metrics import WorkerMetrics
 from stream.sink import RedisResultSink
@@ -108,6 +111,9 @@ class BatchProcessor:
         self.reasoner: Reasoner = reasoner or self.behavioural
         self.intent = intent
         """The intent route (stream/intent_route.py), when a model is registered."""
+        self.sequential = SequentialServing(settings, client) if settings.sequential.enabled else None
+        """The sequential route (reasoning/sequential.py), merged into every refresh while a model
+        serves."""
         self.sink = RedisResultSink(client, self.keys, r.updates_stream_maxlen)
         self.metrics = WorkerMetrics(self.keys)
         self.pending: dict[str, PendingRefresh] = {}
@@ -329,6 +335,14 @@ class BatchProcessor:
             results = self.reasoner.recommend(views, top_k)
         except Exception:
             results = [self._recommend_one(view, top_k) for view in views]
+        if self.sequential is not None:
+            try:
+                if self.sequential.merge(views, results, top_k):
+                    self.metrics.add("sequential_merged", len(views))
+            except Exception:  # the route is extra: the behavioural lists serve as built
+                log.exception("sequential route failed for a batch of %d users: serving the behavioural lists",
+                              len(views))
+                self.metrics.add("sequential_errors")
         if self.intent is not None:
             intent_reasons = self.intent.submit(views, results, [s.last_produced_ms for s in states])
             for result, reason in zip(results, intent_reasons):

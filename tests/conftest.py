@@ -21,9 +21,10 @@ HOW_TO = ("needs Kafka, Redis and Feast: run `make test` (or `intentstream up`),
 def base_settings() -> Settings:
     base = Settings()
     # A Feast project of its own, so tests never touch the demo's online store keys; the intent
-    # route only where a test asks for it (with its own small model).
+    # and sequential routes only where a test asks for them (with its own small model).
     return base.model_copy(update={"feast": base.feast.model_copy(update={"project": "intentstream_test"}),
-                                   "intent": base.intent.model_copy(update={"enabled": False})})
+                                   "intent": base.intent.model_copy(update={"enabled": False}),
+                                   "sequential": base.sequential.model_copy(update={"enabled": False})})
 
 
 @pytest.fixture(scope="session")

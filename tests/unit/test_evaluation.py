@@ -1,3 +1,5 @@
+import math
+
 import pandas as pd
 
 from evaluation.harness import evaluate
@@ -47,3 +49,56 @@ def test_oracle_and_random_sanity():
     assert result["methods"]["oracle"]["all"]["recall@10"] == 1.0
     assert result["methods"]["oracle"]["new"]["recall@10"] == 1.0
     assert result["methods"]["random"]["all"]["recall@10"] < 0.2
+
+
+class FixedRanking:
+    """Ranks every user the same way: the harness's exclusions and metrics are then hand-checkable."""
+
+    name = "fixed"
+
+    def __init__(self, ranking):
+        self.ranking = ranking
+
+    def fit(self, split, catalog):
+        pass
+
+    def rank(self, case, n):
+        return self.ranking[:n]
+
+
+def test_leave_one_out_split_follows_row_order_and_scores_by_hand(tmp_path):
+    from evaluation.harness import score_method
+    from offline.datasets import load_generic
+    from offline.splits import leave_one_out
+
+    # Written user by user, as the Beauty file is; ties on the last day keep the file's order.
+    (tmp_path / "events.csv").write_text("user_id,item_id,event_type,timestamp\n" + "\n".join([
+        "u1,a,purchase,1", "u1,b,purchase,2", "u1,c,purchase,3", "u1,d,purchase,3",
+        "u2,e,purchase,5", "u2,f,purchase,5", "u2,h,purchase,5",
+        "u3,a,purchase,1", "u3,g,purchase,9",  # 2 events: trains, never evaluated
+        "u4,i,purchase,7", "u4,j,purchase,8", "u4,k,purchase,9", "u4,z,purchase,9",
+    ]) + "\n")
+    data = load_generic(tmp_path)
+    split = leave_one_out(data.events)
+    cases = {c.user_id: c for c in split.cases}
+    assert {u: (c.history, c.targets) for u, c in cases.items()} == {
+        "u1": (["a", "b", "c"], {"d"}), "u2": (["e", "f"], {"h"}), "u4": (["i", "j", "k"], {"z"})}
+    assert {c.user_id: (c.history, c.targets) for c in split.validation} == {
+        "u1": (["a", "b"], {"c"}), "u2": (["e"], {"f"}), "u4": (["i", "j"], {"k"})}
+    assert sorted(split.train.item_id) == ["a", "a", "b", "e", "g", "i", "j"]
+    assert sorted(split.inputs.item_id) == ["a", "a", "b", "c", "e", "f", "g", "i", "j", "k"]
+
+    # Each user's history is taken out of the ranking (every event is a purchase):
+    # u1 gets [g, d, h, ...]: d at rank 2; u2 gets [a, g, d, b, h, ...]: h at rank 5; u4: z nowhere.
+    ranking = ["a", "g", "d", "b", "h", "c", "e", "i", "j", "f"]
+    result = score_method(FixedRanking(ranking), split, data.items.item_id.tolist(), (5,), {})
+    assert result["users"] == 3
+    assert abs(result["all"]["recall@5"] - 2 / 3) < 1e-12
+    ndcg = (1 / math.log2(3) + 1 / math.log2(6) + 0) / 3  # 0.33926
+    assert abs(result["all"]["ndcg@5"] - ndcg) < 1e-12 and abs(ndcg - 0.33926) < 1e-5
+    assert result["new"] == result["all"]  # nothing bought is ever a new target here
+
+    # The cut-offs of the published tables are always there.
+    table = evaluate(data, "leave-one-out", (20,), ["oracle"])
+    assert {"recall@5", "ndcg@5", "recall@10", "ndcg@10", "recall@20"} <= set(table["methods"]["oracle"]["all"])
+    assert table["methods"]["oracle"]["all"]["ndcg@10"] == 1.0
