@@ -50,7 +50,7 @@ def build_method(name: str, settings=None, dataset: Dataset | None = None, progr
     if name == "sasrec":
         from evaluation.sasrec import SASRecMethod
 
-        return SASRecMethod(progress=progress)
+        return SASRecMethod(progress=progress, cache_dir=settings.cache_dir if settings is not None else None)
     if name in ("replay", "replay2"):
         from evaluation.replay_method import ReplayMethod
 

@@ -2,7 +2,10 @@
 → Feast/Redis), and what Redis serves at the end of the train period is scored.
 
 It runs on fresh topics, a fresh consumer group and a fresh Redis/Feast namespace, with the
-same worker code and settings that serve users (only the names differ). `replay2` runs two
+same worker code and settings that serve users (only the names differ). With the sequential
+route on, its SASRec is trained on the split's train events (training/sequential.py
+`cached_model`: reused when the same events, validation cases and config trained one before,
+e.g. by the `sasrec` baseline of the same run) and served by the workers. `replay2` runs two
 workers on the group (static members), which must serve what one worker serves (the shared
 item model, features/item_model.py). With `wait_intent` it
 also waits for the intent route to drain before scoring. With `feedback` the first half of the
@@ -48,6 +51,13 @@ class ReplayMethod:
         self.stats: dict = {}
 
     def fit(self, split: Split, catalog: Sequence[str]) -> None:
+        if self.settings.sequential.enabled:  # the sequential route as deployed, trained on this split's train part
+            from training.sequential import cached_model
+
+            model_dir = cached_model(split.train, self.settings.cache_dir, split.validation or None, label="replay")
+            self.settings = self.settings.model_copy(update={"sequential": self.settings.sequential.model_copy(
+                update={"model_dir": model_dir})})
+            self.stats["sequential_model"] = model_dir.name
         s = self.settings
         k = s.kafka
         ensure_topics(k.bootstrap, [k.events_topic, k.dead_letter_topic, k.feedback_topic, k.intent_topic],

@@ -13,6 +13,9 @@ fit of its merge weight, and its export for serving.
    user's history minus what they bought (the `all` list of the evaluation).
 4. Stop after `patience` epochs without a better validation score (or `max_epochs`); the best
    epoch's weights are kept.
+5. Steps 3-4 run once per dropout of `dropout_grid` (sparse catalogs overfit at 0.2 within a few
+   epochs, dense ones underfit at 0.5); the run with the best validation score is kept. No
+   choice here looks at test data.
 
 `fit_merge_weight` then picks the weight of the route against the behavioural route (weight 1)
 on the same per-user holdout: reciprocal-rank fusion of the two lists, the weight of the grid
@@ -23,10 +26,12 @@ with the best NDCG@10 of the validation items (0 when the route does not help th
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -54,6 +59,7 @@ class SequentialConfig:
     max_epochs: int = 200       # upper bound; early stopping usually ends sooner
     patience: int = 10          # epochs without validation improvement before stopping
     val_k: int = 10             # early stopping watches NDCG@val_k
+    dropout_grid: tuple[float, ...] | None = (0.2, 0.5)  # trained each, the best on validation kept; None: shape.dropout
     seed: int = 42
     threads: int = 2            # torch intra-op threads
 
@@ -133,11 +139,22 @@ def validation_ndcg(model, index: dict[str, int], items: np.ndarray, cases: Sequ
 def train_sequential(train: pd.DataFrame, validation: Sequence[UserCase] | None = None,
                      cfg: SequentialConfig | None = None,
                      progress: Callable[[str], None] | None = None) -> TrainedSequential:
-    """Train SASRec on `train` (events in time order); steps in the module docstring."""
+    """Train SASRec on `train` (events in time order), once per dropout of `cfg.dropout_grid`;
+    the run with the best validation score is kept (its log holds every run's epochs)."""
+    cfg = cfg or SequentialConfig()
+    runs = [_train_one(train, validation, replace(cfg, shape=replace(cfg.shape, dropout=d)), progress)
+            for d in (cfg.dropout_grid or (cfg.shape.dropout,))]
+    best = max(runs, key=lambda r: r.best_val)
+    best.log = [entry for run in runs for entry in run.log]
+    return best
+
+
+def _train_one(train: pd.DataFrame, validation: Sequence[UserCase] | None, cfg: SequentialConfig,
+               progress: Callable[[str], None] | None) -> TrainedSequential:
+    """One training run; steps in the module docstring."""
     import torch
     import torch.nn.functional as F
 
-    cfg = cfg or SequentialConfig()
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed)
@@ -177,10 +194,11 @@ def train_sequential(train: pd.DataFrame, validation: Sequence[UserCase] | None 
             total += loss.item() * len(rows)
         model.eval()
         score = validation_ndcg(model, index, items, val_cases, cfg.val_k, cfg.shape.maxlen)
-        history.append({"epoch": epoch + 1, "loss": total / len(sequences), f"val_ndcg@{cfg.val_k}": score,
-                        "seconds": time.perf_counter() - started})
+        history.append({"dropout": cfg.shape.dropout, "epoch": epoch + 1, "loss": total / len(sequences),
+                        f"val_ndcg@{cfg.val_k}": score, "seconds": time.perf_counter() - started})
         if progress:
-            progress(f"sasrec epoch {epoch + 1}: loss {total / len(sequences):.3f}, val NDCG@{cfg.val_k} {score:.4f}")
+            progress(f"sasrec (dropout {cfg.shape.dropout}) epoch {epoch + 1}: loss {total / len(sequences):.3f}, "
+                     f"val NDCG@{cfg.val_k} {score:.4f}")
         # 4. Early stopping.
         if score > best:
             best, best_state, bad_epochs = score, copy.deepcopy(model.state_dict()), 0
@@ -231,7 +249,10 @@ def fit_merge_weight(trained: TrainedSequential, k: int = 10, seed: int = 0) -> 
 def train_and_export(train: pd.DataFrame, out_dir: Path, version: str, cfg: SequentialConfig | None = None,
                      validation: Sequence[UserCase] | None = None,
                      progress: Callable[[str], None] | None = None) -> dict:
-    """Train, fit the merge weight, write the model directory; returns its metadata."""
+    """Train, fit the merge weight, write the model directory (with the torch weights,
+    `model.pt`, for `load_trained`); returns its metadata."""
+    import torch
+
     cfg = cfg or SequentialConfig()
     started = time.perf_counter()
     trained = train_sequential(train, validation, cfg, progress)
@@ -240,8 +261,49 @@ def train_and_export(train: pd.DataFrame, out_dir: Path, version: str, cfg: Sequ
     meta = {"version": version, "kind": "sequential", "trained_at": datetime.now(timezone.utc).isoformat(),
             "train_events": len(train), "items": len(trained.item_ids), "epochs": len(trained.log),
             f"best_val_ndcg@{cfg.val_k}": trained.best_val, "train_seconds": round(trained_s, 1),
-            "config": {k: v for k, v in asdict(cfg).items() if k != "shape"}, **weight}
+            "config": {k: v for k, v in asdict(cfg).items() if k != "shape"}, "log": trained.log, **weight}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(trained.model.state_dict(), out_dir / "model.pt")
     export(trained.model, trained.item_ids, trained.shape, out_dir, meta)
     log.info("sequential model %s: %d epochs, val %.4f, merge weight %s", version, len(trained.log),
              trained.best_val, weight["merge_weight"])
     return meta
+
+
+def training_key(train: pd.DataFrame, validation: Sequence[UserCase] | None, cfg: SequentialConfig) -> str:
+    """What a model depends on: the training events, the validation cases and the config."""
+    h = hashlib.sha256()
+    h.update(pd.util.hash_pandas_object(train[["user_id", "item_id", "type", "ts"]], index=False).values.tobytes())
+    for case in validation or ():
+        h.update(f"{case.user_id}\x1f{'|'.join(case.history)}\x1f{'|'.join(sorted(case.targets))}\x1e".encode())
+    h.update(json.dumps(asdict(cfg), sort_keys=True, default=str).encode())
+    h.update(b"format-1")
+    return h.hexdigest()[:16]
+
+
+def cached_model(train: pd.DataFrame, cache_dir: Path, validation: Sequence[UserCase] | None = None,
+                 cfg: SequentialConfig | None = None, label: str = "eval",
+                 progress: Callable[[str], None] | None = None) -> Path:
+    """A model directory trained on exactly these events, validation cases and config: reused
+    from `<cache_dir>/models/sequential-cache/<key>` when it exists, else trained there (the
+    evaluation's `sasrec` baseline and the replay method's served route share it)."""
+    cfg = cfg or SequentialConfig()
+    key = training_key(train, validation, cfg)
+    target = cache_dir / "models" / "sequential-cache" / key
+    if not (target / "sequential.json").exists():
+        train_and_export(train, target, f"sasrec-{label}-{key[:8]}", cfg, validation, progress)
+    elif progress:
+        progress(f"sequential model {key} reused from {target}")
+    return target
+
+
+def load_trained(model_dir: Path) -> tuple[object, list[str], SequentialShape, dict]:
+    """(torch model in eval mode, item ids, shape, metadata) of a directory `train_and_export` wrote."""
+    import torch
+
+    meta = json.loads((model_dir / "sequential.json").read_text())
+    shape = SequentialShape(**meta["shape"])
+    item_ids = json.loads((model_dir / "items.json").read_text())
+    model = build_model(len(item_ids), shape)
+    model.load_state_dict(torch.load(model_dir / "model.pt", weights_only=True))
+    return model.eval(), item_ids, shape, meta

@@ -20,7 +20,7 @@ def cyclic_log(users: int = 120, length: int = 8, items: int = 30) -> pd.DataFra
 
 
 CFG = SequentialConfig(shape=SequentialShape(hidden=32, maxlen=10), batch_size=16, max_epochs=25, patience=25,
-                       threads=1)
+                       dropout_grid=None, threads=1)
 
 
 def test_training_learns_the_next_item():
@@ -33,6 +33,9 @@ def test_training_learns_the_next_item():
 def test_onnx_and_faiss_serve_what_torch_scores(tmp_path):
     shape = SequentialShape(hidden=16, blocks=2, heads=2, maxlen=10)
     trained = train_sequential(cyclic_log(), cfg=SequentialConfig(shape=shape, max_epochs=2, threads=1))
+    runs = {d: max(e["val_ndcg@10"] for e in trained.log if e["dropout"] == d) for d in (0.2, 0.5)}
+    assert trained.best_val == max(runs.values()) and trained.shape.dropout == max(runs, key=runs.get)
+    shape = trained.shape
     export(trained.model, trained.item_ids, shape, tmp_path / "model", {"version": "test-v1", "merge_weight": 0.5})
     route = SequentialRoute(tmp_path / "model")
     assert (route.version, route.weight, route.shape) == ("test-v1", 0.5, shape)
@@ -58,3 +61,21 @@ def test_train_and_export_fits_the_merge_weight_on_the_holdout(tmp_path):
     # The behavioural route (co-visitation of the previous items) knows the +1 item too, but the
     # sequential model is better at it here: the fitted weight is not 0.
     assert meta["merge_weight"] > 0 and SequentialRoute(tmp_path / "m").weight == meta["merge_weight"]
+
+
+def test_a_model_is_trained_once_per_events_validation_and_config(tmp_path):
+    from training.sequential import cached_model, load_trained
+
+    log = cyclic_log()
+    cfg = SequentialConfig(shape=SequentialShape(hidden=16, maxlen=10), max_epochs=2, threads=1)
+    first = cached_model(log, tmp_path, cfg=cfg)
+    stamp = (first / "sequential.json").stat().st_mtime_ns
+    assert cached_model(log, tmp_path, cfg=cfg) == first and (first / "sequential.json").stat().st_mtime_ns == stamp
+    assert cached_model(log.iloc[:-1], tmp_path, cfg=cfg) != first  # other events: another model
+    model, item_ids, shape, meta = load_trained(first)
+    route = SequentialRoute(first)
+    index = {item: i + 1 for i, item in enumerate(item_ids)}
+    with torch.no_grad():
+        expected = model.encode(torch.from_numpy(pad([[index["i1"], index["i2"]]], shape.maxlen))).numpy()
+    np.testing.assert_allclose(route.user_vectors([["i1", "i2"]]), expected, rtol=1e-4, atol=1e-5)
+    assert len(meta["log"]) == meta["epochs"] == 4  # two epochs for each dropout of the grid
