@@ -130,7 +130,13 @@ def _intent_section(result: dict) -> list[str]:
               f"recent nor the behavioural route's top 20): "
               f"{100 * st.get('exclusive_recall', 0):.2f}% ({st.get('exclusive_counts', {}).get('intent_only', 0)} of "
               f"{st.get('exclusive_counts', {}).get('hits', 0)}); the intent route alone: R@20 all "
-              f"{st.get('intent_route_alone_recall@20_all', 0):.3f}.", ""]
+              f"{st.get('intent_route_alone_recall@20_all', 0):.3f}"
+              + (f", new {st['intent_route_alone_recall@20_new']:.3f}" if "intent_route_alone_recall@20_new" in st else "")
+              + (f" (each tag's items ranked by popularity instead of the sequential model: all "
+                 f"{st['intent_route_alone_popularity_within_tags_recall@20_all']:.3f}, new "
+                 f"{st.get('intent_route_alone_popularity_within_tags_recall@20_new', 0):.3f}; sequential model "
+                 f"{st.get('sequential_model')})" if "intent_route_alone_popularity_within_tags_recall@20_all" in st
+                 else "") + ".", ""]
     ex = st["explanations"]
     if ex.get("diversity_1_minus_rouge_l") is not None:
         lines += [f"Explanations: diversity (1 − mean pairwise ROUGE-L among explanations of the same item, "

@@ -27,6 +27,7 @@ import numpy as np
 from contracts.recs import rec_item
 from features.catalog import Catalog
 from offline.datasets import Dataset
+from offline.metrics import recall_at
 from offline.methods import ItemKNN
 from offline.splits import Split, UserCase
 from offline.tags import HR_AT, category_hit
@@ -83,7 +84,20 @@ class IntentMethod:
             scored = self.behavioural.reasoner.score(recent, c.bought, 100)
             self.inputs[c.user_id] = IntentInput(c.user_id, recent, frozenset(c.bought),
                                                  {i: s for i, s, anchor in scored if anchor})
+        # The sequential route as deployed (trained on this split's train part, cached): merged
+        # into the behavioural list, and ranking each tag's items for the user.
+        self.sequential = None
+        if self.settings.sequential.enabled:
+            from reasoning.sequential import SequentialRoute
+            from training.sequential import cached_model
+
+            self.sequential = SequentialRoute(cached_model(split.train, self.settings.cache_dir,
+                                                           split.validation or None, label="intent",
+                                                           progress=self.progress))
         self.results: dict[str, object] = {}
+        self.popular_items: dict[str, list[dict]] = {}
+        """The served mode's intent items with each tag's items ranked by popularity instead (the
+        retrieval step before the sequential model ranked them), for the before/after figure."""
         n = 100
         per_mode: dict[str, dict] = {}
         for mode in ("hybrid", "text"):
@@ -93,8 +107,16 @@ class IntentMethod:
             for start in range(0, len(split.cases), cfg.batch_size):
                 cases = split.cases[start:start + cfg.batch_size]
                 t0 = time.perf_counter()
-                results, st = reason(engine, [self.inputs[c.user_id] for c in cases], popularity, n, mode=mode)
+                personal = self.sequential.personal([c.history for c in cases]) if self.sequential else None
+                results, st = reason(engine, [self.inputs[c.user_id] for c in cases], popularity, n, mode=mode,
+                                     personal=personal)
                 seconds += time.perf_counter() - t0
+                if mode == cfg.mode and personal is not None:
+                    plain = engine.retriever.retrieve([r.tags for r in results], popularity,
+                                                      [set(c.bought) for c in cases], n,
+                                                      [self.inputs[c.user_id].affinity for c in cases])
+                    for case, items in zip(cases, plain):
+                        self.popular_items[case.user_id] = [rec_item(i, sc, "intent", "", tag) for i, sc, tag in items]
                 tokens += st.tokens
                 context_tokens += st.context_tokens
                 candidates += st.candidates
@@ -167,10 +189,15 @@ class IntentMethod:
         self._exclusive = {"hits": 0, "intent_only": 0, "intent_route_hits": 0}
 
     def lists(self, case: UserCase, n: int) -> tuple[list[dict], list[dict], list[dict]]:
+        """(recent, behavioural, intent) as the worker merges them: the behavioural list is the
+        co-visitation route fused with the sequential route when one serves."""
         user = self.inputs[case.user_id]
         recent = recent_route(user.recent, set(case.bought), n)
         behavioural = [rec_item(i, s, "covisit" if a else "popular", "")
                        for i, s, a in self.behavioural.reasoner.score(user.recent, case.bought, n)]
+        if self.sequential is not None and self.sequential.weight > 0:
+            sequential = self.sequential.route_items([case.history], [set(case.bought)], n)[0]
+            behavioural = merge([(1.0, behavioural), (self.sequential.weight, sequential)], set(case.bought), n)
         intent = self.results[case.user_id].items[:n]
         return recent, behavioural, intent
 
@@ -188,10 +215,23 @@ class IntentMethod:
         found_by_intent = {e["item_id"] for e in intent[:K_EVAL]}
         ex["intent_only"] += sum(1 for i in hits if i not in others and i in found_by_intent)
         ex["intent_route_hits"] += sum(1 for e in intent[:K_EVAL] if e["item_id"] in case.targets)
-        ex["intent_route_recall_sum"] = ex.get("intent_route_recall_sum", 0.0) + (
-            sum(1 for e in intent[:K_EVAL] if e["item_id"] in case.targets) / min(len(case.targets), K_EVAL))
         ex["users"] = ex.get("users", 0) + 1
-        self.stats["intent_route_alone_recall@20_all"] = ex["intent_route_recall_sum"] / ex["users"]
+        variants = {"": intent}
+        if case.user_id in self.popular_items:
+            variants["_popularity_within_tags"] = self.popular_items[case.user_id]
+        for suffix, items in variants.items():  # the intent route alone, as the harness scores a method
+            ids = [e["item_id"] for e in items]
+            key = f"intent_route_alone{suffix}"
+            ex[f"{key}_all"] = ex.get(f"{key}_all", 0.0) + recall_at([i for i in ids if i not in case.bought],
+                                                                     case.targets, K_EVAL)
+            if case.new_targets:
+                ex[f"{key}_new"] = ex.get(f"{key}_new", 0.0) + recall_at([i for i in ids if i not in case.seen],
+                                                                         case.new_targets, K_EVAL)
+                ex["users_new"] = ex.get("users_new", 0) + (suffix == "")
+            self.stats[f"{key}_recall@20_all"] = ex[f"{key}_all"] / ex["users"]
+            if ex.get("users_new"):
+                self.stats[f"{key}_recall@20_new"] = ex.get(f"{key}_new", 0.0) / ex["users_new"]
         self.stats["exclusive_recall"] = ex["intent_only"] / ex["hits"] if ex["hits"] else 0.0
         self.stats["exclusive_counts"] = dict(ex)
+        self.stats["sequential_model"] = self.sequential.version if self.sequential else None
         return ranked

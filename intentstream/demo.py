@@ -1,7 +1,8 @@
 """`intentstream demo`: the main job, end to end on the real services.
 
-Starts Kafka, Redis and Feast (`up`), starts a worker and a reasoner (intent reasoning, its own
-tier: stream/reasoner_service.py), replays the REES46 events through Kafka at
+Starts Kafka, Redis and Feast (`up`), trains the sequential route's SASRec on the dataset once
+(cached; a promoted sequential version serves instead), starts a worker and a reasoner (intent
+reasoning, its own tier: stream/reasoner_service.py), replays the REES46 events through Kafka at
 a steady rate while showing live progress (with simulated feedback: impressions of what Redis
 serves and the users' later events as actions, logged where `intentstream train --once` reads
 them), then prints a summary (events, events/s, dead letters,
@@ -18,6 +19,7 @@ import threading
 import time
 import uuid
 
+import orjson
 import redis
 from rich.console import Console
 from rich.live import Live
@@ -32,11 +34,16 @@ from infra.worker_process import ReasonerProcess, WorkerProcess
 from intentstream.render import print_recommendations
 from offline import datasets
 from offline.replay import FeedbackSimulator, replay
+from reasoning.registry import served_sequential_dir
 from stream.metrics import intent_backlog, intent_coverage, read_metrics, reset_metrics
 from stream.producer import EventProducer, delete_topics, ensure_topics
 from stream.reader import RecommendationReader
 
 DEMO_TOPIC_PREFIX = "intentstream.demo."
+
+
+DEMO_SEQUENTIAL_EPOCHS = 20
+"""The demo's SASRec budget per dropout of the grid (REES46: ~2-3 s an epoch on 2 cores)."""
 
 
 def _old_demo_topics(bootstrap: str) -> list[str]:
@@ -106,6 +113,24 @@ def run_demo(settings: Settings, dataset: str, rate: float, console: Console) ->
 
             console.print(f"no intent model at {model_dir}: training one on {data.name} (a few minutes, once)")
             train_model(data, model_dir, settings.cache_dir, progress=console.print)
+
+    if settings.sequential.enabled:
+        console.rule("sequential model")
+        served = served_sequential_dir(demo, client)
+        if served is not None:
+            console.print(f"using the sequential model at {served}")
+        else:  # trained on the events the demo replays, as the intent model is; cached after the first run
+            from training.sequential import SequentialConfig, cached_model
+
+            console.print(f"no sequential model promoted: training SASRec on {data.name} for at most "
+                          f"{DEMO_SEQUENTIAL_EPOCHS} epochs per dropout (minutes, once; `intentstream train "
+                          "--sequential` trains to convergence)")
+            budget = SequentialConfig(max_epochs=DEMO_SEQUENTIAL_EPOCHS)
+            served = cached_model(data.events, settings.cache_dir, cfg=budget, label=data.name, progress=console.print)
+            demo = demo.model_copy(update={"sequential": demo.sequential.model_copy(update={"model_dir": served})})
+        meta = orjson.loads((served / "sequential.json").read_bytes())
+        console.print(f"sequential route {meta['version']}: validation NDCG@10 {meta['best_val_ndcg@10']:.4f}, merge "
+                      f"weight {meta['merge_weight']} (fitted on a per-user holdout of its training events)")
 
     console.rule("2. worker and reasoner")
     worker = WorkerProcess(demo, demo.state_dir / "logs" / f"demo-worker-{run}.log")
@@ -206,6 +231,9 @@ def run_demo(settings: Settings, dataset: str, rate: float, console: Console) ->
                             f"({coverage['share']:.1%}) hold intent results at most {coverage['max_events_behind']} "
                             f"events behind their list; further behind {coverage['merged_stale']:,}, "
                             f"none yet {coverage['never']:,}")
+    if settings.sequential.enabled:
+        summary.add_row("sequential route", f"merged into {m.get('sequential_merged', 0):,} of "
+                        f"{m.get('refreshes', 0):,} refreshes; errors {m.get('sequential_errors', 0):,}")
     summary.add_row("feedback (simulated: replay --feedback)",
                     f"{simulator.impressions:,} impressions and {simulator.actions:,} actions sent, "
                     f"{feedback_logged:,} logged to {demo.feedback_dir}")

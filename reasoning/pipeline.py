@@ -19,6 +19,7 @@ import numpy as np
 from contracts.recs import rec_item
 from reasoning.context import UserContext, build_context
 from reasoning.explanations import Facts, related_item
+from reasoning.retrieval import PersonalScores
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,10 @@ def propose(engine, contexts: Sequence[UserContext], mode: str, stats: BatchStat
 
 
 def reason(engine, users: Sequence[IntentInput], popularity: Mapping[str, float], k: int,
-           mode: str | None = None) -> tuple[list[IntentResult], BatchStats]:
+           mode: str | None = None, personal: PersonalScores | None = None) -> tuple[list[IntentResult], BatchStats]:
+    """Planner -> experts -> arbiter -> retrieval -> explanations for a batch of users; with
+    `personal` (the sequential model's view of these users, in their order) a tag's items are
+    ranked for each user by it rather than by popularity."""
     cfg = engine.config
     mode = mode or cfg.mode
     # With an LLM backend the first `llm_explanations` intent items of a user get an explanation
@@ -134,7 +138,7 @@ def reason(engine, users: Sequence[IntentInput], popularity: Mapping[str, float]
     personas, proposals, final, session = propose(engine, contexts, mode, stats, lap)
     exclude = [set(u.bought) for u in users]
     retrieved = engine.retriever.retrieve([[t for t, _ in tags] for tags in final], popularity, exclude, k,
-                                          [u.affinity for u in users])
+                                          [u.affinity for u in users], personal)
     lap("retrieval")
     results = []
     for user, ctx, names, lists, tags, items in zip(users, contexts, personas, proposals, final, retrieved):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -18,6 +19,45 @@ from contracts.recs import RecsPayload, rec_item
 from features.catalog import Catalog
 from reasoning.index import ItemIndex
 from reasoning.tags import TagVocabulary
+
+
+@dataclass(frozen=True)
+class PersonalScores:
+    """Per-user scores of any item, for ranking a tag's items for *this* user: the sequential
+    model's user vectors against its item embeddings (reasoning/sequential.py
+    `SequentialRoute.personal`). Items the model does not know have no score."""
+
+    user_vectors: np.ndarray
+    """(users, d), in the order of the batch."""
+    item_vectors: np.ndarray
+    """(items, d)."""
+    row_of: Mapping[str, int]
+    """item id -> its row of item_vectors."""
+    _known: dict = field(default_factory=dict, compare=False, repr=False)
+    """id(items) -> (the known items, their rows): a tag's item list is resolved once per batch."""
+
+    def top(self, u: int, items: Sequence[str], n: int, exclude: set[str]) -> list[str]:
+        """The n known `items` (not in `exclude`) user u's vector scores highest, best first.
+
+        >>> p = PersonalScores(np.array([[1.0, 0.0]]), np.array([[0.1, 0], [0.9, 0], [0.5, 0]]), {"a": 0, "b": 1, "c": 2})
+        >>> p.top(0, ["a", "b", "c", "new"], 2, {"b"})
+        ['c', 'a']
+        """
+        hit = self._known.get(id(items))
+        if hit is None or hit[0] is not items:
+            known = [i for i in items if i in self.row_of]
+            hit = self._known[id(items)] = (items, known, np.asarray([self.row_of[i] for i in known], np.int64))
+        _, known, rows = hit
+        if not known:
+            return []
+        scores = self.item_vectors[rows] @ self.user_vectors[u]
+        out = []
+        for j in np.argsort(-scores, kind="stable")[: n + len(exclude)]:
+            if known[j] not in exclude:
+                out.append(known[j])
+                if len(out) == n:
+                    break
+        return out
 
 
 class TagRetriever:
@@ -33,12 +73,15 @@ class TagRetriever:
 
     def retrieve(self, ranked_tags: Sequence[Sequence[str]], popularity: Mapping[str, float],
                  exclude: Sequence[set[str]], k: int,
-                 affinity: Sequence[Mapping[str, float]] | None = None) -> list[list[tuple[str, float, str]]]:
+                 affinity: Sequence[Mapping[str, float]] | None = None,
+                 personal: PersonalScores | None = None) -> list[list[tuple[str, float, str]]]:
         """Per user: up to k (item, score, tag), best first; items in `exclude[u]` never appear.
 
         Within a tag, items the user's behaviour points at (`affinity[u]`: the behavioural
-        route's co-visitation scores) come first, then the tag's most popular items: the intent
-        route picks what kind of item, the user's own trail picks which one."""
+        route's co-visitation scores) come first, then, with `personal`, the tag's items ranked by
+        the sequential model for this user (all of the tag's items, not only popular ones), then
+        the tag's most popular items: the intent route picks what kind of item, the user's own
+        trail and sequence pick which one."""
         wanted = {t for tags in ranked_tags for t in tags}
         top: dict[str, list[str]] = {}
         for tag in wanted:
@@ -58,6 +101,8 @@ class TagRetriever:
                 members = self.tag_sets[t]
                 liked = sorted((i for i in near_user if i in members and i not in excluded),
                                key=lambda i: -near_user[i])[: self.per_tag]
+                if personal is not None and len(liked) < self.per_tag:
+                    liked += personal.top(u, self.tag_items[t], self.per_tag - len(liked), excluded | set(liked))
                 picks = liked + [i for i in top[tag] if i not in excluded and i not in liked][: self.per_tag - len(liked)]
                 extra = [i for i in near.get(tag, ()) if i not in excluded and i not in picks][: self.ann_per_tag]
                 lists.append((tag, picks + extra))

@@ -32,7 +32,7 @@ import redis
 
 from contracts.recs import FallbackReason, rec_item
 from reasoning.registry import MARKERS, served_sequential_dir
-from reasoning.retrieval import merge
+from reasoning.retrieval import PersonalScores, merge
 
 log = logging.getLogger(__name__)
 
@@ -202,9 +202,10 @@ class SequentialRoute:
         options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(model_dir / "encoder.onnx"), options,
                                             providers=["CPUExecutionProvider"])
-        vectors = np.ascontiguousarray(np.load(model_dir / "items.npy"), dtype=np.float32)
-        self.items = faiss.IndexFlatIP(vectors.shape[1])
-        self.items.add(vectors)
+        self.vectors = np.ascontiguousarray(np.load(model_dir / "items.npy"), dtype=np.float32)
+        self.row_of = {item: i for i, item in enumerate(self.ids)}
+        self.items = faiss.IndexFlatIP(self.vectors.shape[1])
+        self.items.add(self.vectors)
 
     def user_vectors(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
         """(B, hidden) float32: each history (oldest first) encoded at its newest item; items the
@@ -212,7 +213,8 @@ class SequentialRoute:
         rows = [[self.index[i] for i in h if i in self.index] for h in histories]
         return self.session.run(["user"], {"seq": pad(rows, self.shape.maxlen)})[0].astype(np.float32)
 
-    def rank(self, histories: Sequence[Sequence[str]], exclude: Sequence[set[str]], k: int) -> list[list[tuple[str, float]]]:
+    def rank(self, histories: Sequence[Sequence[str]], exclude: Sequence[set[str]],
+             k: int) -> list[list[tuple[str, float]]]:
         """Per user: the top k (item, score) by the model, best first, none of `exclude[u]`."""
         if not histories:
             return []
@@ -225,6 +227,11 @@ class SequentialRoute:
                       if j >= 0 and self.ids[j] not in excluded]
             out.append(ranked[:k])
         return out
+
+    def personal(self, histories: Sequence[Sequence[str]]) -> PersonalScores:
+        """The users' vectors with the item embeddings: the intent route ranks a tag's items for
+        each user with them (reasoning/retrieval.py `TagRetriever.retrieve`)."""
+        return PersonalScores(self.user_vectors(histories), self.vectors, self.row_of)
 
     def route_items(self, histories: Sequence[Sequence[str]], exclude: Sequence[set[str]], k: int) -> list[list[dict]]:
         """`rank` as `rec_item` entries of route `sequential`, for the merge."""

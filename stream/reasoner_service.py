@@ -157,6 +157,24 @@ def _popularity() -> dict[str, float]:
     return _child["popularity"]
 
 
+def _personal(requests: list[dict]):
+    """The sequential model's view of the batch's users (reasoning/retrieval.py `PersonalScores`),
+    so a tag's items are ranked for each user; None while no sequential model serves (the same
+    registry lookup and hot swap as the worker's route)."""
+    from reasoning.sequential import SequentialServing
+
+    settings: Settings = _child["settings"]
+    if not settings.sequential.enabled:
+        return None
+    serving = _child.get("sequential")
+    if serving is None:
+        serving = _child["sequential"] = SequentialServing(settings, _child["client"])
+    route = serving.current()
+    if route is None:
+        return None
+    return route.personal([[str(e[0]) for e in reversed(r["recent"])] for r in requests])
+
+
 def _warm() -> str:
     _maybe_swap()
     return _child["engine"].version
@@ -175,7 +193,8 @@ def _reason_in_child(requests: list[dict]) -> dict:
     inputs = [IntentInput(r["user_id"], r["recent"], frozenset(r["bought"]),
                           {e["item_id"]: e["score"] for e in r["behavioural"]["items"] if e["route"] == "covisit"})
               for r in requests]
-    results, stats = reason(engine, inputs, _popularity(), k)
+    personal = _personal(requests)
+    results, stats = reason(engine, inputs, _popularity(), k, personal=personal)
     keys = _child["keys"]
     pipe = _child["client"].pipeline(transaction=False)
     written_ms = int(time.time() * 1000)
@@ -202,6 +221,7 @@ def _reason_in_child(requests: list[dict]) -> dict:
     _child["feast"].push_contexts(contexts)
     return {"users": len(requests), "seconds": time.perf_counter() - started, "tokens": stats.tokens,
             "context_tokens": stats.context_tokens, "version": engine.version,
+            "ranked_by_sequential": len(requests) if personal is not None else 0,
             "latency_ms": [written_ms - r["requested_ms"] for r in requests],
             "freshness_ms": [written_ms - r["last_produced_ms"] for r in requests if r["last_produced_ms"]]}
 
@@ -384,6 +404,7 @@ class ReasonerService:
         m.add("intent_time_ms", int(stats["seconds"] * 1000))
         m.add("intent_tokens", stats["tokens"])
         m.add("intent_context_tokens", stats["context_tokens"])
+        m.add("intent_ranked_by_sequential", stats["ranked_by_sequential"])  # tags' items ranked for the user
         m.sample("intent_latency_ms", stats["latency_ms"])
         m.sample("intent_freshness_ms", stats["freshness_ms"])
         self._flush_metrics()

@@ -48,10 +48,18 @@ def _wait_reasoned(client, keys, processes, timeout_s: float = 180) -> None:
 
 
 def test_worker_sends_refreshes_to_the_reasoner_which_serves_merged_lists_and_pushes_the_context(
-        scoped, worker_factory, reasoner_factory, tiny_intent_model: Path, data_dir: Path) -> None:
-    settings = scoped.model_copy(update={"intent": scoped.intent.model_copy(
-        update={"enabled": True, "model_dir": tiny_intent_model, "batch_size": 16})})
+        scoped, worker_factory, reasoner_factory, tiny_intent_model: Path, data_dir: Path, tmp_path: Path) -> None:
+    from training.sequential import SequentialConfig, train_and_export
+
     data = datasets.load("rees46", data_dir).head(1500)
+    # With a sequential model too: the worker merges its route, the reasoner ranks tags' items by it.
+    sequential_dir = tmp_path / "sequential"
+    train_and_export(data.events, sequential_dir, "seq-test", SequentialConfig(max_epochs=3, dropout_grid=None,
+                                                                               threads=1))
+    settings = scoped.model_copy(update={
+        "intent": scoped.intent.model_copy(update={"enabled": True, "model_dir": tiny_intent_model,
+                                                   "batch_size": 16}),
+        "sequential": scoped.sequential.model_copy(update={"enabled": True, "model_dir": sequential_dir})})
     prefix = settings.key_prefix  # namespaces user ids in the shared Feast project
     worker = worker_factory(settings)
     reasoner = reasoner_factory(settings)
@@ -68,13 +76,18 @@ def test_worker_sends_refreshes_to_the_reasoner_which_serves_merged_lists_and_pu
     assert len(_children(reasoner.proc.pid)) == 1, _children(reasoner.proc.pid)
     users = [prefix + u for u in data.events.user_id.unique()]
     served = [Recommendations.model_validate_json(raw) for raw in client.mget([keys.recs(u) for u in users]) if raw]
-    merged = [r for r in served if r.fallback_reason is None and "+" in r.model_version]
+    # behavioural-1+seq-test from the worker alone; behavioural-1+seq-test+<intent version> once merged
+    merged = [r for r in served if r.fallback_reason is None and not r.model_version.endswith("+seq-test")]
     assert merged, {r.fallback_reason for r in served}
     assert all(r.fallback_reason in (None, "intent_timeout") for r in served), {r.fallback_reason for r in served}
     purchases = data.events[data.events.type == "purchase"]
     bought = purchases.assign(user_id=prefix + purchases.user_id).groupby("user_id").item_id.agg(set).to_dict()
     with_intent = [r for r in merged if any(i.route == "intent" for i in r.items)]
     assert with_intent, "no merged list holds an intent item"
+    assert all("+seq-test" in r.model_version for r in served if r.state_version), {r.model_version for r in served}
+    assert any(i.route == "sequential" for r in served for i in r.items)
+    m = read_metrics(client, keys)
+    assert m["intent_ranked_by_sequential"] == m["intent_users"] > 0  # every batch ranked tags' items by it
     for r in merged:
         assert r.intents and all(i.tags for i in r.intents)
         assert not bought.get(r.user_id, set()) & {i.item_id for i in r.items}
@@ -87,7 +100,7 @@ def test_worker_sends_refreshes_to_the_reasoner_which_serves_merged_lists_and_pu
         assert stored.state_version <= r.state_version and r.model_version.endswith("+" + stored.version)
     contexts = FeastFeatures(settings).read_contexts([r.user_id for r in merged[:5]])
     for row, r in zip(contexts, merged[:5]):
-        assert row["context_items"] and row["model_version"] == r.model_version.split("+", 1)[1]
+        assert row["context_items"] and row["model_version"] == r.model_version.rsplit("+", 1)[1]
         assert row["context_mode"] == "hybrid" and row["embedder"].startswith("all-MiniLM-L6-v2")
     m = worker.metrics()
     assert m["intent_requested"] > 0 and m["intent_handled"] >= m["intent_requested"]
