@@ -282,7 +282,7 @@ class SequentialSettings(BaseModel):
     """The model directory (`intentstream train --sequential` writes one); default:
     <cache_dir>/models/sequential."""
     threads: int = Field(default=1, ge=1)
-    """onnxruntime threads of the worker's encoder."""
+    """Threads of the worker's onnxruntime encoder and faiss search."""
     registry_poll_s: float = Field(default=5.0, gt=0)
     """How often (at most, at a refresh) the worker checks the registry for a newly promoted or
     rolled-back sequential version, which it loads and serves from the next refresh on."""

@@ -185,6 +185,7 @@ class SequentialRoute:
     """A model directory loaded for serving: `rank` per batch of users (onnxruntime + faiss)."""
 
     def __init__(self, model_dir: Path, threads: int = 1) -> None:
+        """`threads`: onnxruntime's and faiss's (faiss's is per process: the last route loaded sets it)."""
         import faiss
         import onnxruntime as ort
 
@@ -206,6 +207,9 @@ class SequentialRoute:
         self.row_of = {item: i for i, item in enumerate(self.ids)}
         self.items = faiss.IndexFlatIP(self.vectors.shape[1])
         self.items.add(self.vectors)
+        # faiss searches with OpenMP threads that spin while they wait; in a worker they would
+        # take the core the Feast pusher and the reasoner need. Its search uses `threads` too.
+        faiss.omp_set_num_threads(max(1, threads))
 
     def user_vectors(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
         """(B, hidden) float32: each history (oldest first) encoded at its newest item; items the
