@@ -425,7 +425,9 @@ def render() -> Path:
                   f"Command: `{result.get('command', 'intentstream eval')}`. Split {result['protocol']['split']}; "
                   f"{c['train_events']:,} train / {c['test_events']:,} test events, {c['users_evaluated']} users "
                   f"evaluated ({c['users_with_new_targets']} with new targets), {c['items']:,} items. "
-                  f"Recall@K = hits in the top K / min(|targets|, K).", ""]
+                  f"Recall@K = hits in the top K / min(|targets|, K)."
+                  + (f" Commit `{result['commit']}`." if result.get("commit") else "")
+                  + (f" {result['note']}" if result.get("note") else ""), ""]
         lines += _eval_table(result)
         _eval_plot(result, HERE / f"eval-{name}.png")
         lines += ["", f"![{name}](eval-{name}.png)", ""]
