@@ -41,8 +41,8 @@ bench: setup
 	$(BIN)/intentstream bench reasoner --dataset rees46 --out benchmarks/results/reasoner-rees46.json > /dev/null
 	$(BIN)/python -m benchmarks.report
 
-# Amazon Beauty under the papers' leave-one-out protocol, next to the published table (about an
-# hour here, most of it SASRec's training: too long for `make bench`).
+# Amazon Beauty under the papers' leave-one-out protocol, next to the published table (~40 minutes
+# measured here, 35 of them SASRec's training: too long for `make bench`).
 bench-beauty: setup
 	$(BIN)/intentstream up
 	$(BIN)/intentstream eval --dataset beauty --split leave-one-out --methods popularity,popularity_global,recent_history,itemknn,sasrec,oracle,random --json --out benchmarks/results/eval-beauty-loo.json > /dev/null

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple, Protocol
 import redis
 
 from contracts.errors import InvalidEvent
-from contracts.events import DeadLetter, Event, decode_event
+from contracts.events import DeadLetter, decode_event
 from contracts.keys import RedisKeys
 from contracts.recs import FallbackReason, RecsPayload
 from contracts.settings import Settings
