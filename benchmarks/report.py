@@ -329,7 +329,8 @@ def _beauty_section(result: dict, replay: dict | None = None) -> list[str]:
         runs = {}
         for entry in log:
             runs[entry.get("dropout")] = runs.get(entry.get("dropout"), 0) + 1
-        weight = sasrec.get("stats", {}).get("merge_weight")
+        stats = sasrec.get("stats", {})
+        weight = stats.get("fusion", {}).get("sequential", stats.get("merge_weight"))
         lines += ["", f"SASRec: {len(log)} epochs in all ({sum(e['seconds'] for e in log) / len(log):.1f} s each), "
                   f"one run per dropout ({', '.join(f'{d}: {n} epochs' for d, n in runs.items())}); kept: dropout "
                   f"{best.get('dropout')}, epoch {best['epoch']} ({val} {best[val]:.4f}). Its merge weight against "

@@ -35,6 +35,9 @@ class IntentRequest(BaseModel):
     bought: list[str]
     behavioural: dict[str, Any]
     """The behavioural list (a `Recommendations` payload) this state was served."""
+    recent_fused: bool = False
+    """`behavioural` holds the user's recent items already (fused at the sequential model's
+    fitted weight): merging the intent result must not add them again."""
     requested_ms: int
     """Wall-clock ms the worker sent it: the reasoner sheds a request older than intent.max_wait_s."""
     last_produced_ms: int

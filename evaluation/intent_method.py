@@ -36,6 +36,7 @@ from reasoning.engine import IntentEngine
 from reasoning.explanations import diversity
 from reasoning.pipeline import IntentInput, reason
 from reasoning.retrieval import merge, recent_route
+from reasoning.sequential import fuse
 from training.data import user_histories
 from training.sft import SFTConfig, train_sft
 
@@ -188,23 +189,28 @@ class IntentMethod:
         }
         self._exclusive = {"hits": 0, "intent_only": 0, "intent_route_hits": 0}
 
-    def lists(self, case: UserCase, n: int) -> tuple[list[dict], list[dict], list[dict]]:
-        """(recent, behavioural, intent) as the worker merges them: the behavioural list is the
-        co-visitation route fused with the sequential route when one serves."""
+    def lists(self, case: UserCase, n: int) -> tuple[list[dict], list[dict], list[dict], bool]:
+        """(recent, behavioural, intent, fused) as the worker merges them: with a sequential model
+        the behavioural list is the served fusion of the recent, co-visitation and sequential
+        routes (`fused`: the recent route is in it already)."""
         user = self.inputs[case.user_id]
         recent = recent_route(user.recent, set(case.bought), n)
         behavioural = [rec_item(i, s, "covisit" if a else "popular", "")
                        for i, s, a in self.behavioural.reasoner.score(user.recent, case.bought, n)]
-        if self.sequential is not None and self.sequential.weight > 0:
-            sequential = self.sequential.route_items([case.history], [set(case.bought)], n)[0]
-            behavioural = merge([(1.0, behavioural), (self.sequential.weight, sequential)], set(case.bought), n)
+        fused = self.sequential is not None
+        if fused:
+            fusion = self.sequential.fusion
+            sequential = (self.sequential.route_items([case.history], [set(case.bought)], n)[0]
+                          if fusion.sequential > 0 else [])
+            behavioural = fuse(fusion, user.recent, behavioural, sequential, set(case.bought), n)
         intent = self.results[case.user_id].items[:n]
-        return recent, behavioural, intent
+        return recent, behavioural, intent, fused
 
     def rank(self, case: UserCase, n: int) -> list[str]:
         w_recent, w_behavioural, w_intent = self.weights
-        recent, behavioural, intent = self.lists(case, n)
-        merged = merge([(w_recent, recent), (w_behavioural, behavioural), (w_intent, intent)], set(case.bought), n)
+        recent, behavioural, intent, fused = self.lists(case, n)
+        merged = merge([(0.0 if fused else w_recent, recent), (w_behavioural, behavioural), (w_intent, intent)],
+                       set(case.bought), n)
         ranked = [e["item_id"] for e in merged]
         top = [i for i in ranked if i not in case.bought][:K_EVAL]
         hits = [i for i in top if i in case.targets]

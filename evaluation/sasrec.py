@@ -39,7 +39,8 @@ class SASRecMethod:
             self.model, item_ids, self.shape, meta = load_trained(model_dir)
             self.log, self.best_val = meta["log"], meta[f"best_val_ndcg@{self.cfg.val_k}"]
             self.stats = {"model_dir": str(model_dir), "version": meta["version"],
-                          "merge_weight": meta["merge_weight"], "weight_grid": meta["grid"]}
+                          "fusion": {"recent": meta.get("weight_recent"), "sequential": meta["merge_weight"]},
+                          "fusion_grid": meta["grid"]}
         self.index = {item: i + 1 for i, item in enumerate(item_ids)}
         self.items = np.asarray([""] + item_ids, dtype=object)
 

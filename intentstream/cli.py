@@ -272,11 +272,12 @@ def _train_sequential(dataset: str, fmt: str, out: Optional[Path]) -> None:
         target = out or target
         meta = train_and_export(data.events, target, version, progress=console.print)
         entry = registry.promote(version, target, train_events=meta["train_events"],
-                                 best_val=meta["best_val_ndcg@10"], merge_weight=meta["merge_weight"])
+                                 best_val=meta["best_val_ndcg@10"], merge_weight=meta["merge_weight"], weight_recent=meta["weight_recent"])
     except (IntentstreamError, RegistryError, ValueError) as exc:
         _fail(str(exc))
     console.print(f"[green]sequential model {entry['version']}[/green] at {target}: {meta['epochs']} epochs, "
-                  f"validation NDCG@10 {meta['best_val_ndcg@10']:.4f}, merge weight {meta['merge_weight']}; promoted")
+                  f"validation NDCG@10 {meta['best_val_ndcg@10']:.4f}, fusion weights recent {meta['weight_recent']} / "
+                  f"sequential {meta['merge_weight']}; promoted")
 
 
 def _train_rl(once: bool, every: Optional[str]) -> None:

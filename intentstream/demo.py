@@ -139,8 +139,9 @@ def run_demo(settings: Settings, dataset: str, rate: float, console: Console) ->
             served = cached_model(data.events, settings.cache_dir, cfg=budget, label=data.name, progress=console.print)
             demo = demo.model_copy(update={"sequential": demo.sequential.model_copy(update={"model_dir": served})})
         meta = orjson.loads((served / "sequential.json").read_bytes())
-        console.print(f"sequential route {meta['version']}: validation NDCG@10 {meta['best_val_ndcg@10']:.4f}, merge "
-                      f"weight {meta['merge_weight']} (fitted on a per-user holdout of its training events)")
+        console.print(f"sequential route {meta['version']}: validation NDCG@10 {meta['best_val_ndcg@10']:.4f}, fusion "
+                      f"weights recent {meta.get('weight_recent', 0.0)} / sequential {meta['merge_weight']} (fitted "
+                      "on a per-user holdout of its training events)")
 
     console.rule("2. worker and reasoner")
     worker = WorkerProcess(demo, demo.state_dir / "logs" / f"demo-worker-{run}.log")

@@ -13,7 +13,12 @@ for the top k instead of scoring the catalog in Python. Items the model has neve
 the catalog since it was trained) get no embedding: they are skipped in a history and can only
 reach a user through the other routes.
 
-A model directory holds `sequential.json` (version, config, the fitted merge weight, figures),
+The served list fuses three routes by weighted reciprocal-rank fusion (`fuse`): the user's recent
+unbought items, the behavioural list (weight 1) and this route, with the `Fusion` weights fitted
+with the model on a per-user holdout of its training events (training/sequential.py `fit_fusion`):
+how much re-showing what a user looked at is worth, and how much the model is, differs by shop.
+
+A model directory holds `sequential.json` (version, config, the fitted fusion weights, figures),
 `encoder.onnx`, `items.npy` (float32 embeddings, row i = item i + 1) and `items.json` (ids).
 """
 
@@ -25,19 +30,56 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import redis
 
 from contracts.recs import FallbackReason, rec_item
 from reasoning.registry import MARKERS, served_sequential_dir
-from reasoning.retrieval import PersonalScores, merge
+from reasoning.retrieval import PersonalScores, merge, recent_route
 
 log = logging.getLogger(__name__)
 
 META = MARKERS["sequential"]
 EXPLANATION = "Shoppers whose recent items were like yours picked this next"
+
+
+class Fusion(NamedTuple):
+    """Weights of the served list's routes in reciprocal-rank fusion, against the behavioural
+    route at weight 1; 0 leaves a route out."""
+
+    recent: float
+    """The user's recent unbought items (reasoning/retrieval.py `recent_route`)."""
+    sequential: float
+    """This route."""
+
+    @classmethod
+    def of(cls, meta: dict) -> Fusion:
+        """From a model's metadata; directories written before the recent weight was fitted with
+        the model (`merge_weight` only) fuse no recent items, as they were served.
+
+        >>> Fusion.of({"merge_weight": 2.0, "weight_recent": 0.5}), Fusion.of({"merge_weight": 2.0})
+        (Fusion(recent=0.5, sequential=2.0), Fusion(recent=0.0, sequential=2.0))
+        """
+        return cls(float(meta.get("weight_recent", 0.0)), float(meta.get("merge_weight", 1.0)))
+
+
+def fuse(fusion: Fusion, recent: Sequence[Sequence], behavioural: list[dict], sequential: list[dict],
+         bought: set[str], k: int) -> list[dict]:
+    """The served list: `recent` (state entries, newest first), the behavioural list and the
+    sequential route's list fused with `fusion`'s weights, none of `bought`.
+
+    >>> b = [{"item_id": "x", "route": "covisit"}, {"item_id": "y", "route": "covisit"}]
+    >>> s = [{"item_id": "z", "route": "sequential"}]
+    >>> [e["item_id"] for e in fuse(Fusion(0.0, 2.0), [["y", "view"]], b, s, set(), 10)]
+    ['z', 'x', 'y']
+    >>> [e["item_id"] for e in fuse(Fusion(4.0, 2.0), [["y", "view"]], b, s, set(), 10)]
+    ['y', 'z', 'x']
+    """
+    routes = [(fusion.recent, recent_route(recent, bought, k) if fusion.recent > 0 else []),
+              (1.0, behavioural), (fusion.sequential, sequential if fusion.sequential > 0 else [])]
+    return merge([(w, items) for w, items in routes if items], bought, k)
 
 
 @dataclass(frozen=True)
@@ -192,9 +234,8 @@ class SequentialRoute:
         self.model_dir = model_dir
         self.meta = json.loads((model_dir / META).read_text())
         self.version: str = self.meta["version"]
-        self.weight: float = float(self.meta.get("merge_weight", 1.0))
-        """The route's weight in the merge with the behavioural route (weight 1), fitted on a
-        per-user holdout of the training events (training/sequential.py `fit_merge_weight`)."""
+        self.fusion = Fusion.of(self.meta)
+        """The served list's weights, fitted with the model (training/sequential.py `fit_fusion`)."""
         self.shape = SequentialShape(**self.meta["shape"])
         self.ids: list[str] = json.loads((model_dir / "items.json").read_text())
         self.index = {item: i + 1 for i, item in enumerate(self.ids)}
@@ -279,16 +320,20 @@ class SequentialServing:
         return self.route
 
     def merge(self, users: Sequence[Any], results: list[dict], top_k: int) -> bool:
-        """Merge the route's list into each user's `results` entry (reciprocal-rank fusion with
-        the behavioural list at weight 1, the route at its fitted weight); False when no model
-        serves or its weight is 0. `users` are reasoning/reasoner.py `UserView`s."""
+        """Turn each user's behavioural `results` entry into the served list (in place): `fuse`
+        with the user's recent items and the route's list at the model's fitted weights. False
+        (nothing changed) when no model serves. `users` are reasoning/reasoner.py `UserView`s."""
         route = self.current()
-        if route is None or route.weight <= 0 or not users:
+        if route is None or not users:
             return False
-        histories = [[entry[0] for entry in reversed(user.recent)] for user in users]
         bought = [set(user.bought) for user in users]
-        for result, excluded, items in zip(results, bought, route.route_items(histories, bought, top_k)):
-            result["items"] = merge([(1.0, result["items"]), (route.weight, items)], excluded, top_k)
+        if route.fusion.sequential > 0:
+            histories = [[entry[0] for entry in reversed(user.recent)] for user in users]
+            routed = route.route_items(histories, bought, top_k)
+        else:
+            routed = [[] for _ in users]
+        for user, result, excluded, items in zip(users, results, bought, routed):
+            result["items"] = fuse(route.fusion, user.recent, result["items"], items, excluded, top_k)
             result["model_version"] = f"{result['model_version']}+{route.version}"
             if result.get("fallback_reason") is FallbackReason.no_covisitation and items:
                 result["fallback_reason"] = None  # the sequential route had something to say

@@ -53,11 +53,12 @@ class IntentRoute:
         """user_id -> when this worker last sent the user, on which state (LRU, remember_users)."""
 
     def submit(self, views: Sequence[UserView], payloads: list[RecsPayload],
-               last_produced_ms: Sequence[int]) -> list[FallbackReason | None]:
+               last_produced_ms: Sequence[int], recent_fused: bool = False) -> list[FallbackReason | None]:
         """Merge each payload with the user's last intent result, if any (in place), and send the
-        users whose intent is due to reasoning. Returns the fallback_reason each payload is written
-        with: `intent_pending` (sent), `intent_queue_full` (could not be sent), or None (not due:
-        the last result is merged)."""
+        users whose intent is due to reasoning. `recent_fused`: the payloads hold the user's recent
+        items already (the sequential model's fusion), so no merge adds them again. Returns the
+        fallback_reason each payload is written with: `intent_pending` (sent), `intent_queue_full`
+        (could not be sent), or None (not due: the last result is merged)."""
         now = int(time.time() * 1000)
         k = self.settings.recs.top_k
         raws = self.client.mget([self.keys.intent(v.user_id) for v in views]) if views else []
@@ -67,7 +68,8 @@ class IntentRoute:
             mark = self.requested.get(view.user_id)
             if raw is not None:
                 last = orjson.loads(raw)
-                payload.update(merge_with_intent(behavioural, view.recent, set(view.bought), last, k))
+                payload.update(merge_with_intent(behavioural, () if recent_fused else view.recent,
+                                                 set(view.bought), last, k))
                 if mark is None or last["at_ms"] > mark.at_ms:
                     mark = IntentMark(last["at_ms"], last["state_version"])
             if not intent_due(view.trigger, view.state_version, mark, now, self.cfg):
@@ -75,7 +77,8 @@ class IntentRoute:
                 continue
             request = {"format": 1, "user_id": view.user_id, "state_version": view.state_version,
                        "trigger": view.trigger, "recent": [list(e) for e in view.recent[: self.cfg.max_items]],
-                       "bought": sorted(view.bought), "behavioural": behavioural, "requested_ms": now,
+                       "bought": sorted(view.bought), "behavioural": behavioural, "recent_fused": recent_fused,
+                       "requested_ms": now,
                        "last_produced_ms": produced}
             try:
                 self.producer.send_raw(view.user_id.encode(), orjson.dumps(request))

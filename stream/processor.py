@@ -14,8 +14,9 @@ Recommendations are derived data: a refresh built but not written when a batch r
 at the user's next trigger. Invalid events go to the dead-letter topic with their reason and
 never stop the batch.
 
-With a sequential model served (reasoning/sequential.py), every refresh merges the SASRec route
-into the behavioural list (onnxruntime + faiss, one call per batch of refreshes).
+With a sequential model served (reasoning/sequential.py), every refresh fuses the user's recent
+items and the SASRec route (onnxruntime + faiss, one call per batch of refreshes) with the
+behavioural list, at the weights fitted with the model.
 With the intent route on (stream/intent_route.py), a refresh merges the user's last intent result
 into the behavioural list and, when the user's intent is due, sends the user to the reasoner
 service (stream/reasoner_service.py), which writes the merged list when it is done.
@@ -335,16 +336,18 @@ class BatchProcessor:
             results = self.reasoner.recommend(views, top_k)
         except Exception:
             results = [self._recommend_one(view, top_k) for view in views]
+        fused = False  # whether the lists hold the recent route already (at the sequential model's weight)
         if self.sequential is not None:
             try:
-                if self.sequential.merge(views, results, top_k):
+                fused = self.sequential.merge(views, results, top_k)
+                if fused:
                     self.metrics.add("sequential_merged", len(views))
             except Exception:  # the route is extra: the behavioural lists serve as built
                 log.exception("sequential route failed for a batch of %d users: serving the behavioural lists",
                               len(views))
                 self.metrics.add("sequential_errors")
         if self.intent is not None:
-            intent_reasons = self.intent.submit(views, results, [s.last_produced_ms for s in states])
+            intent_reasons = self.intent.submit(views, results, [s.last_produced_ms for s in states], fused)
             for result, reason in zip(results, intent_reasons):
                 if result.get("fallback_reason") is not FallbackReason.refresh_failed:
                     result["fallback_reason"] = reason

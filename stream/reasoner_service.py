@@ -157,6 +157,16 @@ def _popularity() -> dict[str, float]:
     return _child["popularity"]
 
 
+def _unfused_recent(request: dict) -> list:
+    """The recent entries `merge_with_intent` fuses: none when the worker's list holds them
+    already (`recent_fused`: the sequential model's fusion decided their weight).
+
+    >>> _unfused_recent({"recent": [["a", "view"]], "recent_fused": True}), _unfused_recent({"recent": [["a", "view"]]})
+    ([], [['a', 'view']])
+    """
+    return [] if request.get("recent_fused") else request["recent"]
+
+
 def _personal(requests: list[dict]):
     """The sequential model's view of the batch's users (reasoning/retrieval.py `PersonalScores`),
     so a tag's items are ranked for each user; None while no sequential model serves (the same
@@ -207,7 +217,7 @@ def _reason_in_child(requests: list[dict]) -> dict:
                   "context_items": [i for i, _ in ctx.items], "context_actions": [a for _, a in ctx.items],
                   "weights": weights}
         pipe.set(keys.intent(request["user_id"]), orjson.dumps(stored))
-        out = merge_with_intent(request["behavioural"], request["recent"], set(request["bought"]), stored, k)
+        out = merge_with_intent(request["behavioural"], _unfused_recent(request), set(request["bought"]), stored, k)
         merged.append({**out, "fallback_reason": None, "generated_at": _utc_now()})
         contexts.append({
             "user_id": request["user_id"], "context_items": stored["context_items"],
@@ -418,7 +428,7 @@ class ReasonerService:
         for request, raw in zip(requests, raws):
             out = request["behavioural"]
             if raw:
-                out = merge_with_intent(out, request["recent"], set(request["bought"]), orjson.loads(raw), k)
+                out = merge_with_intent(out, _unfused_recent(request), set(request["bought"]), orjson.loads(raw), k)
             payloads.append({**out, "fallback_reason": reason, "generated_at": _utc_now()})
         pipe = self.client.pipeline(transaction=False)
         write_guarded(pipe, self.keys, payloads, self.settings.recs.updates_stream_maxlen)

@@ -17,10 +17,17 @@ fit of its merge weight, and its export for serving.
    epochs, dense ones underfit at 0.5); the run with the best validation score is kept. No
    choice here looks at test data.
 
-`fit_merge_weight` then picks the weight of the route against the behavioural route (weight 1)
-on the same per-user holdout: reciprocal-rank fusion of the two lists, the weight of the grid
-with the best NDCG@10 of the validation items (0 when the route does not help this catalog).
-`train_and_export` does all of it and writes a model directory.
+`fit_fusion` then picks the served list's weights (reasoning/sequential.py `Fusion`: the user's
+recent unbought items and this route, against the behavioural route at weight 1) on the same
+per-user holdout, one list of the evaluation each (NDCG@20 of the validation items; NDCG, not
+recall: with one held-out item per user, Recall@20 ties most weights):
+  a. the route's weight: the best on the `new` list (minus everything the user interacted
+     with), which the recent route cannot reorder (it only adds seen items);
+  b. the recent weight, at that route weight: the best on the `all` list (minus what the user
+     bought).
+A route that does not help a catalog gets 0 there (e.g. re-showing seen items where nobody
+revisits); ties go to the smaller weight. `train_and_export` does all of it and writes
+a model directory; `cached_model` refits the weights of a cached model fitted by an older rule.
 """
 
 from __future__ import annotations
@@ -42,13 +49,17 @@ from contracts.recs import rec_item
 from offline.metrics import ndcg_at
 from offline.splits import Split, UserCase, leave_one_out
 from reasoning.retrieval import merge
-from reasoning.sequential import SequentialShape, build_model, export, pad
+from reasoning.sequential import Fusion, SequentialShape, build_model, export, fuse, pad
 
 log = logging.getLogger(__name__)
 
-WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+SEQUENTIAL_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+RECENT_GRID = SEQUENTIAL_GRID
+FUSION_K = 20
+FUSION_RULE = "sequential@ndcg20-new,recent@ndcg20-all/2"
+"""Names the rule `fit_fusion` follows: a cached model fitted by another rule is refitted."""
 WEIGHT_USERS = 5000
-"""At most this many validation users (a seeded sample) score each merge weight."""
+"""At most this many validation users (a seeded sample) score each pair of weights."""
 
 
 @dataclass
@@ -136,6 +147,15 @@ def validation_ndcg(model, index: dict[str, int], items: np.ndarray, cases: Sequ
     return float(np.mean(values))
 
 
+def holdout(train: pd.DataFrame, validation: Sequence[UserCase] | None) -> tuple[pd.DataFrame, list[UserCase]]:
+    """(the events to learn from, the validation cases): the given cases with all of `train`,
+    else each user's last event of `train` held out (users with 3+ events)."""
+    if validation:
+        return train, list(validation)
+    inner = leave_one_out(train, min_events=3)
+    return inner.inputs, inner.cases
+
+
 def train_sequential(train: pd.DataFrame, validation: Sequence[UserCase] | None = None,
                      cfg: SequentialConfig | None = None,
                      progress: Callable[[str], None] | None = None) -> TrainedSequential:
@@ -163,11 +183,7 @@ def _train_one(train: pd.DataFrame, validation: Sequence[UserCase] | None, cfg: 
     index = {item: i + 1 for i, item in enumerate(item_ids)}
     items = np.asarray([""] + item_ids, dtype=object)
     # 2. Validation.
-    if validation:
-        learn, val_cases = train, list(validation)
-    else:
-        inner = leave_one_out(train, min_events=3)
-        learn, val_cases = inner.inputs, inner.cases
+    learn, val_cases = holdout(train, validation)
     sequences = [[index[i] for i in g] for _, g in learn.groupby("user_id", sort=False).item_id]
     sequences = [s for s in sequences if len(s) >= 2]
     if not sequences:
@@ -211,9 +227,9 @@ def _train_one(train: pd.DataFrame, validation: Sequence[UserCase] | None, cfg: 
     return TrainedSequential(model.eval(), item_ids, cfg.shape, history, best, val_cases, learn)
 
 
-def fit_merge_weight(trained: TrainedSequential, k: int = 10, seed: int = 0) -> dict:
-    """The route's merge weight against the behavioural route (module docstring):
-    {"merge_weight", "grid": {weight: NDCG@k}, "users"}."""
+def fit_fusion(trained: TrainedSequential, k: int = FUSION_K, seed: int = 0) -> dict:
+    """The served list's fusion weights (module docstring, steps a-b): {"weight_recent",
+    "merge_weight" (the route's), "grid" (each step's scores), "users", "metric", "fusion_rule"}."""
     from offline.methods import ItemKNN
 
     cases = list(trained.validation)
@@ -221,12 +237,13 @@ def fit_merge_weight(trained: TrainedSequential, k: int = 10, seed: int = 0) -> 
         pick = np.random.default_rng(seed).choice(len(cases), WEIGHT_USERS, replace=False)
         cases = [cases[i] for i in sorted(pick)]
     if not cases:
-        return {"merge_weight": 1.0, "grid": {}, "users": 0}
+        return {"weight_recent": 0.0, "merge_weight": 1.0, "grid": {}, "users": 0, "fusion_rule": FUSION_RULE}
     learn = trained.learn
     knn = ItemKNN()
     knn.fit(Split("holdout", learn, learn.iloc[:0], cases), [])
     depth = 100
     index, items = trained.index, np.asarray([""] + trained.item_ids, dtype=object)
+    recent = [[[item] for item in reversed(c.history)] for c in cases]  # state entries, newest first
     behavioural = [[rec_item(item, s, "covisit", "") for item, s, _ in
                     knn.reasoner.score(knn.recent.get(c.user_id, []), c.bought, depth)] for c in cases]
     sequential: list[list[dict]] = []
@@ -236,14 +253,27 @@ def fit_merge_weight(trained: TrainedSequential, k: int = 10, seed: int = 0) -> 
         top = logits.topk(min(depth + 50, len(items) - 1), dim=1).indices.numpy()
         sequential += [[rec_item(i, 1.0, "sequential", "") for i in items[row].tolist() if i not in c.bought][:depth]
                        for row, c in zip(top, chunk)]
-    grid = {}
-    for weight in WEIGHT_GRID:
-        values = [ndcg_at([e["item_id"] for e in merge([(1.0, b), (weight, s)], c.bought, k)], c.targets, k)
-                  for c, b, s in zip(cases, behavioural, sequential)]
-        grid[weight] = float(np.mean(values))
-    chosen = max(WEIGHT_GRID, key=lambda w: (grid[w], -w))  # ties: the smaller weight
-    return {"merge_weight": chosen, "grid": {str(w): v for w, v in grid.items()}, "users": len(cases),
-            "metric": f"ndcg@{k}"}
+
+    def score(fusion: Fusion, new: bool) -> float:
+        values = []
+        for c, h, b, s in zip(cases, recent, behavioural, sequential):
+            if new and not c.new_targets:
+                continue
+            ranked = [e["item_id"] for e in fuse(fusion, h, b, s, c.bought, depth)]
+            values.append(ndcg_at([i for i in ranked if i not in c.seen], c.new_targets, k) if new
+                          else ndcg_at(ranked, c.targets, k))
+        return float(np.mean(values)) if values else 0.0
+
+    # a. The route's weight on the `new` list; b. the recent weight on the `all` list.
+    on_new = {w: score(Fusion(0.0, w), new=True) for w in SEQUENTIAL_GRID}
+    w_seq = max(SEQUENTIAL_GRID, key=lambda w: (on_new[w], -w))
+    on_all = {w: score(Fusion(w, w_seq), new=False) for w in RECENT_GRID}
+    w_recent = max(RECENT_GRID, key=lambda w: (on_all[w], -w))
+    return {"weight_recent": w_recent, "merge_weight": w_seq,
+            "grid": {"sequential_on_new": {str(w): v for w, v in on_new.items()},
+                     "recent_on_all": {str(w): v for w, v in on_all.items()}},
+            "users": len(cases), "users_new": sum(bool(c.new_targets) for c in cases),
+            "metric": f"ndcg@{k}", "fusion_rule": FUSION_RULE}
 
 
 def train_and_export(train: pd.DataFrame, out_dir: Path, version: str, cfg: SequentialConfig | None = None,
@@ -257,7 +287,7 @@ def train_and_export(train: pd.DataFrame, out_dir: Path, version: str, cfg: Sequ
     started = time.perf_counter()
     trained = train_sequential(train, validation, cfg, progress)
     trained_s = time.perf_counter() - started
-    weight = fit_merge_weight(trained)
+    weight = fit_fusion(trained)
     meta = {"version": version, "kind": "sequential", "trained_at": datetime.now(timezone.utc).isoformat(),
             "train_events": len(train), "items": len(trained.item_ids), "epochs": len(trained.log),
             f"best_val_ndcg@{cfg.val_k}": trained.best_val, "train_seconds": round(trained_s, 1),
@@ -265,8 +295,8 @@ def train_and_export(train: pd.DataFrame, out_dir: Path, version: str, cfg: Sequ
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save(trained.model.state_dict(), out_dir / "model.pt")
     export(trained.model, trained.item_ids, trained.shape, out_dir, meta)
-    log.info("sequential model %s: %d epochs, val %.4f, merge weight %s", version, len(trained.log),
-             trained.best_val, weight["merge_weight"])
+    log.info("sequential model %s: %d epochs, val %.4f, fusion recent %s / sequential %s", version,
+             len(trained.log), trained.best_val, weight["weight_recent"], weight["merge_weight"])
     return meta
 
 
@@ -292,8 +322,22 @@ def cached_model(train: pd.DataFrame, cache_dir: Path, validation: Sequence[User
     target = cache_dir / "models" / "sequential-cache" / key
     if not (target / "sequential.json").exists():
         train_and_export(train, target, f"sasrec-{label}-{key[:8]}", cfg, validation, progress)
-    elif progress:
+        return target
+    if progress:
         progress(f"sequential model {key} reused from {target}")
+    meta = json.loads((target / "sequential.json").read_text())
+    if meta.get("fusion_rule") != FUSION_RULE:  # weights fitted by an older rule: refit (the model is the same)
+        model, item_ids, shape, _ = load_trained(target)
+        learn, cases = holdout(train, validation)
+        trained = TrainedSequential(model, item_ids, shape, meta.get("log", []), meta[f"best_val_ndcg@{cfg.val_k}"],
+                                    cases, learn)
+        meta.update(fit_fusion(trained))
+        tmp = target / "sequential.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=2, default=str))
+        tmp.rename(target / "sequential.json")
+        if progress:
+            progress(f"sequential model {key}: fusion refitted (recent {meta['weight_recent']}, "
+                     f"sequential {meta['merge_weight']})")
     return target
 
 

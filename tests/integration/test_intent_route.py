@@ -5,6 +5,8 @@ same checkpoint."""
 
 from __future__ import annotations
 
+import json
+
 import os
 import socket
 from collections import namedtuple
@@ -56,6 +58,9 @@ def test_worker_sends_refreshes_to_the_reasoner_which_serves_merged_lists_and_pu
     sequential_dir = tmp_path / "sequential"
     train_and_export(data.events, sequential_dir, "seq-test", SequentialConfig(max_epochs=3, dropout_grid=None,
                                                                                threads=1))
+    # Three epochs on 1,500 events may fit the route's weight to 0; this test is about the wiring.
+    meta = json.loads((sequential_dir / "sequential.json").read_text())
+    (sequential_dir / "sequential.json").write_text(json.dumps({**meta, "merge_weight": 1.0, "weight_recent": 1.0}))
     settings = scoped.model_copy(update={
         "intent": scoped.intent.model_copy(update={"enabled": True, "model_dir": tiny_intent_model,
                                                    "batch_size": 16}),

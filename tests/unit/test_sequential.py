@@ -1,12 +1,16 @@
 """The sequential route (reasoning/sequential.py, training/sequential.py): what onnxruntime and
 faiss serve is what the trained torch model scores, and training learns an obvious sequence."""
 
+import json
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import torch
 
-from reasoning.sequential import SequentialRoute, SequentialShape, export, pad
-from training.sequential import WEIGHT_GRID, SequentialConfig, scores, train_and_export, train_sequential
+from reasoning.sequential import Fusion, SequentialRoute, SequentialShape, export, pad
+from training.sequential import (FUSION_RULE, RECENT_GRID, SEQUENTIAL_GRID, SequentialConfig, fit_fusion, scores,
+                                 train_and_export, train_sequential)
 
 
 def cyclic_log(users: int = 120, length: int = 8, items: int = 30) -> pd.DataFrame:
@@ -38,7 +42,7 @@ def test_onnx_and_faiss_serve_what_torch_scores(tmp_path):
     shape = trained.shape
     export(trained.model, trained.item_ids, shape, tmp_path / "model", {"version": "test-v1", "merge_weight": 0.5})
     route = SequentialRoute(tmp_path / "model")
-    assert (route.version, route.weight, route.shape) == ("test-v1", 0.5, shape)
+    assert (route.version, route.fusion, route.shape) == ("test-v1", Fusion(recent=0.0, sequential=0.5), shape)
     # Longer than maxlen; an unknown item; nothing at all.
     histories = [["i1", "i2"], ["i7"], [f"i{n}" for n in range(9, 21)], ["new-item"], []]
     index = trained.index
@@ -55,12 +59,35 @@ def test_onnx_and_faiss_serve_what_torch_scores(tmp_path):
     assert all(e["route"] == "sequential" for e in route.route_items(histories[:1], exclude[:1], 5)[0])
 
 
-def test_train_and_export_fits_the_merge_weight_on_the_holdout(tmp_path):
+def test_train_and_export_fits_the_fusion_on_the_holdout(tmp_path):
     meta = train_and_export(cyclic_log(), tmp_path / "m", "v-test", CFG)
-    assert meta["users"] > 0 and set(meta["grid"]) == {str(w) for w in WEIGHT_GRID}
-    # The behavioural route (co-visitation of the previous items) knows the +1 item too, but the
-    # sequential model is better at it here: the fitted weight is not 0.
-    assert meta["merge_weight"] > 0 and SequentialRoute(tmp_path / "m").weight == meta["merge_weight"]
+    assert meta["users"] > 0 and len(meta["grid"]["sequential_on_new"]) == len(SEQUENTIAL_GRID)
+    assert len(meta["grid"]["recent_on_all"]) == len(RECENT_GRID)
+    # Each weight is its step's best (ties: the smaller one). Nobody comes back to an item in
+    # this log: re-showing the recent ones only takes slots, so their weight is 0.
+    on_new, on_all = meta["grid"]["sequential_on_new"], meta["grid"]["recent_on_all"]
+    assert on_new[str(meta["merge_weight"])] == max(on_new.values())
+    assert min(float(w) for w, v in on_new.items() if v == max(on_new.values())) == meta["merge_weight"]
+    assert meta["weight_recent"] == 0.0 and on_all["0.0"] > on_all["4.0"]
+    assert SequentialRoute(tmp_path / "m").fusion == Fusion(0.0, meta["merge_weight"])
+
+
+def revisit_log(users: int = 150, length: int = 6, items: int = 300) -> pd.DataFrame:
+    """Each user views `length` random items and then comes back to one of them."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for u in range(users):
+        viewed = [f"i{j}" for j in rng.choice(items, length, replace=False)]
+        walk = viewed + [viewed[int(rng.integers(length))]]
+        rows += [(f"u{u}", item, "view", 1000 * (u * 10 + t)) for t, item in enumerate(walk)]
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "type", "ts"]).assign(category=None)
+
+
+def test_fusion_weights_the_recent_items_where_shoppers_come_back():
+    fitted = fit_fusion(train_sequential(revisit_log(), cfg=replace(CFG, max_epochs=2)))
+    assert fitted["weight_recent"] > 0 and fitted["fusion_rule"] == FUSION_RULE
+    on_all = fitted["grid"]["recent_on_all"]
+    assert on_all[str(fitted["weight_recent"])] > on_all["0.0"]
 
 
 def test_a_model_is_trained_once_per_events_validation_and_config(tmp_path):
@@ -79,3 +106,19 @@ def test_a_model_is_trained_once_per_events_validation_and_config(tmp_path):
         expected = model.encode(torch.from_numpy(pad([[index["i1"], index["i2"]]], shape.maxlen))).numpy()
     np.testing.assert_allclose(route.user_vectors([["i1", "i2"]]), expected, rtol=1e-4, atol=1e-5)
     assert len(meta["log"]) == meta["epochs"] == 4  # two epochs for each dropout of the grid
+
+
+def test_a_cached_model_fitted_by_an_older_rule_gets_its_fusion_refitted(tmp_path):
+    from training.sequential import cached_model
+
+    cfg = SequentialConfig(shape=SequentialShape(hidden=16, maxlen=10), max_epochs=2, threads=1)
+    first = cached_model(cyclic_log(), tmp_path, cfg=cfg)
+    meta = json.loads((first / "sequential.json").read_text())
+    old = {k: v for k, v in meta.items() if k not in ("weight_recent", "fusion_rule")}
+    (first / "sequential.json").write_text(json.dumps({**old, "merge_weight": 123.0}))
+    weights = (first / "model.pt").stat().st_mtime_ns
+    assert SequentialRoute(first).fusion == Fusion(0.0, 123.0)  # as such a directory was served
+    assert cached_model(cyclic_log(), tmp_path, cfg=cfg) == first
+    refitted = json.loads((first / "sequential.json").read_text())
+    assert refitted["fusion_rule"] == FUSION_RULE and refitted["merge_weight"] == meta["merge_weight"]
+    assert (first / "model.pt").stat().st_mtime_ns == weights  # the model itself is not retrained
