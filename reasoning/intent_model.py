@@ -1,6 +1,8 @@
-"""The intent model: a small Llama-architecture causal LM with its own byte-level BPE tokenizer,
-the atom adaptor (2-layer MLP: item vector + action -> the LM's input space) and the tag
-vocabulary it was trained on, saved as one Hugging Face model directory:
+"""The intent model: a Llama-architecture causal LM and its tokenizer (the project's small model
+with its own byte-level BPE tokenizer, or a pretrained backbone with its own, e.g.
+SmolLM2-135M-Instruct: training/backbone.py), the atom adaptor (2-layer MLP: item vector +
+action -> the LM's input space) and the tag vocabulary it was trained on, saved as one Hugging
+Face model directory:
 
     config.json, model.safetensors, tokenizer.json, tokenizer_config.json (with the chat template)
         -> what `transformers serve` / `vllm serve` host
@@ -114,7 +116,7 @@ class IntentModel:
         self.vocab = vocab
         self.meta = meta
         self.item_token_id = tokenizer.convert_tokens_to_ids(ITEM_TOKEN)
-        self.end_id = tokenizer.convert_tokens_to_ids("<|end|>")
+        self.end_id = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)  # the end of the assistant's turn
         self.pad_id = tokenizer.pad_token_id
         self.sep_id = tokenizer.convert_tokens_to_ids(";")
 
@@ -146,6 +148,21 @@ class IntentModel:
         )
         lm = LlamaForCausalLM(lm_config)
         return cls(lm, tokenizer, Adaptor(atom_dim, config.hidden), vocab, {**meta, "lm": asdict(config)})
+
+    @classmethod
+    def from_pretrained(cls, base_dir: Path, atom_dim: int, vocab: TagVocabulary, meta: dict, seed: int = 0):
+        """A pretrained backbone (a Hugging Face Llama directory with its tokenizer and chat
+        template), with `<|item|>` added to its vocabulary and a fresh adaptor to its width."""
+        from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+        torch.manual_seed(seed)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(base_dir))
+        tokenizer.add_special_tokens({"additional_special_tokens": [ITEM_TOKEN]})
+        tokenizer.padding_side = "left"
+        lm = LlamaForCausalLM.from_pretrained(str(base_dir))
+        lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # the item slot's vector: the adaptor's
+        lm.config.eos_token_id = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
+        return cls(lm, tokenizer, Adaptor(atom_dim, lm.config.hidden_size), vocab, meta)
 
     def save(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)

@@ -122,3 +122,18 @@ def tiny_intent_model(base_settings: Settings, data_dir: Path, tmp_path_factory)
                     lm_steps=200, adaptor_steps=20, episodes_per_user=4, batch_size=16)
     train_model(data, out, base_settings.cache_dir, cfg)
     return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_intent_model(base_settings: Settings, data_dir: Path, tmp_path_factory) -> Path:
+    """An intent model fine-tuned from SmolLM2-135M-Instruct (training/backbone.py) for 2 + 2
+    steps on the first 1,500 REES46 events: the real pretrained weights with LoRA merged, its
+    tokenizer and chat template, a fresh adaptor; the plumbing, not a useful recommender."""
+    from offline import datasets
+    from training.sft import SFTConfig, train_model
+
+    data = datasets.load("rees46", data_dir).head(1500)
+    out = tmp_path_factory.mktemp("intent-smollm2") / "model"
+    cfg = SFTConfig.for_base("smollm2", lm_steps=2, adaptor_steps=2, episodes_per_user=2, batch_size=2)
+    train_model(data, out, base_settings.cache_dir, cfg)
+    return out

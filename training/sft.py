@@ -3,9 +3,14 @@
 1. Atoms: item vectors for the catalog (MiniLM through ONNX when items have text, learned
    category vectors otherwise), cached per catalog version.
 2. Tag vocabulary and personas from the catalog and the train events.
-3. Tokenizer: byte-level BPE trained on rendered prompts and answers (catalog and tag text).
+3. The LM (`SFTConfig.base`, training/backbone.py): `tiny` gets a byte-level BPE tokenizer
+   trained on rendered prompts and answers (catalog and tag text) and a fresh small Llama;
+   `smollm2` starts from SmolLM2-135M-Instruct with its own tokenizer and chat template.
 4. Stage 1: the LM learns all three tasks (plan personas; tags for a persona; tags) on the
-   full-text context; loss on the answer tokens only.
+   full-text context; loss on the answer tokens only. `tiny` trains every weight; `smollm2`
+   trains LoRA adapters (peft) on every projection of every block, merged into the weights
+   afterwards (the saved model is a plain Llama: serving, `transformers serve` and vLLM need no
+   peft), so the pretrained weights move little on a small log.
 5. Stage 2: the adaptor learns to put item atoms where the text was, the LM frozen (hybrid
    context), on the same episodes.
 6. The merge weights of the recent and behavioural routes, fitted on a held-out tail of the
@@ -31,6 +36,7 @@ from features.embedder import CategoryEmbedder, embedder_for, item_embeddings
 from reasoning.context import answer, messages, task_expert, task_plan, task_tags
 from reasoning.intent_model import AtomTable, IntentModel, LMConfig, train_tokenizer
 from reasoning.tags import TagVocabulary, build_vocabulary
+from training.backbone import BASES, smollm2_dir
 from training.data import Episode, episodes
 from training.merge_weights import fit_merge_weights
 
@@ -39,9 +45,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SFTConfig:
-    """Hyper-parameters of `intentstream train --sft`."""
+    """Hyper-parameters of `intentstream train --sft` (`for_base` gives each base's defaults)."""
 
-    lm: LMConfig = field(default_factory=LMConfig)
+    base: str = "tiny"             # training/backbone.py BASES
+    lm: LMConfig = field(default_factory=LMConfig)  # the tiny base's shape (a pretrained base brings its own)
+    lora_rank: int = 16            # pretrained bases: LoRA rank (alpha = 2 x rank) on q/k/v/o/gate/up/down
+    lora_dropout: float = 0.05
     # data
     max_items: int = 20            # recent items in a context
     horizon: int = 5               # next events whose tags are the target
@@ -62,9 +71,20 @@ class SFTConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_items", "horizon", "episodes_per_user", "lm_steps", "batch_size", "personas_k",
-                     "tags_per_persona", "tags_n"):
+                     "tags_per_persona", "tags_n", "lora_rank"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SFTConfig.{name} must be >= 1")
+        if self.base not in BASES:
+            raise ValueError(f"SFTConfig.base must be one of {BASES}, not {self.base!r}")
+
+    @classmethod
+    def for_base(cls, base: str, **overrides) -> SFTConfig:
+        """The defaults of `base`. SmolLM2 (135M parameters, ~80x the tiny model) gets a budget
+        a 2-core CPU finishes in well under an hour: fewer, smaller steps at a LoRA learning
+        rate (measured cost in benchmarks/REPORT.md)."""
+        budget = {"smollm2": {"lm_steps": 150, "adaptor_steps": 150, "batch_size": 8, "lr": 3e-4,
+                              "adaptor_lr": 1e-3}}.get(base, {})
+        return cls(base=base, **{**budget, **overrides})
 
 
 @dataclass
@@ -164,28 +184,43 @@ def train_sft(train_events: pd.DataFrame, catalog: Catalog, out_dir: Path, cache
         raise ValueError("no training episodes: the events hold no user with enough history and tagged items")
     say(f"episodes: {len(eps)}")
 
-    corpus = []
-    for ep in eps[: 4000]:
-        corpus.append(" ".join(m["content"] for m in messages(ep.context, "text", task_tags(), catalog)))
-    corpus += vocab.tags + vocab.personas + [answer(vocab.tags[i: i + 10]) for i in range(0, len(vocab), 10)]
-    tokenizer = train_tokenizer(corpus, cfg.lm.vocab_size)
     meta = {"version": version or f"sft-{time.strftime('%Y%m%d-%H%M%S')}", "embedder": embedder.name,
-            "catalog_version": catalog.version, "sft": {k: v for k, v in asdict(cfg).items() if k != "lm"},
-            "episodes": len(eps)}
-    model = IntentModel.create(cfg.lm, tokenizer, atoms.dim, vocab, meta, seed=cfg.seed)
+            "catalog_version": catalog.version, "base": cfg.base,
+            "sft": {k: v for k, v in asdict(cfg).items() if k != "lm"}, "episodes": len(eps)}
+    if cfg.base == "tiny":
+        corpus = []
+        for ep in eps[: 4000]:
+            corpus.append(" ".join(m["content"] for m in messages(ep.context, "text", task_tags(), catalog)))
+        corpus += vocab.tags + vocab.personas + [answer(vocab.tags[i: i + 10]) for i in range(0, len(vocab), 10)]
+        tokenizer = train_tokenizer(corpus, cfg.lm.vocab_size)
+        model = IntentModel.create(cfg.lm, tokenizer, atoms.dim, vocab, meta, seed=cfg.seed)
+    else:
+        model = IntentModel.from_pretrained(smollm2_dir(cache_dir, say), atoms.dim, vocab, meta, seed=cfg.seed)
     n_params = sum(p.numel() for p in model.lm.parameters())
-    say(f"LM: {n_params / 1e6:.2f}M parameters, tokenizer {len(tokenizer)} tokens")
+    say(f"LM ({cfg.base}): {n_params / 1e6:.2f}M parameters, tokenizer {len(model.tokenizer)} tokens")
 
     model.lm.train()
     text = examples_for(model, eps, catalog, None, "text", cfg, cfg.seed)
-    hist = _train(model, text, list(model.lm.parameters()), cfg.lm_steps, cfg.lr, cfg, "lm")
+    if cfg.base == "tiny":
+        hist = _train(model, text, list(model.lm.parameters()), cfg.lm_steps, cfg.lr, cfg, "lm")
+    else:
+        from peft import LoraConfig, get_peft_model
+
+        model.lm = get_peft_model(model.lm, LoraConfig(
+            r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank, lora_dropout=cfg.lora_dropout,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+        lora = [p for p in model.lm.parameters() if p.requires_grad]
+        say(f"LoRA: {sum(p.numel() for p in lora) / 1e6:.2f}M trainable parameters")
+        hist = _train(model, text, lora, cfg.lm_steps, cfg.lr, cfg, "lm", log_every=25)
+        model.lm = model.lm.merge_and_unload()
     say(f"stage 1 (LM, full text): loss {hist[-1]['loss']} after {cfg.lm_steps} steps, {hist[-1]['seconds']} s")
 
     for p in model.lm.parameters():
         p.requires_grad_(False)
     model.adaptor.train()
     hybrid = examples_for(model, eps, catalog, atoms, "hybrid", cfg, cfg.seed)
-    hist2 = _train(model, hybrid, list(model.adaptor.parameters()), cfg.adaptor_steps, cfg.adaptor_lr, cfg, "adaptor")
+    hist2 = _train(model, hybrid, list(model.adaptor.parameters()), cfg.adaptor_steps, cfg.adaptor_lr, cfg, "adaptor",
+                   log_every=100 if cfg.base == "tiny" else 25)
     say(f"stage 2 (adaptor, LM frozen): loss {hist2[-1]['loss']} after {cfg.adaptor_steps} steps, {hist2[-1]['seconds']} s")
     model.lm.eval()
     model.adaptor.eval()
