@@ -118,6 +118,22 @@ def _backbone_section(result: dict) -> list[str]:
     return lines + [""]
 
 
+def _explanations_section(result: dict) -> list[str]:
+    """`bench explanations`: the LLM writing explanations through the faithfulness gate."""
+    lines = [f"## LLM-written explanations ({result['base']} backbone)", "",
+             f"Command: `{result['command']}` (commit `{result['commit']}`, {result['seconds']:.0f} s). "
+             f"{result['users']} users, the first {result['per_user']} intent items of each explained by the model.", "",
+             "| LLM attempts | passed the gate | served LLM sentences | diversity (LLM sentences, items) | "
+             "diversity (all served, items) | served and unfaithful | s per LLM explanation |", "|---|---|---|---|---|---|---|",
+             f"| {result['llm_attempts']} | {100 * (result['llm_pass_rate'] or 0):.1f}% | {result['served_llm']} | "
+             f"{result['diversity_llm'] or 0:.3f} ({result['llm_items_with_2_or_more']}) | "
+             f"{result['diversity_all'] or 0:.3f} ({result['items_with_2_or_more']}) | {result['served_unfaithful']} | "
+             f"{result['seconds_per_llm_explanation'] or 0:.2f} |"]
+    if result.get("note"):
+        lines += ["", result["note"]]
+    return lines + [""]
+
+
 def _intent_section(result: dict) -> list[str]:
     name = result["dataset"]
     intent = result["methods"]["intent"]
@@ -474,6 +490,9 @@ def render() -> Path:
         result = _load(f"intent-{name}-backbones.json")
         if result:
             lines += _backbone_section(result)
+        result = _load(f"explanations-{name}-smollm2.json")
+        if result:
+            lines += _explanations_section(result)
     for name in ("rees46", "taobao"):
         for variant in (f"rl-{name}.json", f"rl-{name}-fresh.json"):
             result = _load(variant)

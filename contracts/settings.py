@@ -224,9 +224,11 @@ class IntentSettings(BaseModel):
     """Merge weight of the intent route. 0.3: the intent route complements the behavioural one
     (at 1.0 its category-level picks displace stronger co-visited items; see benchmarks/REPORT.md)."""
     llm_explanations: int = Field(default=0, ge=0)
-    """With the openai backend: how many of a user's intent items get an explanation written by
-    the LLM from reasoning/prompts/explanation.md (served only if it passes the faithfulness
-    check; the grounded realisation serves otherwise)."""
+    """How many of a user's intent items get an explanation written by the LLM (the served
+    model, in process or behind the openai backend) from reasoning/prompts/explanation.md,
+    served only if it passes the faithfulness check (the grounded realisation serves otherwise).
+    0: grounded templates only (the tiny model writes little that passes; with the pretrained
+    backbone see benchmarks/REPORT.md)."""
     batch_size: int = Field(default=32, ge=1)
     """Users the reasoner reasons about in one batch."""
     take_max: int = Field(default=2000, ge=1)

@@ -158,7 +158,8 @@ class IntentMethod:
         hybrid, text = per_mode.get("hybrid"), per_mode.get("text")
         both = hybrid is not None and text is not None
         self.stats = {
-            "model": engine.version, "model_dir": str(model_dir), "train_seconds": round(trained, 1) if trained else engine.model.meta.get("train_seconds"),
+            "model": engine.version, "model_dir": str(model_dir),
+            "train_seconds": round(trained, 1) if trained else engine.model.meta.get("train_seconds"),
             "trained_in_this_run": bool(trained),
             "merge_weights": dict(zip(("recent", "behavioural", "intent"), self.weights)),
             "merge_validation": engine.model.meta.get("merge", {}).get("validation"),

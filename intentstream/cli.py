@@ -485,6 +485,19 @@ def bench_intent(
                                        bases=chosen), out)
 
 
+@bench_app.command("explanations")
+def bench_explanations(
+    dataset: str = typer.Option("rees46", help="Dataset folder or name (rees46, taobao, beauty)"),
+    model: Path = typer.Option(..., help="Intent model directory (e.g. one trained with --base smollm2)"),
+    users: int = typer.Option(40, help="Test users of the global-time split to reason about"),
+    out: Optional[Path] = typer.Option(None, help="Also write the JSON here"),
+) -> None:
+    """LLM-written explanations through the faithfulness gate: pass rate, diversity, cost."""
+    from benchmarks.explanations import run_explanation_benchmark
+
+    _print_result(run_explanation_benchmark(Settings(), dataset, model, users), out)
+
+
 @bench_app.command("reasoner")
 def bench_reasoner(
     dataset: str = typer.Option("rees46", help="Dataset folder or name (rees46, taobao, beauty)"),

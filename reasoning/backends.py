@@ -62,6 +62,25 @@ class IntentBackend(Protocol):
 
 
 # -- local ------------------------------------------------------------------------------------------
+EXPLANATION_TOKENS = 48
+"""Longest explanation an LLM writes (tokens)."""
+
+
+def explanation_prompt(style: str, facts) -> str:
+    """The user message asking an LLM for one explanation (reasoning/prompts/explanation.md),
+    naming only the grounded facts (reasoning/explanations.py `Facts`)."""
+    from reasoning import prompts
+    from reasoning.explanations import describe
+
+    named = [f"item: {describe(facts.item)}"]
+    if facts.tag:
+        named.append(f"tag: {facts.tag}")
+    if facts.related is not None:
+        named.append(f"in the user's history: {describe(facts.related)}")
+    named.append(f"situation: {facts.situation}")
+    return prompts.load("explanation").format(style=style, facts="; ".join(named))
+
+
 class LocalBackend:
     name = "local"
 
@@ -78,6 +97,20 @@ class LocalBackend:
         for p in range(len(vocab.personas)):
             members = vocab.persona_tags(p)
             self.persona_tries.append(PhraseTrie([self.tag_tokens[t] for t in members], members))
+
+    def write_explanation(self, style: str, facts) -> str | None:
+        """One explanation written by the in-process LM, greedy, from the same prompt the openai
+        backend sends (the caller checks it). Worth it with a pretrained instruct backbone
+        (`--base smollm2`); the tiny model's text rarely passes the faithfulness check."""
+        msgs = [{"role": "user", "content": explanation_prompt(style, facts)}]
+        prompt = self.model.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        ids = torch.tensor([self.model.ids(prompt)], device=self.model.device)
+        with torch.no_grad():
+            out = self.model.lm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                         max_new_tokens=EXPLANATION_TOKENS, eos_token_id=self.model.end_id,
+                                         pad_token_id=self.model.pad_id)
+        text = self.model.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+        return text or None
 
     def suffix(self, task: str, mode: str) -> list[int]:
         probe = UserContext("", (), "", "")
@@ -225,18 +258,8 @@ class OpenAIBackend:
 
     def write_explanation(self, style: str, facts) -> str | None:
         """One explanation from reasoning/prompts/explanation.md (the caller checks it)."""
-        from reasoning import prompts
-        from reasoning.explanations import describe
-
-        named = [f"item: {describe(facts.item)}"]
-        if facts.tag:
-            named.append(f"tag: {facts.tag}")
-        if facts.related is not None:
-            named.append(f"in the user's history: {describe(facts.related)}")
-        named.append(f"situation: {facts.situation}")
-        text = prompts.load("explanation").format(style=style, facts="; ".join(named))
-        body = {"model": self.model_name, "max_tokens": 48, "temperature": 0.0,
-                "messages": [{"role": "user", "content": text}]}
+        body = {"model": self.model_name, "max_tokens": EXPLANATION_TOKENS, "temperature": 0.0,
+                "messages": [{"role": "user", "content": explanation_prompt(style, facts)}]}
         try:
             response = self.client.post(f"{self.base_url}/v1/chat/completions", json=body)
             response.raise_for_status()

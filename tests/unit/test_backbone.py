@@ -54,7 +54,9 @@ def test_an_intent_model_fine_tuned_from_smollm2_serves_through_the_constrained_
     assert q_base.shape == q_tuned.shape and not torch.equal(q_base, q_tuned)
 
     data = datasets.load("rees46", data_dir).head(1500)
-    engine = IntentEngine(smollm2_intent_model, base_settings.intent, base_settings.cache_dir)
+    # The first intent item of each user gets an explanation written by the model itself.
+    cfg = base_settings.intent.model_copy(update={"backend": "local", "llm_explanations": 1})
+    engine = IntentEngine(smollm2_intent_model, cfg, base_settings.cache_dir)
     histories = user_histories(data.events)
     users = [u for u, h in histories.items() if len(h) >= 3][:2]
     inputs = [IntentInput(u, list(reversed(histories[u])), frozenset()) for u in users]
@@ -64,3 +66,6 @@ def test_an_intent_model_fine_tuned_from_smollm2_serves_through_the_constrained_
         assert result.tags and set(result.tags) <= vocabulary
         assert all(set(i["tags"]) <= vocabulary for i in result.intents)
     assert stats.tokens > 0
+    # The LLM was asked for each user with items; what it wrote was served only past the gate.
+    assert 0 < engine.explainer.llm_attempts <= len(users)
+    assert all(e["explanation"] and "<|" not in e["explanation"] for r in results for e in r.items)
