@@ -48,7 +48,6 @@ import pandas as pd
 from contracts.recs import rec_item
 from offline.metrics import ndcg_at
 from offline.splits import Split, UserCase, leave_one_out
-from reasoning.retrieval import merge
 from reasoning.sequential import Fusion, SequentialShape, build_model, export, fuse, pad
 
 log = logging.getLogger(__name__)
@@ -59,7 +58,7 @@ FUSION_K = 20
 FUSION_RULE = "sequential@ndcg20-new,recent@ndcg20-all/2"
 """Names the rule `fit_fusion` follows: a cached model fitted by another rule is refitted."""
 WEIGHT_USERS = 5000
-"""At most this many validation users (a seeded sample) score each pair of weights."""
+"""At most this many validation users (a seeded sample) score each weight of the grids."""
 
 
 @dataclass
