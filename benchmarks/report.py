@@ -147,7 +147,10 @@ def _intent_section(result: dict) -> list[str]:
              f"only. `intent` is the merged list the worker serves (recent unbought items, behavioural route and "
              f"intent route by weighted reciprocal-rank fusion, weights recent / behavioural / intent = "
              f"{st['merge_weights']['recent']} / {st['merge_weights']['behavioural']} / {st['merge_weights']['intent']}; "
-             f"the first two fitted on a held-out tail of the train events, see training/merge_weights.py).", "",
+             f"the first two fitted on a held-out tail of the train events, see training/merge_weights.py"
+             + ("; with the sequential route serving, the behavioural route is the worker's fusion of the recent, "
+                "co-visitation and sequential routes, whose recent weight replaces the first" if st.get("sequential_model")
+                else "") + ").", "",
              "| method | R@20 all / new | NDCG@20 all / new |", "|---|---|---|"]
     for method, r in result["methods"].items():
         lines.append(f"| {method} | {r['all']['recall@20']:.3f} / {r['new']['recall@20']:.3f} | "
@@ -194,6 +197,8 @@ def _intent_section(result: dict) -> list[str]:
         lines += [f"faiss HNSW over the catalog's {f['vectors']:,} MiniLM item atoms ({f['dim']} dims): recall@10 "
                   f"vs exact {f['recall_at_k']:.3f} ({f['queries']} queries, ties counted), {f['ms_per_query']:.2f} ms "
                   f"per query; the ONNX embedder encodes {f['embedder_strings_per_s']:.0f} strings/s in batches.", ""]
+    if result.get("note"):
+        lines += [result["note"], ""]
     return lines
 
 
