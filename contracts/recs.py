@@ -10,9 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
+
+from contracts.text import MAX_EXPLANATION_CHARS, MAX_TAG_CHARS, is_plain
+
+
+def _plain(limit: int, what: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if not is_plain(value, limit):
+            raise ValueError(f"{what} must be plain text of at most {limit} characters (no markup, "
+                             f"links or control characters): {value[:80]!r}")
+        return value
+    return AfterValidator(check)
+
+
+PlainTag = Annotated[str, _plain(MAX_TAG_CHARS, "a tag or persona")]
+PlainExplanation = Annotated[str, _plain(MAX_EXPLANATION_CHARS, "an explanation")]
 
 
 class FallbackReason(StrEnum):
@@ -40,15 +55,15 @@ class RecItem(BaseModel):
     score: float
     route: str
     """Which route proposed it: recent, covisit, popular or intent."""
-    tag: str | None = None
+    tag: PlainTag | None = None
     """The intent tag that retrieved it (intent route only)."""
-    explanation: str
-    """Why this item, grounded in the user's history or the catalog."""
+    explanation: PlainExplanation
+    """Why this item, grounded in the user's history or the catalog; plain text (contracts/text.py)."""
 
 
 class Intent(BaseModel):
-    persona: str
-    tags: list[str] = Field(default_factory=list)
+    persona: PlainTag
+    tags: list[PlainTag] = Field(default_factory=list)
 
 
 class Recommendations(BaseModel):
@@ -66,7 +81,7 @@ class Recommendations(BaseModel):
     model_version: str
     fallback_reason: FallbackReason | None = None
     """Null unless a fallback served (`FallbackReason`)."""
-    tags: list[str] = Field(default_factory=list)
+    tags: list[PlainTag] = Field(default_factory=list)
     """The intent model's final tags (empty when the intent route has not run for the user)."""
     context_items: list[str] = Field(default_factory=list)
     """The items the intent model read, newest first: the shop echoes them and `tags` in its

@@ -14,11 +14,15 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from contracts.text import MAX_CATALOG_CHARS, plain_text
+
 
 def _clean(value: object) -> str:
+    """A catalog field as plain text (contracts/text.py): a hostile title never reaches a prompt
+    as markup or a link."""
     if value is None or (isinstance(value, float) and value != value):
         return ""
-    return str(value).strip()
+    return plain_text(str(value), MAX_CATALOG_CHARS)
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,7 @@ class CatalogItem:
     def text(self) -> str:
         """What the full-text context says about the item (and what MiniLM embeds)."""
         parts = [self.title, self.brand, self.category_words]
-        return " ".join(p for p in parts if p) or f"item {self.item_id}"
+        return " ".join(p for p in parts if p) or plain_text(f"item {self.item_id}")
 
 
 class Catalog:

@@ -49,6 +49,7 @@ import redis
 
 from contracts.events import Event
 from contracts.keys import RedisKeys
+from contracts.text import plain_text
 from features.errors import FeatureStoreError
 from features.redis_client import delete_matching
 from features.state import TYPE_WEIGHT
@@ -369,7 +370,8 @@ class SharedItemModel:
             self._rows[item] = (now, {k.decode(): float(v) for k, v in row.items()})
             self._arrays.pop(item, None)
         for item, (category, brand) in zip(unlabelled, raw[len(stale):]):
-            self._labels[item] = (now, (category or b"").decode(), (brand or b"").decode())
+            # Event context may carry a link (the contract bars markup only): labels are plain text.
+            self._labels[item] = (now, plain_text((category or b"").decode()), plain_text((brand or b"").decode()))
         if len(self._rows) + len(self._labels) > CACHE_MAX:  # bounded: drop what is stale
             self._rows = {i: r for i, r in self._rows.items() if now - r[0] <= self.refresh_s}
             self._arrays = {i: a for i, a in self._arrays.items() if i in self._rows}
@@ -396,7 +398,7 @@ class SharedItemModel:
         label = self._labels.get(item_id)
         parts = [label[2], label[1]] if label else []
         text = " ".join(p.replace(".", " ").replace("_", " ") for p in parts if p)
-        return text or f"item {item_id}"
+        return text or plain_text(f"item {item_id}")
 
     def top_popular(self, n: int) -> list[tuple[str, float]]:
         best = self.client.zrevrange(self.keys.item_popularity, 0, n - 1, withscores=True)

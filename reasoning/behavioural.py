@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from contracts.recs import FallbackReason, RecsPayload, recommendations_payload
+from contracts.text import MAX_EXPLANATION_CHARS, plain_text
 from features.item_model import EMPTY_ROW, ItemCodes, covisit_pairs
 from features.item_model import MAX_EXPONENT as _MAX_EXPONENT
 from features.state import TYPE_WEIGHT
@@ -244,12 +245,14 @@ class BehaviouralReasoner:
         key = anchor or "@" + item
         hit = cache.get(key)
         if hit is None:
+            # Labels and categories come from event context, which may hold a link: plain text only.
             if anchor:
-                hit = ("covisit", f"Shoppers who looked at {self.model.label(anchor)} (in your history) also viewed this")
+                text = f"Shoppers who looked at {self.model.label(anchor)} (in your history) also viewed this"
+                hit = ("covisit", plain_text(text, MAX_EXPLANATION_CHARS))
             else:
                 category = self.model.category(item)
-                hit = ("popular", f"Popular right now in {category.replace('.', ' › ')}" if category
-                       else "Popular with shoppers right now")
+                text = f"Popular right now in {category.replace('.', ' › ')}" if category else "Popular with shoppers right now"
+                hit = ("popular", plain_text(text, MAX_EXPLANATION_CHARS))
             cache[key] = hit
         return hit
 

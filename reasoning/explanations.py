@@ -19,6 +19,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from contracts.text import MAX_EXPLANATION_CHARS, is_plain, plain_text
 from features.catalog import Catalog, CatalogItem
 
 STYLES = ("history", "interest", "situation", "attribute")
@@ -146,15 +147,17 @@ class Explainer:
 
     def explain(self, facts: Facts, salt: str, writer=None) -> tuple[str, str, bool]:
         """(style, text, faithful). `writer(style, facts) -> str | None` is an LLM path; its text
-        is used only when it passes the check, otherwise the grounded realisation is."""
+        is used only when it is plain text (contracts/text.py) and passes the check, otherwise
+        the grounded realisation is (cut to `MAX_EXPLANATION_CHARS`)."""
         style = choose_style(facts, salt)
         if writer is not None:
             self.llm_attempts += 1
             text = writer(style, facts)
-            if text and self.check(text, facts)[0]:
+            # Markup, a link or a run-on answer is rejected, not repaired: the grounded text serves.
+            if text and is_plain(text, MAX_EXPLANATION_CHARS) and self.check(text, facts)[0]:
                 return style, text, True
             self.llm_rejected += 1
-        text = realise(style, facts, salt)
+        text = plain_text(realise(style, facts, salt), MAX_EXPLANATION_CHARS)
         return style, text, self.check(text, facts)[0]
 
 

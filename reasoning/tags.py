@@ -19,7 +19,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from contracts.text import MAX_TAG_CHARS, plain_text
 from features.catalog import Catalog, CatalogItem
+
+PERSONA_SUFFIX = " shopper"
+TAG_CHARS = MAX_TAG_CHARS - len(PERSONA_SUFFIX)
+"""Longest tag: a persona is named after a tag plus `PERSONA_SUFFIX`, and both stay within
+`MAX_TAG_CHARS` (contracts/text.py; plain text, so a hostile catalog cannot put markup in one)."""
 
 
 def category_tag(category: str) -> str:
@@ -29,7 +35,7 @@ def category_tag(category: str) -> str:
     """
     if category.isdigit():
         return f"category {category}"
-    return category.replace(".", " ").replace("_", " ")
+    return plain_text(category.replace(".", " ").replace("_", " "), TAG_CHARS)
 
 
 def brand_tag(brand: str, category: str) -> str:
@@ -37,7 +43,7 @@ def brand_tag(brand: str, category: str) -> str:
     >>> brand_tag("samsung", "electronics.smartphone")
     'samsung smartphone'
     """
-    return f"{brand} {category.split('.')[-1].replace('_', ' ')}"
+    return plain_text(f"{brand} {category.split('.')[-1].replace('_', ' ')}", TAG_CHARS)
 
 
 @dataclass
@@ -116,12 +122,15 @@ def build_vocabulary(catalog: Catalog, events: pd.DataFrame, embed, max_tags: in
         if item.brand:
             pair_events[(item.brand, item.category)] += n
     entries: list[tuple[int, str, str, str]] = []  # (events, tag, category, brand)
-    for category, n in cat_events.items():
-        entries.append((n, category_tag(category), category, ""))
-    seen_tags = {e[1] for e in entries}
+    seen_tags: set[str] = set()
+    for category, n in sorted(cat_events.items(), key=lambda e: (-e[1], e[0])):
+        tag = category_tag(category)
+        if tag and tag not in seen_tags:  # two paths can read alike once cut to plain text
+            entries.append((n, tag, category, ""))
+            seen_tags.add(tag)
     for (brand, category), n in pair_events.items():
         tag = brand_tag(brand, category)
-        if n >= min_brand_events and tag not in seen_tags:
+        if n >= min_brand_events and tag and tag not in seen_tags:
             entries.append((n, tag, category, brand))
             seen_tags.add(tag)
     entries.sort(key=lambda e: (-e[0], e[1]))
@@ -139,7 +148,7 @@ def _personas(tags: Sequence[str], vectors: np.ndarray, k: int, seed: int) -> tu
     import faiss
 
     if k == 1 or len(tags) <= k:
-        return list(range(len(tags))) if len(tags) <= k else [0] * len(tags), [f"{t} shopper" for t in tags[:k]]
+        return list(range(len(tags))) if len(tags) <= k else [0] * len(tags), [t + PERSONA_SUFFIX for t in tags[:k]]
     km = faiss.Kmeans(vectors.shape[1], k, niter=25, seed=seed, spherical=True, verbose=False)
     km.train(np.ascontiguousarray(vectors, dtype=np.float32))
     _, labels = km.index.search(np.ascontiguousarray(vectors, dtype=np.float32), 1)
@@ -151,7 +160,7 @@ def _personas(tags: Sequence[str], vectors: np.ndarray, k: int, seed: int) -> tu
         members = np.flatnonzero(labels == old)
         centre = km.centroids[old]
         best = members[int(np.argmax(vectors[members] @ centre))]
-        names.append(f"{tags[best]} shopper")
+        names.append(tags[best] + PERSONA_SUFFIX)
     return [remap[int(l)] for l in labels], names
 
 

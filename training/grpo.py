@@ -46,6 +46,7 @@ from features.catalog import Catalog
 from reasoning.backends import LocalBackend
 from reasoning.context import messages, task_expert, task_plan
 from reasoning.intent_model import AtomTable, IntentModel
+from reasoning.tags import PERSONA_SUFFIX
 from training.data import Episode
 from training.rewards import (
     Gates,
@@ -160,7 +161,7 @@ class GRPOTrainer:
         self.persona_vectors = np.stack([unit[vocab.persona_tags(p)].mean(0) if vocab.persona_tags(p) else unit[0] * 0
                                          for p in range(len(vocab.personas))])
         self.persona_categories = [{vocab.category[t] for t in vocab.persona_tags(p)} for p in range(len(vocab.personas))]
-        self.persona_name_tag = [vocab.index.get(name.removesuffix(" shopper"), (vocab.persona_tags(p) or [0])[0])
+        self.persona_name_tag = [vocab.index.get(name.removesuffix(PERSONA_SUFFIX), (vocab.persona_tags(p) or [0])[0])
                                  for p, name in enumerate(vocab.personas)]
         self.step_no = 0
 
