@@ -7,10 +7,11 @@ a group and its field, e.g. `INTENTSTREAM_KAFKA__PORT=9092` or `INTENTSTREAM_TRI
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -192,6 +193,9 @@ class IntentSettings(BaseModel):
     """LM backend of the reasoner: local (in-process transformers) or openai (an OpenAI-compatible server)."""
     openai_url: str = "http://127.0.0.1:8000"
     """Base URL of the OpenAI-compatible server (vllm serve / transformers serve)."""
+    openai_api_key: SecretStr | None = None
+    """API key sent as `Authorization: Bearer` to the server (vLLM: `--api-key`, the compose
+    file's VLLM_API_KEY); unset: no header. Never logged nor printed."""
     openai_model: str = ""
     """Model name the server knows the checkpoint by (vLLM: --served-model-name; transformers
     serve: the model path); default: the model_dir path."""
@@ -323,9 +327,14 @@ class TrainerSettings(BaseModel):
     needed before a run trains; fewer: the run waits for more feedback."""
     holdout_share: float = Field(default=0.2, gt=0, lt=1)
     """Share of the episodes' users held out to compare the candidate with the serving version."""
-    promote_margin: float = Field(default=0.0, ge=0)
+    holdout_key: SecretStr | None = None
+    """Secret that keys the held-out draw (HMAC of the user id), so feedback writers cannot pick
+    the held-out users; unset: a random key kept in <versions_dir>/holdout.key (mode 0600)."""
+    min_holdout_users: int = Field(default=30, ge=1)
+    """Distinct held-out users a run needs before it may train and promote; fewer: it waits."""
+    promote_margin: float = Field(default=0.01, ge=0)
     """The candidate is promoted only when its held-out category HR@30 exceeds the serving
-    version's by more than this (absolute)."""
+    version's by more than this (absolute): a tie or noise never swaps the model."""
     grpo_steps: int = Field(default=40, ge=1)
     """GRPO steps per run (the rest of the GRPO configuration: training/grpo.py GRPOConfig)."""
     reward: Literal["crs", "sum"] = "crs"
@@ -398,6 +407,11 @@ class Settings(BaseSettings):
             "worker": self.worker.model_copy(update={"app_id": name}),
         })
 
+    def transport_json(self) -> str:
+        """These settings as JSON for a child process, secrets included (`model_dump_json` masks
+        them as `**********`): for a pipe to a child, never for a log or a file."""
+        return json.dumps(reveal(self.model_dump(mode="python")), default=str)
+
     @property
     def reasoner_group(self) -> str:
         """The consumer group of `intentstream reasoner` processes: `<worker.app_id>-reasoner`."""
@@ -410,6 +424,20 @@ class Settings(BaseSettings):
     @property
     def feast_registry_path(self) -> Path:
         return self.state_dir / "feast" / f"{self.feast.project}-registry.db"
+
+
+def reveal(value):
+    """A setting's value as a child process must receive it: secrets as their values, also
+    inside a dumped group.
+
+    >>> reveal(SecretStr("s3cret")), reveal({"port": 1, "password": SecretStr("pw")})
+    ('s3cret', {'port': 1, 'password': 'pw'})
+    """
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict):
+        return {k: reveal(v) for k, v in value.items()}
+    return value
 
 
 _DISPLAY_DEFAULTS = {

@@ -83,7 +83,7 @@ class _Pending:
 
 class FeaturePusher:
     def __init__(self, settings: Settings) -> None:
-        self._settings_json = settings.model_dump_json()
+        self._settings_json = settings.transport_json()
         self._pool = self._new_pool()
         self._next = _Pending()
         self._inflight: tuple[Future, _Pending] | None = None

@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from contracts.keys import RedisKeys
-from contracts.settings import Settings
+from contracts.settings import Settings, reveal
 from features.redis_client import connect
 from stream.metrics import read_metrics
 
@@ -25,7 +25,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         if isinstance(value, BaseModel):
             for sub, sub_value in value:
                 if sub_value is not None:  # None is every optional field's default
-                    env[f"INTENTSTREAM_{name.upper()}__{sub.upper()}"] = str(sub_value)
+                    env[f"INTENTSTREAM_{name.upper()}__{sub.upper()}"] = str(reveal(sub_value))
         else:
             env[f"INTENTSTREAM_{name.upper()}"] = str(value)
     return env

@@ -224,7 +224,7 @@ def train(
     dataset: str = typer.Option("rees46", help="Dataset folder or name (rees46, taobao, beauty) to train on"),
     fmt: str = typer.Option("auto", "--format", help="generic, rees46, taobao or auto"),
     out: Optional[Path] = typer.Option(None, help="Model directory (default: --sft intent.model_dir, what the "
-                                                  "reasoners load; --sequential a new registry version)"),
+                                                  "reasoners load; --sequential a new registry version, inside trainer.versions_dir)"),
     base: str = typer.Option("tiny", help="--sft: the LM to start from: tiny (the project's small Llama, from "
                                           "scratch) or smollm2 (SmolLM2-135M-Instruct, LoRA)"),
     lm_steps: Optional[int] = typer.Option(None, help="Stage-1 steps (default: SFTConfig)"),
@@ -278,7 +278,7 @@ def _train_sequential(dataset: str, fmt: str, out: Optional[Path]) -> None:
         data = datasets.load(dataset, settings.data_dir, fmt)
         registry = ModelRegistry.from_settings(settings, kind="sequential")
         version, target = registry.new_version(f"sasrec-{data.name}")
-        target = out or target
+        target = registry.confined(out) if out else target  # it serves only its versions directory
         meta = train_and_export(data.events, target, version, progress=console.print)
         entry = registry.promote(version, target, train_events=meta["train_events"],
                                  best_val=meta["best_val_ndcg@10"], merge_weight=meta["merge_weight"], weight_recent=meta["weight_recent"])

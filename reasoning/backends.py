@@ -200,7 +200,8 @@ class OpenAIBackend:
 
     def __init__(self, base_url: str, model_name: str, model: IntentModel, catalog: Catalog,
                  atoms: AtomTable | None = None, structured: str = "none", prompt_embeds: bool = False,
-                 timeout_s: float = 30.0, concurrency: int = 8, max_tokens: int = 96) -> None:
+                 timeout_s: float = 30.0, concurrency: int = 8, max_tokens: int = 96,
+                 api_key: str | None = None) -> None:
         if structured not in ("none", "vllm"):
             raise ValueError(f"structured must be 'none' or 'vllm', not {structured!r}")
         self.base_url = base_url.rstrip("/")
@@ -210,7 +211,8 @@ class OpenAIBackend:
         self.atoms = atoms
         self.structured = structured
         self.prompt_embeds = prompt_embeds
-        self.client = httpx.Client(timeout=timeout_s)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.Client(timeout=timeout_s, headers=headers)
         self.pool = ThreadPoolExecutor(concurrency)
         self.max_tokens = max_tokens
         self.rejected = 0

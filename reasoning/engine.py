@@ -69,7 +69,8 @@ class IntentEngine:
         elif config.backend == "openai":
             self.backend = OpenAIBackend(
                 config.openai_url, config.openai_model or str(model_dir), self.model, self.catalog, self.atoms,
-                structured=config.openai_structured, prompt_embeds=config.openai_prompt_embeds)
+                structured=config.openai_structured, prompt_embeds=config.openai_prompt_embeds,
+                api_key=config.openai_api_key.get_secret_value() if config.openai_api_key else None)
         else:
             raise ValueError(f"unknown intent backend {config.backend!r}; choose local or openai")
         log.info("intent engine: model %s, %d tags, %d items, backend %s", self.model.version,

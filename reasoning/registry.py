@@ -12,10 +12,16 @@
 
 The reasoner's LM child polls the pointer (`intent.registry_poll_s`) and loads a new version
 between batches; without a pointer it serves `intent.model_dir`.
+
+The pointer is data anyone with write access to Redis can change, and loading a model directory
+runs its code paths on its files: the registry promotes, rolls back to and serves only
+directories inside its versions directory (symlinks resolved). A pointer elsewhere raises
+`RegistryError`; the reasoners and workers keep what they serve and log it.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from pathlib import Path
@@ -26,6 +32,7 @@ import redis
 from contracts.keys import RedisKeys
 from features.redis_client import connect
 
+log = logging.getLogger(__name__)
 _NUMBER = re.compile(r"^v(\d+)-")
 
 
@@ -61,10 +68,30 @@ class ModelRegistry:
         raw = self.client.get(self.k.serving)
         return orjson.loads(raw) if raw else None
 
+    def confined(self, path: Path | str) -> Path:
+        """`path` resolved, when it lies inside the versions directory; else RegistryError.
+
+        >>> import tempfile; root = Path(tempfile.mkdtemp())
+        >>> r = ModelRegistry(None, RedisKeys(""), root)
+        >>> r.confined(root / "v0001-sft") == (root / "v0001-sft").resolve()
+        True
+        >>> r.confined(root / ".." / "elsewhere")
+        Traceback (most recent call last):
+        ...
+        reasoning.registry.RegistryError: refusing model directory ... outside the registry's versions directory ...
+        """
+        resolved = Path(path).expanduser().resolve()
+        root = self.root.expanduser().resolve()
+        if resolved == root or not resolved.is_relative_to(root):
+            raise RegistryError(f"refusing model directory {resolved}: it is outside the registry's versions "
+                                f"directory {root} (trainer.versions_dir)")
+        return resolved
+
     def serving_dir(self, default: Path) -> Path:
-        """The serving version's directory, or `default` when nothing was promoted yet."""
+        """The serving version's directory, or `default` when nothing was promoted yet; a pointer
+        outside the versions directory raises RegistryError."""
         entry = self.current()
-        return Path(entry["path"]) if entry else default
+        return self.confined(entry["path"]) if entry else default
 
     def history(self) -> list[dict]:
         return [orjson.loads(x) for x in self.client.lrange(self.k.history, 0, -1)]
@@ -82,6 +109,7 @@ class ModelRegistry:
         return name, self.root / name
 
     def promote(self, version: str, path: Path, **details) -> dict:
+        path = self.confined(path)
         if not (path / self.marker).exists():
             raise RegistryError(f"cannot promote {version}: no {self.kind} model at {path}")
         entry = {"version": version, "path": str(path), "promoted_at": int(time.time() * 1000), **details}
@@ -101,7 +129,7 @@ class ModelRegistry:
         previous = None
         for entry in reversed(self.history()):
             if entry["version"] != current["version"] and entry["version"].encode() not in retired \
-                    and Path(entry["path"]).joinpath(self.marker).exists():
+                    and self._servable(entry["path"]):
                 previous = entry
                 break
         if previous is None:
@@ -114,6 +142,12 @@ class ModelRegistry:
         pipe.execute()
         return entry
 
+    def _servable(self, path: str) -> bool:
+        try:
+            return self.confined(path).joinpath(self.marker).exists()
+        except RegistryError:
+            return False
+
 
 def served_model_dir(settings, client: redis.Redis | None = None) -> Path | None:
     """The intent model the reasoners serve (the registry's serving version, else
@@ -121,8 +155,12 @@ def served_model_dir(settings, client: redis.Redis | None = None) -> Path | None
     rule the worker, the demo and the evaluation use to decide whether reasoning runs."""
     if not settings.intent.enabled:
         return None
-    model_dir = ModelRegistry.from_settings(settings, client).serving_dir(
-        settings.intent.resolved_model_dir(settings.cache_dir))
+    default_dir = settings.intent.resolved_model_dir(settings.cache_dir)
+    try:
+        model_dir = ModelRegistry.from_settings(settings, client).serving_dir(default_dir)
+    except RegistryError:
+        log.exception("the registry's serving pointer is refused; looking at %s", default_dir)
+        model_dir = default_dir
     return model_dir if (model_dir / "intent.json").exists() else None
 
 

@@ -36,7 +36,7 @@ import numpy as np
 import redis
 
 from contracts.recs import FallbackReason, rec_item
-from reasoning.registry import MARKERS, served_sequential_dir
+from reasoning.registry import MARKERS, RegistryError, served_sequential_dir
 from reasoning.retrieval import PersonalScores, merge, recent_route
 
 log = logging.getLogger(__name__)
@@ -304,7 +304,7 @@ class SequentialServing:
         self._polled = now
         try:
             model_dir = served_sequential_dir(self.settings, self.client)
-        except redis.RedisError as exc:  # the registry is unreachable: keep serving what is loaded
+        except (redis.RedisError, RegistryError) as exc:  # unreachable, or a refused pointer: keep what is loaded
             log.warning("sequential route: registry lookup failed (%r); serving %s", exc,
                         self.route.version if self.route else "nothing")
             return self.route

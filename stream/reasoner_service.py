@@ -109,13 +109,18 @@ def _init_child(settings_json: str, parent_pid: int) -> None:
     from features.feast_store import FeastFeatures
     from features.pusher import _exit_with_parent
     from reasoning.engine import IntentEngine
-    from reasoning.registry import ModelRegistry
+    from reasoning.registry import ModelRegistry, RegistryError
 
     settings = Settings.model_validate_json(settings_json)
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     client = connect(settings.redis)
     registry = ModelRegistry.from_settings(settings, client)
-    model_dir = registry.serving_dir(settings.intent.resolved_model_dir(settings.cache_dir))
+    default_dir = settings.intent.resolved_model_dir(settings.cache_dir)
+    try:
+        model_dir = registry.serving_dir(default_dir)
+    except RegistryError:
+        log.exception("the registry's serving pointer is refused; serving %s", default_dir)
+        model_dir = default_dir
     _child.update(
         settings=settings, client=client, keys=RedisKeys(settings.key_prefix), registry=registry,
         engine=IntentEngine(model_dir, settings.intent, settings.cache_dir), model_dir=model_dir,
@@ -125,15 +130,21 @@ def _init_child(settings_json: str, parent_pid: int) -> None:
 
 def _maybe_swap() -> None:
     """Load the registry's serving version if it changed (between batches). A version that fails
-    to load is logged and the current one keeps serving."""
+    to load, or a pointer outside the versions directory, is logged and the current one keeps
+    serving."""
     from reasoning.engine import IntentEngine
+    from reasoning.registry import RegistryError
 
     now = time.monotonic()
     settings: Settings = _child["settings"]
     if now - _child["polled_at"] < settings.intent.registry_poll_s:
         return
     _child["polled_at"] = now
-    model_dir = _child["registry"].serving_dir(settings.intent.resolved_model_dir(settings.cache_dir))
+    try:
+        model_dir = _child["registry"].serving_dir(settings.intent.resolved_model_dir(settings.cache_dir))
+    except RegistryError:
+        log.exception("the registry's serving pointer is refused; keeping %s", _child["model_dir"])
+        return
     if model_dir == _child["model_dir"]:
         return
     try:
@@ -245,7 +256,7 @@ class ReasoningChild:
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_child, initargs=(self.settings.model_dump_json(), os.getpid()))
+                                   initializer=_init_child, initargs=(self.settings.transport_json(), os.getpid()))
 
     def warm_up(self) -> str:
         """Load the model in the child now; raises what loading raises (e.g. ModelNotFound)."""

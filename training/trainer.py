@@ -7,7 +7,10 @@ One run:
 2. The feedback logged since the serving version was trained (`feedback_until`), as episodes:
    each impression that carries the model's context, with the categories of the actions
    attributed to it (`episodes_from_log`). Fewer than `trainer.min_episodes`: the run waits.
-3. Users are split by a hash: `trainer.holdout_share` of them are held out.
+3. Users are split by a keyed hash (`HoldoutDraw`: HMAC-SHA256 of the user id under a secret
+   the trainer keeps), so whoever writes feedback cannot choose which users are held out:
+   `trainer.holdout_share` of them are. Fewer than `trainer.min_holdout_users` held-out users:
+   the run waits (a gate on a handful of users promotes noise).
 4. Judge -> reward model -> GRPO from the serving version on the other users' episodes
    (training/rl.py), written to a new version directory (judge verdicts in judgements.parquet).
 5. Category HR@30 of the arbiter's tags on the held-out episodes, serving vs candidate. The
@@ -18,12 +21,15 @@ One run:
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
+import os
 import re
+import secrets
 import shutil
 import time
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -86,9 +92,52 @@ def episodes_from_log(impressions: pd.DataFrame, actions: pd.DataFrame, catalog:
     return out
 
 
-def held_out(user_id: str, share: float) -> bool:
-    """Stable user split (crc32), the same in every run."""
-    return zlib.crc32(user_id.encode()) % 10_000 < share * 10_000
+HOLDOUT_KEY_FILE = "holdout.key"
+
+
+class HoldoutDraw:
+    """Which users are held out: HMAC-SHA256(key, user_id) below `share`. Stable for a key (a
+    held-out user stays held out, so no version ever trains on them), and without the key
+    nobody can tell or pick them: forged feedback cannot steer the gate by choosing users that
+    land in the held-out set.
+
+    >>> draw = HoldoutDraw(b"k" * 32, 0.2)
+    >>> draw.held_out("u1") == HoldoutDraw(b"k" * 32, 0.2).held_out("u1")
+    True
+    >>> sum(draw.held_out(f"u{n}") for n in range(10_000)) / 10_000
+    0.2005
+    """
+
+    def __init__(self, key: bytes, share: float) -> None:
+        self.key = key
+        self.share = share
+
+    def held_out(self, user_id: str) -> bool:
+        digest = hmac.new(self.key, user_id.encode(), hashlib.sha256).digest()
+        return int.from_bytes(digest[:8], "big") < self.share * 2**64
+
+    @classmethod
+    def from_settings(cls, settings: Settings, versions_dir: Path) -> "HoldoutDraw":
+        """The key of `trainer.holdout_key`, else the one in `<versions_dir>/holdout.key`,
+        created (random, mode 0600) on the first run: on the trainer's disk, not in Redis,
+        which every worker and reasoner can write."""
+        t = settings.trainer
+        if t.holdout_key is not None:
+            return cls(t.holdout_key.get_secret_value().encode(), t.holdout_share)
+        path = versions_dir / HOLDOUT_KEY_FILE
+        if not path.exists():
+            versions_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(32))
+            try:
+                os.link(tmp, path)  # the first writer wins; a concurrent one reads its key
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        return cls(path.read_bytes(), t.holdout_share)
 
 
 def ensure_serving(settings: Settings, registry: ModelRegistry) -> dict:
@@ -125,10 +174,16 @@ def run_once(settings: Settings, progress: Callable[[str], None] | None = None) 
         say(f"waiting: {len(eps)} feedback episodes since {serving['version']}, {t.min_episodes} needed")
         return {**report, "status": "waiting"}
     until = int(max(impressions.logged_at.max(), actions.logged_at.max() if len(actions) else 0))
-    evaluation = [e for e in eps if held_out(e.context.user_id, t.holdout_share)]
-    train = [e for e in eps if not held_out(e.context.user_id, t.holdout_share)]
-    if not evaluation or not train:
-        return {**report, "status": "waiting", "reason": "the episodes' users do not split into train and held-out"}
+    draw = HoldoutDraw.from_settings(settings, registry.root)
+    evaluation = [e for e in eps if draw.held_out(e.context.user_id)]
+    train = [e for e in eps if not draw.held_out(e.context.user_id)]
+    held_out_users = len({e.context.user_id for e in evaluation})
+    report["held_out_users"] = held_out_users
+    if held_out_users < t.min_holdout_users or not train:
+        say(f"waiting: {held_out_users} held-out users ({t.min_holdout_users} needed) and {len(train)} "
+            f"train episodes since {serving['version']}")
+        return {**report, "status": "waiting",
+                "reason": f"{held_out_users} held-out users, {t.min_holdout_users} needed; {len(train)} train episodes"}
     cfg = RLConfig(grpo=GRPOConfig(steps=t.grpo_steps, reward=t.reward), rm_loss=t.rm_loss, threads=t.threads)
     say(f"training on {len(train)} episodes ({len(evaluation)} held out) from {serving['version']}")
     judge_log = JudgeLog()

@@ -44,7 +44,7 @@ def test_feedback_trains_a_version_that_the_reasoner_swaps_to_and_rolls_back_fro
             "registry_poll_s": 0.5, "max_wait_s": 300.0}),
         "feedback": scoped.feedback.model_copy(update={"impression_every": 2, "batch_within_s": 0.5,
                                                        "window_s": 7 * 86400.0}),
-        "trainer": scoped.trainer.model_copy(update={"min_episodes": 10, "grpo_steps": 2,
+        "trainer": scoped.trainer.model_copy(update={"min_episodes": 10, "min_holdout_users": 2, "grpo_steps": 2,
                                                      "versions_dir": tmp_path / "versions"}),
     })
     prefix = settings.key_prefix

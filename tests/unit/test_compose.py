@@ -37,3 +37,11 @@ def test_compose_runs_reasoners_apart_from_the_workers_on_cpu_and_on_the_gpu_pro
     assert gpu["environment"]["INTENTSTREAM_INTENT__BACKEND"] == "openai"
     assert gpu["environment"]["INTENTSTREAM_INTENT__OPENAI_URL"] == "http://vllm:8000"
     assert "vllm" in gpu["depends_on"]
+
+
+def test_compose_publishes_ports_on_loopback_and_vllm_needs_a_key():
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    published = [port for service in services.values() for port in service.get("ports", [])]
+    assert published and all(str(p).startswith("${BIND_HOST:-127.0.0.1}:") for p in published), published
+    assert services["vllm"]["environment"]["VLLM_API_KEY"] == "${VLLM_API_KEY:-}"
+    assert services["reasoner-gpu"]["environment"]["INTENTSTREAM_INTENT__OPENAI_API_KEY"] == "${VLLM_API_KEY:-}"

@@ -17,6 +17,26 @@ def test_settings_survive_the_trip_to_a_child_process(monkeypatch):
     assert Settings() == original
 
 
+def test_secrets_reach_a_child_process_but_no_print_or_log(monkeypatch):
+    from pydantic import SecretStr
+
+    secret = "s3cret-Value"
+    original = Settings()
+    original = original.model_copy(update={
+        "intent": original.intent.model_copy(update={"openai_api_key": SecretStr(secret)}),
+        "trainer": original.trainer.model_copy(update={"holdout_key": SecretStr(secret + "2")})})
+    for key, value in settings_env(original).items():
+        monkeypatch.setenv(key, value)
+    assert Settings() == original  # through the environment of `intentstream worker` / `reasoner`
+    assert Settings.model_validate_json(original.transport_json()) == original  # through a pool's pipe
+    assert Settings().intent.openai_api_key.get_secret_value() == secret
+    for shown in (repr(original), str(original), original.model_dump_json()):
+        assert secret not in shown
+    from contracts.settings import env_example
+
+    assert "\n# INTENTSTREAM_INTENT__OPENAI_API_KEY=\n" in env_example()  # defaults only: unset, commented out
+
+
 def test_env_example_documents_every_setting_and_is_current():
     from pathlib import Path
 
