@@ -218,7 +218,7 @@ def run_ingest_benchmark(settings: Settings, events: int, users: int, offered_ra
     topic = f"bench-{run}"
     partitions = settings.kafka.partitions
     log_dir = settings.state_dir / "bench"
-    ensure_topics(bootstrap, [topic, f"{topic}.dlq"], partitions)
+    ensure_topics(settings.kafka, [topic, f"{topic}.dlq"])
 
     _say(console, f"fill: {events:,} events over {users:,} users into {topic}")
     payloads = synthetic_events(events, users, 50_000, seed=7, run=f"{run}:", ts_now=False, active=active)
@@ -237,7 +237,7 @@ def run_ingest_benchmark(settings: Settings, events: int, users: int, offered_ra
     _say(console, f"freshness: {offered_rate:.0f} events/s offered for {freshness_seconds:.0f}s")
     run2 = run + "f"
     topic2 = f"bench-{run2}"
-    ensure_topics(bootstrap, [topic2, f"{topic2}.dlq"], partitions)
+    ensure_topics(settings.kafka, [topic2, f"{topic2}.dlq"])
     fresh_settings = settings.isolated(topic2, key_prefix=f"bench:{run2}:")
     worker2 = WorkerProcess(fresh_settings, log_dir / f"worker-{run2}.log")
     worker2.start()
@@ -264,7 +264,7 @@ def run_ingest_benchmark(settings: Settings, events: int, users: int, offered_ra
         readable = sum(1 for r in rows if r["event_count"])
     finally:
         worker2.stop()
-    delete_topics(bootstrap, sorted(set(cleanup)) + worker_topics(fresh_settings))
+    delete_topics(settings.kafka, sorted(set(cleanup)) + worker_topics(fresh_settings))
     delete_matching(connect(settings.redis), f"bench:{run}*")  # this run's item models, recs and metrics
     _say(console, "feast write: push() vs write_to_online_store()")
     feast = feast_write_rates(settings)

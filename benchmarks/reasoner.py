@@ -110,7 +110,7 @@ def _run(settings: Settings, data: datasets.Dataset, rate: float, seconds: float
     k, keys = s.kafka, RedisKeys(s.key_prefix)
     client = connect(s.redis)
     SharedItemModel.from_settings(s, client).reset()
-    ensure_topics(k.bootstrap, [k.events_topic, k.dead_letter_topic, k.feedback_topic, k.intent_topic], k.partitions)
+    ensure_topics(k, [k.events_topic, k.dead_letter_topic, k.feedback_topic, k.intent_topic])
     n = max(1, int(rate * seconds))
     part = datasets.Dataset(data.name, data.events.iloc[:n], data.items)
     processes = [WorkerProcess(s, log_dir / f"reasoner-bench-worker-{run}.log")]
@@ -143,7 +143,7 @@ def _run(settings: Settings, data: datasets.Dataset, rate: float, seconds: float
     finally:
         for p in processes:
             p.stop()
-        delete_topics(k.bootstrap, worker_topics(s))
+        delete_topics(k, worker_topics(s))
         delete_matching(client, f"{s.key_prefix}*")
     out: dict[str, Any] = {
         "offered_events_per_s": round(rate, 2), "events": sent, "seconds": round(window, 1),

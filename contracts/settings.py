@@ -43,10 +43,56 @@ class KafkaSettings(BaseModel):
     processes consume it (one consumer group; reasoners beyond its partitions idle)."""
     partitions: int = Field(default=4, ge=1)
     """Partitions of topics the project creates (events, dead letters, changelogs)."""
+    security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SSL", "SASL_SSL"] = "PLAINTEXT"
+    """How clients talk to the broker (and the embedded broker listens): SASL_* authenticate
+    with SCRAM (username, password), *SSL encrypts (the broker's certificate checked against
+    ssl_cafile)."""
+    sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-256"
+    """SCRAM variant of the SASL_* protocols."""
+    username: str | None = None
+    """SCRAM user of this process (SASL_*); the embedded broker creates it when it formats its
+    storage and uses it between its own listeners."""
+    password: SecretStr | None = None
+    """Password of that user (never logged nor printed)."""
+    ssl_cafile: Path | None = None
+    """CA certificate (PEM) clients verify the broker with (*SSL); unset: the system's CAs. The
+    embedded broker's own certificate: services.tls_dir."""
 
     @property
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL")
+
+    @property
+    def tls(self) -> bool:
+        return self.security_protocol.endswith("SSL")
+
+    def ssl_context(self):
+        """The TLS context of the aiokafka clients (faust), None without TLS."""
+        if not self.tls:
+            return None
+        import ssl
+
+        return ssl.create_default_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
+
+    def client_options(self) -> dict:
+        """kafka-python keyword arguments for these settings: bootstrap, protocol, credentials.
+
+        >>> KafkaSettings().client_options()
+        {'bootstrap_servers': '127.0.0.1:9092', 'security_protocol': 'PLAINTEXT'}
+        """
+        out: dict = {"bootstrap_servers": self.bootstrap, "security_protocol": self.security_protocol}
+        if self.sasl:
+            if not self.username or self.password is None:
+                raise ValueError(f"kafka.security_protocol {self.security_protocol} needs kafka.username and kafka.password")
+            out.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.username,
+                       sasl_plain_password=self.password.get_secret_value())
+        if self.tls:
+            out.update(ssl_check_hostname=True, **({"ssl_cafile": str(self.ssl_cafile)} if self.ssl_cafile else {}))
+        return out
 
 
 class RedisSettings(BaseModel):
@@ -66,10 +112,43 @@ class RedisSettings(BaseModel):
     retries: int = Field(default=2, ge=0)
     """Retries of a Redis call that timed out or lost its connection (backoff 0.1 s, doubling).
     With the defaults one call gives up after about 6.3 s, inside the group session timeout."""
+    username: str | None = None
+    """ACL user of this process (infra/redis_acl.py: worker, reasoner, reader, trainer, admin);
+    unset: Redis's default user."""
+    password: SecretStr | None = None
+    """Password of that user (never logged nor printed; no `,`: Feast's connection string)."""
+    tls: bool = False
+    """Connect over TLS (the embedded Redis then listens with TLS only: services.tls_dir)."""
+    ssl_ca_certs: Path | None = None
+    """CA certificate (PEM) the server is verified with when tls is on; unset: the system's CAs."""
+
+    @field_validator("password")
+    @classmethod
+    def _no_comma(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and "," in value.get_secret_value():
+            raise ValueError("the Redis password must not contain ',' (it goes into Feast's connection string)")
+        return value
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/{self.db}"
+        return f"{'rediss' if self.tls else 'redis'}://{self.host}:{self.port}/{self.db}"
+
+    def client_options(self) -> dict:
+        """redis-py keyword arguments for the credentials and TLS (empty by default).
+
+        >>> RedisSettings().client_options()
+        {}
+        """
+        out: dict = {}
+        if self.username:
+            out["username"] = self.username
+        if self.password is not None:
+            out["password"] = self.password.get_secret_value()
+        if self.tls:
+            out["ssl"] = True
+            if self.ssl_ca_certs:
+                out["ssl_ca_certs"] = str(self.ssl_ca_certs)
+        return out
 
 
 class FeastSettings(BaseModel):
@@ -356,6 +435,13 @@ class ServicesSettings(BaseModel):
     """Let `up` run apt-get to install redis-server when it is missing (needs root)."""
     start_timeout_s: float = Field(default=90.0, gt=0)
     """How long to wait for a service to become healthy."""
+    redis_acl_file: Path | None = None
+    """ACL file the embedded Redis loads (`intentstream acl` writes one: a user per role, the
+    default user off); unset: no ACL (loopback only)."""
+    tls_dir: Path | None = None
+    """Certificates of the embedded Kafka and Redis when they use TLS (kafka.security_protocol
+    *SSL, redis.tls): ca.pem, server.pem, server.key; a self-signed set for 127.0.0.1 and
+    localhost is created there when missing. Default: <state_dir>/tls."""
 
 
 class Settings(BaseSettings):

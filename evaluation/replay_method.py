@@ -60,8 +60,7 @@ class ReplayMethod:
             self.stats["sequential_model"] = model_dir.name
         s = self.settings
         k = s.kafka
-        ensure_topics(k.bootstrap, [k.events_topic, k.dead_letter_topic, k.feedback_topic, k.intent_topic],
-                      k.partitions)
+        ensure_topics(k, [k.events_topic, k.dead_letter_topic, k.feedback_topic, k.intent_topic])
         workers = [WorkerProcess(self._member(i), s.state_dir / "logs" / f"{s.worker.app_id}-{i}.log")
                    for i in range(self.workers)]
         # With an intent model the system reasons as deployed: a reasoner beside the workers.
@@ -95,7 +94,7 @@ class ReplayMethod:
         finally:
             for w in workers:
                 w.stop()
-            delete_topics(k.bootstrap, worker_topics(s))
+            delete_topics(k, worker_topics(s))
         self.client = connect(s.redis)
         self.reader = RecommendationReader(self.client, RedisKeys(s.key_prefix))
 

@@ -44,7 +44,8 @@ def feast_values(settings: Settings) -> dict[str, str]:
     return {
         "FEAST_PROJECT": settings.feast.project,
         "FEAST_REGISTRY_PATH": str(settings.feast_registry_path),
-        "FEAST_REDIS_CONNECTION": f"{r.host}:{r.port},db={r.db}",
+        "FEAST_REDIS_CONNECTION": ",".join([f"{r.host}:{r.port}", f"db={r.db}",
+                                            *(f"{k}={'true' if v is True else v}" for k, v in r.client_options().items())]),
     }
 
 

@@ -23,6 +23,7 @@ def connect(settings: RedisSettings) -> redis.Redis:
         socket_timeout=settings.timeout_s, socket_connect_timeout=settings.timeout_s,
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), settings.retries),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        **settings.client_options(),
     )
 
 

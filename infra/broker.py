@@ -8,6 +8,7 @@ idempotent: a second `start` finds the running broker and returns.
 from __future__ import annotations
 
 import base64
+import os
 import shutil
 import subprocess
 import uuid
@@ -16,6 +17,7 @@ from pathlib import Path
 from contracts.settings import Settings
 from infra.errors import MissingTool, ServiceError
 from infra.process import port_open, read_pid, stop_pid, wait_until
+from infra.tls import dev_certificates, tls_dir
 
 CONFIG_DIR = Path(__file__).resolve().parent / "kafka"
 
@@ -61,6 +63,25 @@ class EmbeddedKafka:
             raise MissingTool("java", "install Java 17 (Debian: apt-get install openjdk-17-jre-headless)")
         return java
 
+    def _security(self) -> str:
+        """The broker's SASL/SCRAM and TLS properties for kafka.security_protocol (empty for
+        PLAINTEXT). The broker authenticates to its own listener as kafka.username."""
+        k = self.cfg
+        lines = []
+        if k.sasl:
+            if not k.username or k.password is None:
+                raise ServiceError(f"kafka.security_protocol {k.security_protocol} needs kafka.username and kafka.password")
+            jaas = (f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{k.username}" '
+                    f'password="{k.password.get_secret_value()}";')
+            lines += [f"sasl.enabled.mechanisms={k.sasl_mechanism}",
+                      f"sasl.mechanism.inter.broker.protocol={k.sasl_mechanism}",
+                      f"listener.name.{k.security_protocol.lower()}.{k.sasl_mechanism.lower()}.sasl.jaas.config={jaas}"]
+        if k.tls:
+            tls = dev_certificates(tls_dir(self.settings))
+            lines += ["ssl.keystore.type=PEM", f"ssl.keystore.location={tls.keystore}",
+                      "ssl.truststore.type=PEM", f"ssl.truststore.location={tls.ca}"]
+        return "\n".join(lines)
+
     def _write_config(self) -> Path:
         template = (CONFIG_DIR / "server.properties").read_text()
         text = template.format(
@@ -69,9 +90,13 @@ class EmbeddedKafka:
             controller_port=self.cfg.controller_port,
             log_dir=self.log_dir,
             partitions=self.cfg.partitions,
+            protocol=self.cfg.security_protocol,
+            security=self._security(),
         )
         path = self.home / "server.properties"
-        path.write_text(text)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it may hold the SCRAM password
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
         return path
 
     def _java_cmd(self, main: str, *args: str) -> list[str]:
@@ -87,12 +112,30 @@ class EmbeddedKafka:
         if (self.log_dir / "meta.properties").exists():
             return
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        scram = []
+        if self.cfg.sasl:  # KRaft stores SCRAM users in its metadata: they are created with it
+            scram = ["--add-scram", f"{self.cfg.sasl_mechanism}=[name={self.cfg.username},"
+                                    f"password={self.cfg.password.get_secret_value()}]"]
         result = subprocess.run(
-            self._java_cmd("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)),
+            self._java_cmd("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config), *scram),
             capture_output=True, text=True,
         )
         if result.returncode != 0:
             raise ServiceError(f"formatting Kafka storage failed:\n{result.stdout}{result.stderr}")
+        if scram:
+            (self.home / "scram-user").write_text(f"{self.cfg.sasl_mechanism} {self.cfg.username}\n")
+
+    def _check_scram_user(self) -> None:
+        """Storage formatted without this SCRAM user (e.g. first run on PLAINTEXT) cannot admit it."""
+        if not self.cfg.sasl:
+            return
+        marker = self.home / "scram-user"
+        wanted = f"{self.cfg.sasl_mechanism} {self.cfg.username}"
+        have = marker.read_text().strip() if marker.exists() else None
+        if have != wanted:
+            raise ServiceError(f"the broker's storage at {self.log_dir} was formatted "
+                               f"{'with SCRAM user ' + repr(have) if have else 'without SCRAM users'}, not {wanted!r}: "
+                               "use another state_dir for the secured broker (or remove that one's kafka/ folder)")
 
     # -- lifecycle ------------------------------------------------------------------------
     def running(self) -> bool:
@@ -106,7 +149,7 @@ class EmbeddedKafka:
         from kafka.errors import KafkaError
 
         try:
-            admin = KafkaAdminClient(bootstrap_servers=self.cfg.bootstrap, request_timeout_ms=3000)
+            admin = KafkaAdminClient(**self.cfg.client_options(), request_timeout_ms=3000)
         except (KafkaError, OSError, ValueError):
             return False
         try:
@@ -130,6 +173,7 @@ class EmbeddedKafka:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         config = self._write_config()
         self._format_storage(config)
+        self._check_scram_user()
         if not self.running():
             with open(self.home / "logs" / "stdout.log", "ab") as out:
                 proc = subprocess.Popen(

@@ -13,11 +13,17 @@ from infra.errors import ServiceError
 
 
 def read_pid(pid_file: Path) -> int | None:
-    """The pid in `pid_file` when that process is alive, else None."""
+    """The pid in `pid_file` when that process is alive, else None. A child of this process that
+    exited (a zombie until reaped: the broker started by a test's fixture) is reaped and dead."""
     try:
         pid = int(pid_file.read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return None
+    except ChildProcessError:  # not our child: its parent reaps it
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -12,6 +12,7 @@ import redis
 from contracts.settings import Settings
 from infra.errors import MissingTool, ServiceError
 from infra.process import port_open, read_pid, stop_pid, wait_until
+from infra.tls import dev_certificates, tls_dir
 
 CONFIG = Path(__file__).resolve().parent / "redis" / "redis.conf"
 
@@ -43,7 +44,8 @@ class EmbeddedRedis:
         self.log_file = self.home / "redis.log"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host=self.cfg.host, port=self.cfg.port, db=self.cfg.db, socket_timeout=2)
+        return redis.Redis(host=self.cfg.host, port=self.cfg.port, db=self.cfg.db, socket_timeout=2,
+                           **self.cfg.client_options())
 
     def healthy(self) -> bool:
         try:
@@ -62,16 +64,28 @@ class EmbeddedRedis:
         binary = ensure_redis_server(self.settings.services.install_system_packages)
         self.home.mkdir(parents=True, exist_ok=True)
         result = subprocess.run(
-            [
-                binary, str(CONFIG), "--port", str(self.cfg.port), "--dir", str(self.home),
-                "--pidfile", str(self.pid_file), "--logfile", str(self.log_file),
-            ],
+            [binary, str(CONFIG), "--dir", str(self.home), "--pidfile", str(self.pid_file),
+             "--logfile", str(self.log_file), *self._listen_args()],
             capture_output=True, text=True,
         )
         if result.returncode != 0:
             raise ServiceError(f"redis-server failed to start:\n{result.stdout}{result.stderr}")
         wait_until(self.healthy, self.settings.services.start_timeout_s, "Redis", self.log_file)
         return f"started on {self.cfg.host}:{self.cfg.port}"
+
+    def _listen_args(self) -> list[str]:
+        """Port, TLS (only: the plain port is closed) and the ACL file, from the settings."""
+        services = self.settings.services
+        args = ["--port", str(self.cfg.port)]
+        if self.cfg.tls:
+            tls = dev_certificates(tls_dir(self.settings))
+            args = ["--port", "0", "--tls-port", str(self.cfg.port), "--tls-cert-file", str(tls.cert),
+                    "--tls-key-file", str(tls.key), "--tls-ca-cert-file", str(tls.ca), "--tls-auth-clients", "no"]
+        if services.redis_acl_file is not None:
+            if not services.redis_acl_file.exists():
+                raise ServiceError(f"no ACL file at {services.redis_acl_file}: write one with `intentstream acl`")
+            args += ["--aclfile", str(services.redis_acl_file.resolve())]
+        return args
 
     def stop(self) -> bool:
         return stop_pid(self.pid_file)

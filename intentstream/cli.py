@@ -76,6 +76,19 @@ def settings_cmd() -> None:
 
 
 @app.command()
+def acl(out: Path = typer.Option(..., help="Folder for users.acl and one <role>.env per role (mode 0600)")) -> None:
+    """Write a Redis ACL file with one user per role (worker, reasoner, reader, trainer, admin;
+    infra/redis_acl.py), random passwords. Load it with INTENTSTREAM_SERVICES__REDIS_ACL_FILE and
+    give each process its role's .env."""
+    from infra.redis_acl import ROLES, write_acl
+
+    settings = Settings()
+    write_acl(out, settings.key_prefix, settings.feast.project)
+    console.print(f"[green]wrote[/green] {out / 'users.acl'} and {', '.join(f'{r}.env' for r in ROLES)} "
+                  f"(passwords only there); start Redis with INTENTSTREAM_SERVICES__REDIS_ACL_FILE={out / 'users.acl'}")
+
+
+@app.command()
 def worker(loglevel: str = typer.Option("info", help="Faust log level")) -> None:
     """Run the stream worker (Faust) until interrupted."""
     from stream.app import run_worker

@@ -47,10 +47,10 @@ DEMO_SEQUENTIAL_EPOCHS = 20
 """The demo's SASRec budget per dropout of the grid (REES46: ~2-3 s an epoch on 2 cores)."""
 
 
-def _old_demo_topics(bootstrap: str) -> list[str]:
+def _old_demo_topics(kafka) -> list[str]:
     from kafka import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(**kafka.client_options())
     try:
         return [t for t in admin.list_topics() if t.startswith(DEMO_TOPIC_PREFIX)]
     finally:
@@ -99,8 +99,7 @@ def run_demo(settings: Settings, dataset: str, rate: float, console: Console) ->
     console.print(f"dataset {data.name}: {len(data.events):,} events, {data.events.user_id.nunique():,} users, "
                   f"{len(data.items):,} items")
 
-    bootstrap = settings.kafka.bootstrap
-    delete_topics(bootstrap, _old_demo_topics(bootstrap))
+    delete_topics(settings.kafka, _old_demo_topics(settings.kafka))
     run = uuid.uuid4().hex[:8]
     demo = settings.isolated(f"{DEMO_TOPIC_PREFIX}{run}")
     # The simulated feedback goes to the default log, where `intentstream train --once` reads it.
@@ -110,8 +109,8 @@ def run_demo(settings: Settings, dataset: str, rate: float, console: Console) ->
     reset_metrics(client, keys)
     SharedItemModel.from_settings(demo, client).reset()
     delete_matching(client, keys.intent("*"))  # the previous run's intent results: coverage is this run's
-    ensure_topics(bootstrap, [demo.kafka.events_topic, demo.kafka.dead_letter_topic, demo.kafka.feedback_topic,
-                              demo.kafka.intent_topic], demo.kafka.partitions)
+    ensure_topics(demo.kafka, [demo.kafka.events_topic, demo.kafka.dead_letter_topic, demo.kafka.feedback_topic,
+                               demo.kafka.intent_topic])
 
     model_dir = settings.intent.resolved_model_dir(settings.cache_dir)
     if settings.intent.enabled:

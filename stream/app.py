@@ -28,7 +28,7 @@ from contracts.errors import InvalidEvent
 from contracts.events import DeadLetter
 from contracts.feedback import decode_feedback
 from contracts.keys import RedisKeys
-from contracts.settings import Settings
+from contracts.settings import KafkaSettings, Settings
 from features.pusher import FeaturePusher
 from features.redis_client import connect
 from stream.failures import is_retryable, process_resilient
@@ -41,6 +41,17 @@ from stream.producer import ensure_topics
 log = logging.getLogger(__name__)
 
 
+def broker_credentials(k: KafkaSettings) -> faust.SASLCredentials | faust.SSLCredentials | None:
+    """faust's credentials for kafka.security_protocol (None for PLAINTEXT)."""
+    if k.sasl:
+        options = k.client_options()  # checks that the user and password are set
+        return faust.SASLCredentials(username=options["sasl_plain_username"], password=options["sasl_plain_password"],
+                                     mechanism=k.sasl_mechanism, ssl_context=k.ssl_context())
+    if k.tls:
+        return faust.SSLCredentials(k.ssl_context())
+    return None
+
+
 def build_app(settings: Settings) -> faust.App:
     w, k = settings.worker, settings.kafka
     datadir = settings.state_dir / "faust" / w.app_id  # not faust's `{app_id}-data` in the cwd
@@ -50,6 +61,7 @@ def build_app(settings: Settings) -> faust.App:
         seek_delay_s=w.recovery_seek_delay_s,
         drain_timeout_s=w.drain_timeout_s,
         broker=f"kafka://{k.bootstrap}",
+        broker_credentials=broker_credentials(k),
         store="memory://",
         datadir=str(datadir),
         web_enabled=w.web_enabled,
@@ -213,7 +225,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     # Subscribing to a topic that does not exist yet leaves the consumer idle until its next
     # metadata refresh (minutes), so the worker creates its input topics first.
     k = settings.kafka
-    ensure_topics(k.bootstrap, [k.events_topic, k.dead_letter_topic, k.feedback_topic, k.intent_topic], k.partitions)
+    ensure_topics(k, [k.events_topic, k.dead_letter_topic, k.feedback_topic, k.intent_topic])
     app = build_app(settings)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

@@ -20,19 +20,20 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
 
 from contracts.events import Event
-from contracts.settings import Settings
+from contracts.settings import KafkaSettings, Settings
 from stream.errors import BrokerUnavailable
 
 
-def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int) -> None:
-    """Create the topics that do not exist yet (replication factor 1: a single-node broker)."""
+def ensure_topics(kafka: KafkaSettings, names: Iterable[str]) -> None:
+    """Create the topics that do not exist yet (`kafka.partitions` each, replication factor 1:
+    a single-node broker)."""
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+        admin = KafkaAdminClient(**kafka.client_options(), request_timeout_ms=10000)
     except NoBrokersAvailable as exc:
-        raise BrokerUnavailable(f"no Kafka broker at {bootstrap}: run `intentstream up`") from exc
+        raise BrokerUnavailable(f"no Kafka broker at {kafka.bootstrap}: run `intentstream up`") from exc
     try:
         existing = set(admin.list_topics())
-        missing = [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names if n not in existing]
+        missing = [NewTopic(n, num_partitions=kafka.partitions, replication_factor=1) for n in names if n not in existing]
         if missing:
             try:
                 admin.create_topics(missing)
@@ -42,8 +43,8 @@ def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int) -> None
         admin.close()
 
 
-def delete_topics(bootstrap: str, names: Iterable[str]) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+def delete_topics(kafka: KafkaSettings, names: Iterable[str]) -> None:
+    admin = KafkaAdminClient(**kafka.client_options(), request_timeout_ms=10000)
     try:
         existing = set(admin.list_topics())
         doomed = [n for n in names if n in existing]
@@ -54,10 +55,10 @@ def delete_topics(bootstrap: str, names: Iterable[str]) -> None:
 
 
 class EventProducer:
-    def __init__(self, bootstrap: str, topic: str, **overrides: Any) -> None:
+    def __init__(self, kafka: KafkaSettings, topic: str, **overrides: Any) -> None:
         self.topic = topic
         config: dict[str, Any] = {
-            "bootstrap_servers": bootstrap,
+            **kafka.client_options(),
             "acks": "all",
             "enable_idempotence": True,
             "linger_ms": 5,
@@ -70,12 +71,12 @@ class EventProducer:
         try:
             self._producer = KafkaProducer(**config)
         except NoBrokersAvailable as exc:
-            raise BrokerUnavailable(f"no Kafka broker at {bootstrap}: run `intentstream up`") from exc
+            raise BrokerUnavailable(f"no Kafka broker at {kafka.bootstrap}: run `intentstream up`") from exc
 
     @classmethod
     def from_settings(cls, settings: Settings, topic: str | None = None, **overrides: Any) -> "EventProducer":
-        ensure_topics(settings.kafka.bootstrap, [topic or settings.kafka.events_topic], settings.kafka.partitions)
-        return cls(settings.kafka.bootstrap, topic or settings.kafka.events_topic, **overrides)
+        ensure_topics(settings.kafka, [topic or settings.kafka.events_topic])
+        return cls(settings.kafka, topic or settings.kafka.events_topic, **overrides)
 
     def emit(self, event: Event) -> None:
         """Queue one valid event (asynchronous; call `flush` to wait for the broker's ack)."""

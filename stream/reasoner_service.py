@@ -291,14 +291,14 @@ class ReasonerService:
         self.client = connect(settings.redis)
         self.keys = RedisKeys(settings.key_prefix)
         self.metrics = WorkerMetrics(self.keys)
-        ensure_topics(k.bootstrap, [k.intent_topic, k.dead_letter_topic], k.partitions)
+        ensure_topics(k, [k.intent_topic, k.dead_letter_topic])
         self.child = child or ReasoningChild(settings)
-        self.dead_letters = EventProducer(k.bootstrap, k.dead_letter_topic)
+        self.dead_letters = EventProducer(k, k.dead_letter_topic)
         # A take may hold take_max / batch_size batches, each up to batch_timeout_s: the group must
         # not evict the consumer meanwhile.
         poll_interval_ms = int(((cfg.take_max // cfg.batch_size + 1) * cfg.batch_timeout_s + 60) * 1000)
         self.consumer = KafkaConsumer(
-            k.intent_topic, bootstrap_servers=k.bootstrap, group_id=settings.reasoner_group,
+            k.intent_topic, **k.client_options(), group_id=settings.reasoner_group,
             enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=min(cfg.take_max, 500),
             max_poll_interval_ms=poll_interval_ms, session_timeout_ms=10_000, heartbeat_interval_ms=3_000,
         )

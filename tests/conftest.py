@@ -57,7 +57,7 @@ def scoped(services: Settings) -> Iterator[Settings]:
         "trigger": s.trigger.model_copy(update={"min_interval_s": 0.5}),
     })
     yield s
-    delete_topics(s.kafka.bootstrap, worker_topics(s))
+    delete_topics(s.kafka, worker_topics(s))
     delete_matching(connect(s.redis), f"{s.key_prefix}*")
 
 

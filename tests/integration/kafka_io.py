@@ -37,7 +37,7 @@ def wait_for(check: Callable[[], bool], timeout_s: float, what: str, on_fail: Ca
 
 def read_topic(settings: Settings, topic: str, expected: int, timeout_s: float = 30) -> list[dict]:
     """Every record of `topic` (JSON values), waiting until `expected` arrived or the timeout."""
-    consumer = KafkaConsumer(topic, bootstrap_servers=settings.kafka.bootstrap, auto_offset_reset="earliest",
+    consumer = KafkaConsumer(topic, **settings.kafka.client_options(), auto_offset_reset="earliest",
                              enable_auto_commit=False, consumer_timeout_ms=1000)
     records: list[dict] = []
     deadline = time.monotonic() + timeout_s
@@ -55,8 +55,8 @@ def committed_and_end(settings: Settings, topic: str, group: str | None = None) 
     partition of `topic`; a partition without a commit is missing from the first."""
     from kafka import KafkaAdminClient, TopicPartition
 
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap)
+    admin = KafkaAdminClient(**settings.kafka.client_options())
+    consumer = KafkaConsumer(**settings.kafka.client_options())
     try:
         committed = {tp.partition: meta.offset
                      for tp, meta in admin.list_consumer_group_offsets(group or settings.worker.app_id).items()
@@ -88,7 +88,7 @@ def group_assignment(settings: Settings) -> list[frozenset[int]]:
     """The events partitions each member of the worker group holds now (one set per member)."""
     from kafka import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
+    admin = KafkaAdminClient(**settings.kafka.client_options())
     try:
         [group] = admin.describe_consumer_groups([settings.worker.app_id])
     finally:
