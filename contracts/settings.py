@@ -426,6 +426,22 @@ class TrainerSettings(BaseModel):
     """Where model versions are written; default: <cache_dir>/models/versions."""
 
 
+class MetricsSettings(BaseModel):
+    """Each process's Prometheus endpoint (stream/prometheus.py): GET http://host:port/metrics."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    host: str = "127.0.0.1"
+    """Address the endpoints bind (0.0.0.0 in containers, where Prometheus scrapes them)."""
+    worker_port: int = Field(default=9401, ge=0, le=65535)
+    """`intentstream worker`'s endpoint; 0: none. A port taken (a second worker on the host) is
+    logged and that process goes on without one: give each process its own."""
+    reasoner_port: int = Field(default=9402, ge=0, le=65535)
+    """`intentstream reasoner`'s endpoint; 0: none."""
+    trainer_port: int = Field(default=9403, ge=0, le=65535)
+    """`intentstream train --every`'s endpoint; 0: none."""
+
+
 class ServicesSettings(BaseModel):
     """How `intentstream up` starts the embedded services."""
 
@@ -467,6 +483,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     feast: FeastSettings = FeastSettings()
     worker: WorkerSettings = WorkerSettings()
+    metrics: MetricsSettings = MetricsSettings()
     trigger: TriggerSettings = TriggerSettings()
     recs: RecsSettings = RecsSettings()
     intent: IntentSettings = IntentSettings()

@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 import faust
+from faust.types import TP
 import redis
 
 from contracts.errors import InvalidEvent
@@ -37,6 +38,7 @@ from stream.feedback import FeedbackLog
 from stream.intent_route import IntentRoute
 from stream.processor import BatchProcessor, RawMessage
 from stream.producer import ensure_topics
+from stream.prometheus import process_exporter
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,23 @@ def broker_credentials(k: KafkaSettings) -> faust.SASLCredentials | faust.SSLCre
     if k.tls:
         return faust.SSLCredentials(k.ssl_context())
     return None
+
+
+def _observe_lag(exporter, consumer, topic: str, last_offsets: dict, messages: list) -> None:
+    """`consumer_lag{topic}`: the fetched high watermark less the next offset to handle, summed
+    over this worker's partitions (faust's highwater is the last fetch's: no broker round trip)."""
+    for m in messages:
+        last_offsets[TP(m.topic, m.partition)] = m.offset
+    assigned = consumer.assignment()
+    lag = 0
+    for tp in list(last_offsets):
+        if tp not in assigned:
+            del last_offsets[tp]
+            continue
+        high = consumer.highwater(tp)
+        if high is not None:  # None: nothing fetched from it yet
+            lag += max(0, high - last_offsets[tp] - 1)
+    exporter.lag.labels(topic).set(lag)
 
 
 def build_app(settings: Settings) -> faust.App:
@@ -123,6 +142,7 @@ def build_app(settings: Settings) -> faust.App:
         the Feast push that carried their features finished (see stream/processor.py)."""
         proc = processor()
         holder["inbox"] = inbox
+        last_offsets: dict = {}  # TP -> the last offset this worker handled
         proc.mark_ready()  # app tasks start after the first recovery: the worker consumes now
         while not app.should_stop:
             batch = await inbox.take(w.batch_within_s)
@@ -138,6 +158,7 @@ def build_app(settings: Settings) -> faust.App:
                 await app.crash(exc)
                 return
             inbox.ack(ready)
+            _observe_lag(proc.metrics.exporter, app.consumer, k.events_topic, last_offsets, messages)
 
     async def failed_message(msg: RawMessage, reason: str) -> None:
         letter = DeadLetter.of(reason, msg.topic, msg.partition, msg.offset, msg.key, msg.value, int(time.time() * 1000))
@@ -227,5 +248,6 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     k = settings.kafka
     ensure_topics(k, [k.events_topic, k.dead_letter_topic, k.feedback_topic, k.intent_topic])
     app = build_app(settings)
+    process_exporter().serve(settings.metrics.host, settings.metrics.worker_port)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

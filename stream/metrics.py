@@ -18,6 +18,7 @@ import numpy as np
 import redis
 
 from contracts.keys import RedisKeys
+from stream.prometheus import Exporter, process_exporter
 
 # Marks merge across the workers of a group: `first_*` keeps the earliest, `last_*` the latest,
 # so first_batch_ms..last_batch_ms spans all of them whatever order their pipelines land in.
@@ -32,15 +33,21 @@ end
 SAMPLES_KEPT = 20_000
 SAMPLES_PER_BATCH = 200
 SAMPLED = ("feature_freshness_ms", "recs_freshness_ms", "recs_debounce_lag_ms", "intent_latency_ms",
-           "intent_freshness_ms")
+           "intent_freshness_ms", "batch_ms")
 """Latency samples the worker keeps: event -> features, event -> recs (refreshes run with the
 batch that folded the event), due -> recs (debounced refreshes: the delay past
-trigger.min_interval_s), queued -> intent recs written, event -> intent recs written."""
+trigger.min_interval_s), queued -> intent recs written, event -> intent recs written, one
+batch's processing time."""
 
 
 class WorkerMetrics:
-    def __init__(self, keys: RedisKeys) -> None:
+    """What one process counts, twice: in Redis (queued onto the caller's pipeline, merged over
+    the processes of a group) and in this process's Prometheus exporter (stream/prometheus.py),
+    at once and unsampled."""
+
+    def __init__(self, keys: RedisKeys, exporter: Exporter | None = None) -> None:
         self.keys = keys
+        self.exporter = exporter or process_exporter()
         self.counters: Counter[str] = Counter()
         self.samples: dict[str, list[float]] = {}
         self.refreshed_users: list[str] = []
@@ -48,8 +55,10 @@ class WorkerMetrics:
 
     def add(self, name: str, value: int = 1) -> None:
         self.counters[name] += value
+        self.exporter.count(name, value)
 
     def sample(self, name: str, values: list[float]) -> None:
+        self.exporter.observe_ms(name, values)
         if len(values) > SAMPLES_PER_BATCH:
             values = random.sample(values, SAMPLES_PER_BATCH)
         self.samples.setdefault(name, []).extend(values)
@@ -58,6 +67,15 @@ class WorkerMetrics:
         """A field in the hash: `first_*` and `last_*` timestamps merge over the workers of a group
         (earliest, latest); any other mark is this process's."""
         self.marks[name] = value_ms
+        self.exporter.mark(name, value_ms)
+
+    def written(self, payloads: Sequence[dict]) -> None:
+        """Lists written to recs:{user_id}: counted, and by fallback reason."""
+        self.exporter.recs_written.inc(len(payloads))
+        for payload in payloads:
+            reason = payload.get("fallback_reason")
+            if reason is not None:
+                self.exporter.fallbacks.labels(str(reason)).inc()
 
     def queue(self, pipe: redis.client.Pipeline) -> None:
         """Queue everything accumulated since the last call onto `pipe` and reset."""

@@ -235,6 +235,7 @@ class BatchProcessor:
         m.add("batches")
         m.mark("first_batch_ms", started)
         m.mark("last_batch_ms", now_ms())
+        m.sample("batch_ms", [now_ms() - started])
         self._maybe_write_popular(pipe)
         m.queue(pipe)
         pipe.execute()
@@ -342,6 +343,7 @@ class BatchProcessor:
                 fused = self.sequential.merge(views, results, top_k)
                 if fused:
                     self.metrics.add("sequential_merged", len(views))
+                    self.metrics.exporter.serving("sequential", self.sequential.route.version)
             except Exception:  # the route is extra: the behavioural lists serve as built
                 log.exception("sequential route failed for a batch of %d users: serving the behavioural lists",
                               len(views))
@@ -378,6 +380,7 @@ class BatchProcessor:
             return
         self.sink.write(results, pipe)
         written = now_ms()
+        self.metrics.written(results)
         self.metrics.add("refreshes", len(states))
         self.metrics.refreshed_users.extend(s.user_id for s in states)
         if debounced_due_ms is None:

@@ -315,9 +315,11 @@ class ReasonerService:
         try:
             while not self.stop.is_set():
                 records = self._take()
+                lag = self._lag()
+                self.metrics.exporter.lag.labels(self.settings.kafka.intent_topic).set(lag + len(records))
                 if not records:
                     continue
-                self.handle(records, self._lag())
+                self.handle(records, lag)
                 try:
                     self.consumer.commit()
                 except (CommitFailedError, KafkaError) as exc:  # a rebalance took the partitions
@@ -420,6 +422,9 @@ class ReasonerService:
             return
         rate = stats["users"] / max(stats["seconds"], 1e-3)
         self.users_per_s = rate if self.users_per_s is None else 0.8 * self.users_per_s + 0.2 * rate
+        m.exporter.users_per_s.set(self.users_per_s)
+        m.exporter.recs_written.inc(stats["users"])  # written by the child, guarded by state_version
+        m.exporter.serving("intent", stats["version"])
         m.add("intent_users", stats["users"])
         m.add("intent_batches")
         m.add("intent_time_ms", int(stats["seconds"] * 1000))
@@ -444,6 +449,7 @@ class ReasonerService:
         pipe = self.client.pipeline(transaction=False)
         write_guarded(pipe, self.keys, payloads, self.settings.recs.updates_stream_maxlen)
         pipe.execute()
+        self.metrics.written(payloads)
 
     def _flush_metrics(self) -> None:
         pipe = self.client.pipeline(transaction=False)
@@ -456,6 +462,7 @@ def run_reasoner(settings: Settings) -> None:
     import signal
 
     service = ReasonerService(settings)
+    service.metrics.exporter.serve(settings.metrics.host, settings.metrics.reasoner_port)
 
     def stop(signum, frame) -> None:  # finish the take in hand, commit, exit
         log.info("reasoner: signal %d, stopping after the take in hand", signum)

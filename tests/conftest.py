@@ -22,9 +22,13 @@ def base_settings() -> Settings:
     base = Settings()
     # A Feast project of its own, so tests never touch the demo's online store keys; the intent
     # and sequential routes only where a test asks for them (with its own small model).
+    # No Prometheus endpoints unless a test asks (tests/integration/test_prometheus.py): the
+    # defaults would be taken by the first of many workers.
     return base.model_copy(update={"feast": base.feast.model_copy(update={"project": "intentstream_test"}),
                                    "intent": base.intent.model_copy(update={"enabled": False}),
-                                   "sequential": base.sequential.model_copy(update={"enabled": False})})
+                                   "sequential": base.sequential.model_copy(update={"enabled": False}),
+                                   "metrics": base.metrics.model_copy(update={"worker_port": 0, "reasoner_port": 0,
+                                                                              "trainer_port": 0})})
 
 
 @pytest.fixture(scope="session")

@@ -216,16 +216,26 @@ def run_once(settings: Settings, progress: Callable[[str], None] | None = None) 
 
 def run_every(settings: Settings, period_s: float, progress: Callable[[str], None] | None = None,
               runs: int | None = None) -> None:
-    """`run_once` every `period_s` seconds (a failed run is logged; the next one still comes)."""
+    """`run_once` every `period_s` seconds (a failed run is logged; the next one still comes);
+    runs by status and promotions are counted at the trainer's Prometheus endpoint
+    (metrics.trainer_port)."""
+    from stream.prometheus import process_exporter
+
     say = progress or log.info
+    exporter = process_exporter()
+    exporter.serve(settings.metrics.host, settings.metrics.trainer_port)
     done = 0
     while runs is None or done < runs:
         started = time.monotonic()
         try:
-            run_once(settings, say)
+            status = run_once(settings, say)["status"]
         except Exception as exc:  # a bad run must not stop the schedule
             log.exception("trainer run failed")
             say(f"trainer run failed: {type(exc).__name__}: {exc}")
+            status = "failed"
+        exporter.trainer_runs.labels(status).inc()
+        if status == "promoted":
+            exporter.promotions.inc()
         done += 1
         if runs is not None and done >= runs:
             break

@@ -45,3 +45,22 @@ def test_compose_publishes_ports_on_loopback_and_vllm_needs_a_key():
     assert published and all(str(p).startswith("${BIND_HOST:-127.0.0.1}:") for p in published), published
     assert services["vllm"]["environment"]["VLLM_API_KEY"] == "${VLLM_API_KEY:-}"
     assert services["reasoner-gpu"]["environment"]["INTENTSTREAM_INTENT__OPENAI_API_KEY"] == "${VLLM_API_KEY:-}"
+
+
+def test_compose_scrapes_every_process_and_provisions_the_dashboard():
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    scrape = yaml.safe_load((ROOT / "infra" / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
+    targets = {name: sd["port"] for job in scrape for sd in job["dns_sd_configs"] for name in sd["names"]}
+    from contracts.settings import MetricsSettings
+
+    m = MetricsSettings()
+    assert targets == {"worker": m.worker_port, "reasoner": m.reasoner_port, "reasoner-gpu": m.reasoner_port,
+                       "trainer": m.trainer_port}
+    assert set(targets) <= set(services)
+    assert services["worker"]["environment"]["INTENTSTREAM_METRICS__HOST"] == "0.0.0.0"
+    mounts = " ".join(services["grafana"]["volumes"])
+    assert "infra/grafana/provisioning" in mounts and "infra/grafana/dashboards" in mounts
+    import json
+
+    dashboard = json.loads((ROOT / "infra" / "grafana" / "dashboards" / "intentstream.json").read_text())
+    assert all(t["expr"] for panel in dashboard["panels"] for t in panel["targets"])
