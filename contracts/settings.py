@@ -180,11 +180,16 @@ class WorkerSettings(BaseModel):
     dead-lettered (the other bounds of an event: contracts/events.py)."""
     batch_attempts: int = Field(default=3, ge=1)
     """Tries of a batch whose processing raised. A retryable error (Redis, Kafka, Feast
-    unreachable) that outlasts them stops the worker loudly (its events come again after the
+    unreachable) that outlasts them and outage_wait_s stops the worker loudly (its events come again after the
     restart); any other error is then narrowed to the events that raise alone, which are
     dead-lettered (reason processing_failed) while the rest of the batch goes on."""
     retry_backoff_s: float = Field(default=0.5, gt=0)
-    """Wait before the second try of a failed batch (seconds), doubled before each later try."""
+    """Wait before the second try of a failed batch (seconds), doubled before each later try
+    (at most 5 s)."""
+    outage_wait_s: float = Field(default=60.0, ge=0)
+    """How long a batch that fails because Redis, Kafka or Feast is unreachable keeps being
+    retried (the waits added up) before the worker stops for a restart: a restarted or stalled
+    Redis is waited out. Below the group's max poll interval (300 s)."""
     recovery_seek_delay_s: float = Field(default=0.0, ge=0)
     """Tests only: sleep this long (seconds) inside the post-recovery seek, to widen the window
     in which faust 0.15.3 lost records (stream/fast_consumer.py SeekFirstRecovery)."""

@@ -55,16 +55,14 @@ class UserState:
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> "UserState":
-        return cls(**record)
+        """A state of its own: folding into it leaves `record` (the table's) as it was, so a batch
+        try that fails after folding cannot leave its event ids in the table without its counts
+        (the retry would then drop the events as duplicates)."""
+        return cls(**_copied(record))
 
     def to_record(self) -> dict[str, Any]:
-        # Shallow copies: the table keeps this dict while the worker goes on mutating the state.
-        record = dict(self.__dict__)
-        for name in ("counts", "categories", "brands"):
-            record[name] = dict(record[name])
-        for name in ("recent", "bought", "event_ids"):
-            record[name] = list(record[name])
-        return record
+        # Copies: the table keeps this dict while the worker goes on mutating the state.
+        return _copied(self.__dict__)
 
     @property
     def dominant_category(self) -> str | None:
@@ -99,6 +97,17 @@ class UserState:
             "last_event_ts": self.last_event_ts,
             "state_version": self.state_version,
         }
+
+
+def _copied(record: dict[str, Any]) -> dict[str, Any]:
+    """`record` with its containers copied (one level: `apply` inserts `recent` entries, it never
+    changes one)."""
+    out = dict(record)
+    for name in ("counts", "categories", "brands"):
+        out[name] = dict(out[name])
+    for name in ("recent", "bought", "event_ids"):
+        out[name] = list(out[name])
+    return out
 
 
 @dataclass(frozen=True)

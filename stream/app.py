@@ -152,7 +152,7 @@ def build_app(settings: Settings) -> faust.App:
                         for m in batch]
             try:
                 ready = await process_resilient(proc.process, messages, batch, failed_message,
-                                                w.batch_attempts, w.retry_backoff_s)
+                                                w.batch_attempts, w.retry_backoff_s, outage_s=w.outage_wait_s)
             except Exception as exc:  # WorkerStopped, or a bug: a dead loop would leave the worker stuck
                 log.critical("stopping the worker: %s (unacknowledged events come again after a restart)", exc)
                 await app.crash(exc)

@@ -6,7 +6,10 @@
    between tries. Nothing of a failed try is acknowledged (the processor hands tokens to the
    pusher only after the durable state write), so a retry cannot leave an offset gap, and the
    events a failed try already folded are duplicates the retry drops by event_id.
-2. If the last error is retryable (Redis, Kafka or Feast unreachable: `is_retryable`), raise
+2. A retryable error (Redis, Kafka or Feast unreachable: `is_retryable`) is an outage, not bad
+   data: the batch is tried again, the wait doubling up to `MAX_BACKOFF_S`, while the waits add
+   up to less than `outage_s` (worker.outage_wait_s, 60 s: a restarted or stalled Redis is back
+   within it and the worker goes on without a restart). An outage that outlasts it raises
    `WorkerStopped`: the worker stops loudly and, restarted, resumes from its committed offsets.
    Dead-lettering valid events because a service was down would lose them.
 3. Otherwise one message of the batch breaks the code: process the messages one by one; each that
@@ -53,24 +56,35 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc)[:300]}"
 
 
+MAX_BACKOFF_S = 5.0
+"""Longest wait between two tries of a batch during an outage."""
+
+
 async def process_resilient(process: Process, messages: Sequence[Any], tokens: Sequence[Any],
                             dead_letter: DeadLetterOne, attempts: int, backoff_s: float,
-                            sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> list[Any]:
+                            sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+                            outage_s: float = 0.0) -> list[Any]:
     """Process `messages` (with their acknowledgement `tokens`) as the module docstring says;
     returns the tokens that may now be acknowledged."""
     error: BaseException | None = None
-    for attempt in range(attempts):
+    attempt, waited = 0, 0.0
+    while True:
         if attempt:
-            await sleep(backoff_s * 2 ** (attempt - 1))
+            wait = min(backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S)
+            await sleep(wait)
+            waited += wait
         try:
             return await process(messages, tokens)
         except Exception as exc:
             error = exc
-            log.warning("batch of %d messages failed (try %d of %d): %s", len(messages), attempt + 1, attempts,
+            attempt += 1
+            log.warning("batch of %d messages failed (try %d, %.1f s waited): %s", len(messages), attempt, waited,
                         _describe(exc), exc_info=not is_retryable(exc))
+            if attempt >= attempts and not (is_retryable(exc) and waited < outage_s):
+                break
     assert error is not None
     if is_retryable(error):
-        raise WorkerStopped(f"batch failed {attempts} times: {_describe(error)}") from error
+        raise WorkerStopped(f"batch failed {attempt} times over {waited:.1f} s: {_describe(error)}") from error
     ready: list[Any] = []
     for message, token in zip(messages, tokens, strict=True):
         try:

@@ -28,7 +28,7 @@ class Processor:
         return list(tokens)
 
 
-def run(proc, messages, attempts=3):
+def run(proc, messages, attempts=3, outage_s=0.0):
     letters: list[tuple[int, str]] = []
     waits: list[float] = []
 
@@ -39,7 +39,7 @@ def run(proc, messages, attempts=3):
         waits.append(seconds)
 
     tokens = [f"t{m}" for m in messages]
-    ready = asyncio.run(process_resilient(proc, messages, tokens, dead_letter, attempts, 0.5, sleep))
+    ready = asyncio.run(process_resilient(proc, messages, tokens, dead_letter, attempts, 0.5, sleep, outage_s))
     return ready, letters, waits
 
 
@@ -69,3 +69,23 @@ def test_an_outage_stops_the_worker_and_acknowledges_nothing():
     with pytest.raises(WorkerStopped, match="ConnectionError"):
         run(proc, [1, 2, 3])
     assert proc.processed == [] and len(proc.calls) == 3
+
+
+def test_an_outage_shorter_than_the_outage_budget_is_waited_out():
+    proc = Processor(fail_times=8, error=redis.ConnectionError("connection refused"))
+    ready, letters, waits = run(proc, [1, 2, 3], outage_s=60.0)
+    assert ready == ["t1", "t2", "t3"] and proc.processed == [1, 2, 3] and not letters
+    assert waits == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0, 5.0]  # doubling, capped
+
+
+def test_an_outage_longer_than_the_budget_stops_the_worker():
+    proc = Processor(fail_times=100, error=redis.ConnectionError("connection refused"))
+    with pytest.raises(WorkerStopped, match="over 22.5 s"):
+        run(proc, [1, 2, 3], outage_s=20.0)
+    assert proc.processed == []
+
+
+def test_bad_data_is_not_waited_for():
+    proc = Processor(poison=2)
+    _, letters, waits = run(proc, [1, 2, 3], outage_s=60.0)
+    assert waits == [0.5, 1.0] and letters == [(2, "processing_failed: ValueError: boom")]

@@ -51,6 +51,19 @@ def test_record_round_trip_does_not_share_lists():
     assert UserState.from_record(record).event_count == 1
 
 
+def test_a_failed_try_leaves_the_stored_state_as_it_was():
+    """Found by `bench chaos`: a state loaded from the table shared its lists with the table's
+    record, so a batch try that folded and then failed (Redis down) left its event ids there
+    without its counts, and the retry dropped 2,000 events as duplicates."""
+    stored = UserState("u").to_record()
+    event = Event(event_id="e1", user_id="u", item_id="i", type="view", ts=1, context={"category": "c"})
+    failed_try = UserState.from_record(stored)
+    assert apply(failed_try, event, 1, StateLimits(), 0, 5) is Fold.applied
+    assert stored == UserState("u").to_record()  # nothing of the failed try is in the table
+    retry = UserState.from_record(stored)
+    assert apply(retry, event, 1, StateLimits(), 0, 5) is Fold.applied and retry.event_count == 1
+
+
 def test_trigger_reasons_and_debounce():
     cfg = TriggerSettings(every_n_events=3, min_interval_s=2.0)
     state = UserState("u")
