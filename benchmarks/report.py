@@ -134,6 +134,33 @@ def _explanations_section(result: dict) -> list[str]:
     return lines + [""]
 
 
+def _chaos_section(result: dict) -> list[str]:
+    """`bench chaos`: faults while events flow, then exactly-once in Feast and the item model."""
+    rec = result["worker_recovery_s"]
+    lines = ["## Chaos: worker kills, broker and Redis restarts, a Redis stall, a reasoner kill", "",
+             f"Command: `{result['command']}` (commit `{result['commit']}`). {result['dataset']}: "
+             f"{result['events_sent']:,} events and {result['malformed_sent']} malformed messages sent in "
+             f"{result['sending_s']:.0f} s, drained {result['drain_s']:.0f} s after the last one; reasoner "
+             f"{'on' if result['reasoner'] else 'off (no intent model)'}.", "",
+             "| events lost (Feast users) | double counted (Feast users) | item counts lost | item counts double | "
+             "users / items off | dead letters (distinct messages) / malformed sent | lists at the user's last state |",
+             "|---|---|---|---|---|---|---|",
+             f"| {result['user_events_lost']} | {result['user_events_double_counted']} | {result['item_counts_lost']} | "
+             f"{result['item_counts_double_counted']} | {result['users_off']} / {result['items_off']} | "
+             f"{result['dead_letters']['written']} ({result['dead_letters']['distinct_messages']}) / {result['malformed_sent']} | "
+             f"{result['recs']['at_last_state']} of {result['recs']['users']} ({result['recs']['with_list']} with a list) |", "",
+             "| fault | at (s) | lasted (s) | recovery (s): until the count moves again |", "|---|---|---|---|"]
+    lines += [f"| {f['fault']} | {f['at_s']} | {f['lasted_s']} | {f['recovery_s']} ({f.get('recovered', 'worker messages handled')}) |"
+              for f in result["faults"]]
+    lines.append(f"| worker SIGKILL + restart, x{result['worker_kills']} | | | p50 {rec.get('p50')}, max {rec.get('max')}"
+                 f" ({rec.get('never_recovered', 0)} not measured) |")
+    lines += ["", f"Processes that exited by themselves and were restarted (as compose's restart policy would): "
+                  f"{result['exits_restarted']}."]
+    if result.get("note"):
+        lines += ["", result["note"]]
+    return lines + [""]
+
+
 def _intent_section(result: dict) -> list[str]:
     name = result["dataset"]
     intent = result["methods"]["intent"]
@@ -508,6 +535,9 @@ def render() -> Path:
             lines += _loop_section(result)
     if reasoner:
         lines += _reasoner_section(reasoner)
+    chaos = _load("chaos.json")
+    if chaos:
+        lines += _chaos_section(chaos)
     out = HERE / "REPORT.md"
     out.write_text("\n".join(lines) + "\n")
     return out

@@ -63,7 +63,8 @@ LABEL_TTL_S = 60.0
 CACHE_MAX = 400_000
 """Rows and labels kept locally before the stale ones are dropped."""
 
-_COUNTED = {"view": "views", "click": "views", "cart": "carts", "purchase": "purchases"}
+COUNTED_AS = {"view": "views", "click": "views", "cart": "carts", "purchase": "purchases"}
+"""Which item count an event type adds to (a fav adds none)."""
 STAT_COUNTS = ("views", "carts", "purchases")
 
 
@@ -161,7 +162,7 @@ class ItemDeltas:
         if row is None:
             row = self.stats[item] = {"views": 0, "carts": 0, "purchases": 0, "category": "", "brand": "",
                                       "price": None, "last_event_ts": 0}
-        column = _COUNTED.get(kind)
+        column = COUNTED_AS.get(kind)
         if column:
             row[column] += 1
         if event.category:

@@ -528,6 +528,20 @@ def bench_reasoner(
                                          progress=lambda m: console.print(m)), out)
 
 
+@bench_app.command("chaos")
+def bench_chaos(
+    loops: int = typer.Option(3, help="Times the Taobao samples are sent (89,123 events each; users remapped)"),
+    rate: float = typer.Option(2000.0, help="Events per second offered"),
+    kill_every_s: float = typer.Option(10.0, help="The worker is SIGKILLed this long after each time it is ready"),
+    out: Optional[Path] = typer.Option(None, help="Also write the JSON here"),
+) -> None:
+    """Worker SIGKILLs, a broker restart, a Redis restart and stall, a reasoner kill while events
+    flow; then events lost and double counted (Feast and the item model), recovery times."""
+    from benchmarks.chaos import run_chaos
+
+    _print_result(run_chaos(Settings(), loops, rate, kill_every_s, progress=lambda m: console.print(m)), out)
+
+
 def _print_result(result: dict, out: Optional[Path]) -> None:
     """A benchmark's JSON on stdout, and in `out` when given."""
     text = orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode()

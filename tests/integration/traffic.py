@@ -1,32 +1,17 @@
-"""Events sent to a test's events topic, with what a correct worker must have counted from them:
-per user (Feast `user_state.event_count`) and per item (the shared item model's counts)."""
+"""Events sent to a test's events topic, with what a correct worker must have counted from them
+(infra/traffic.py `ExpectedCounts`: per user in Feast, per item in the shared item model)."""
 
 from __future__ import annotations
 
 import time
-from collections import Counter
 
 import orjson
-import redis
 
-from contracts.keys import RedisKeys
-from contracts.settings import Settings
-from features.feast_store import FeastFeatures
-from features.item_model import SharedItemModel
+from infra.traffic import ExpectedCounts
 from stream.producer import EventProducer
 
 
-class Traffic:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.users: Counter[str] = Counter()
-        self.views: Counter[str] = Counter()
-        self.purchases: Counter[str] = Counter()
-        self.features = FeastFeatures(settings)
-        r = settings.redis
-        self.model = SharedItemModel(redis.Redis(host=r.host, port=r.port, db=r.db), RedisKeys(settings.key_prefix),
-                                     settings.kafka.events_topic, settings.kafka.partitions, 5, 100, 3600.0)
-
+class Traffic(ExpectedCounts):
     def send(self, users: list[str], start: int, n: int, per_s: float | None = None) -> None:
         """Events e{start}..e{start+n-1}, round robin over `users`, every 50th a purchase; at
         about `per_s` events a second when given (else as fast as the producer goes)."""
@@ -40,12 +25,15 @@ class Traffic:
                 producer.send_raw(user.encode(), orjson.dumps({
                     "event_id": f"e{i}", "user_id": user, "item_id": item, "type": kind,
                     "ts": int(time.time() * 1000)}))
-                self.users[user] += 1
-                (self.purchases if kind == "purchase" else self.views)[item] += 1
+                self.add(user, item, kind)
 
-    def user_counts(self) -> dict[str, int]:
-        rows = self.features.read_users(sorted(self.users), ["event_count"])
-        return {r["user_id"]: r["event_count"] for r in rows}
+    @property
+    def views(self) -> dict[str, int]:
+        return {i: c["views"] for i, c in self.items.items() if c["views"]}
+
+    @property
+    def purchases(self) -> dict[str, int]:
+        return {i: c["purchases"] for i, c in self.items.items() if c["purchases"]}
 
     def user_diff(self) -> str:
         """Users whose Feast count is off (got, sent), for a failure message."""
@@ -58,9 +46,9 @@ class Traffic:
 
     def item_counts(self) -> tuple[dict[str, int], dict[str, int]]:
         """(views, purchases) per item as the shared item model holds them."""
-        rows = self.model.stats_rows(sorted(set(self.views) | set(self.purchases)))
-        return ({r["item_id"]: r["views"] for r in rows if r["views"]},
-                {r["item_id"]: r["purchases"] for r in rows if r["purchases"]})
+        held = ExpectedCounts.item_counts(self)
+        return ({i: c["views"] for i, c in held.items() if c.get("views")},
+                {i: c["purchases"] for i, c in held.items() if c.get("purchases")})
 
     def items_counted(self) -> bool:
-        return self.item_counts() == (dict(self.views), dict(self.purchases))
+        return self.item_counts() == (self.views, self.purchases)
