@@ -28,8 +28,11 @@ def test_worker_serves_promoted_sequential_versions_and_rolls_back(scoped, worke
     for version in ("seq-a", "seq-b"):
         dirs[version] = export(trained.model, trained.item_ids, shape, tmp_path / version,
                                {"version": version, "merge_weight": 1.0})
-    settings = scoped.model_copy(update={"sequential": scoped.sequential.model_copy(
-        update={"enabled": True, "registry_poll_s": 0.5, "model_dir": tmp_path / "none"})})
+    settings = scoped.model_copy(update={
+        "sequential": scoped.sequential.model_copy(update={"enabled": True, "registry_poll_s": 0.5,
+                                                            "model_dir": tmp_path / "none"}),
+        # The registry serves only its versions directory: the worker's is where the test puts them.
+        "trainer": scoped.trainer.model_copy(update={"versions_dir": tmp_path})})
     client = redis.Redis(host=settings.redis.host, port=settings.redis.port, db=settings.redis.db)
     keys = RedisKeys(settings.key_prefix)
     registry = ModelRegistry(client, keys, tmp_path, kind="sequential")
