@@ -59,15 +59,19 @@ def _observe_lag(exporter, consumer, topic: str, last_offsets: dict, messages: l
     over this worker's partitions (faust's highwater is the last fetch's: no broker round trip)."""
     for m in messages:
         last_offsets[TP(m.topic, m.partition)] = m.offset
-    assigned = consumer.assignment()
-    lag = 0
-    for tp in list(last_offsets):
-        if tp not in assigned:
-            del last_offsets[tp]
-            continue
-        high = consumer.highwater(tp)
-        if high is not None:  # None: nothing fetched from it yet
-            lag += max(0, high - last_offsets[tp] - 1)
+    try:
+        assigned = consumer.assignment()
+        lag = 0
+        for tp in list(last_offsets):
+            if tp not in assigned:
+                del last_offsets[tp]
+                continue
+            high = consumer.highwater(tp)  # aiokafka asserts the assignment: a rebalance may race it
+            if high is not None:  # None: nothing fetched from it yet
+                lag += max(0, high - last_offsets[tp] - 1)
+    except Exception:  # a metric never stops the stream
+        log.debug("consumer lag not observed", exc_info=True)
+        return
     exporter.lag.labels(topic).set(lag)
 
 
