@@ -63,17 +63,16 @@ class Watch:
     """The worker's processed count, read with a client of its own that survives Redis faults."""
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+        r = settings.redis
+        self.client = redis.Redis(host=r.host, port=r.port, db=r.db, socket_timeout=1, **r.client_options())
         self.keys = RedisKeys(settings.key_prefix)
 
     WORKER = ("events_valid", "events_dead", "duplicates", "redelivered")
     REASONER = ("intent_handled",)
 
     def processed(self, fields: tuple[str, ...] = WORKER) -> int | None:
-        try:
-            client = redis.Redis(host=self.settings.redis.host, port=self.settings.redis.port,
-                                 db=self.settings.redis.db, socket_timeout=1, **self.settings.redis.client_options())
-            raw = client.hmget(self.keys.metrics, *fields)
+        try:  # redis-py reconnects at the next call after a failed one
+            raw = self.client.hmget(self.keys.metrics, *fields)
             return sum(int(v) for v in raw if v is not None)
         except redis.RedisError:
             return None
@@ -311,7 +310,7 @@ def _recs_at_last_state(settings: Settings, expected: ExpectedCounts) -> dict[st
     client = connect(settings.redis)
     keys = RedisKeys(settings.key_prefix)
     users = sorted(expected.users)
-    held = at_last = behind = 0
+    held = at_last = ahead = 0
     for start in range(0, len(users), 1000):
         chunk = users[start:start + 1000]
         for user, raw in zip(chunk, client.mget([keys.recs(u) for u in chunk])):
@@ -320,5 +319,5 @@ def _recs_at_last_state(settings: Settings, expected: ExpectedCounts) -> dict[st
             held += 1
             version = orjson.loads(raw)["state_version"]
             at_last += version == expected.users[user]
-            behind += version > expected.users[user]  # would mean a list from a state never reached
-    return {"users": len(users), "with_list": held, "at_last_state": at_last, "ahead_of_state": behind}
+            ahead += version > expected.users[user]  # would mean a list from a state never reached
+    return {"users": len(users), "with_list": held, "at_last_state": at_last, "ahead_of_state": ahead}

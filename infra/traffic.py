@@ -5,7 +5,7 @@ scale-out, restart and chaos checks (tests/integration, benchmarks/chaos.py) sha
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Mapping
 from typing import Any
 
 from contracts.keys import RedisKeys
@@ -69,5 +69,5 @@ class ExpectedCounts:
                                                                      for i, c in items_sent.items())}
 
 
-def _off(got: dict[str, int], sent: Iterable) -> int:
-    return sum(1 for u in sent if got.get(u) != sent[u])
+def _off(got: Mapping[str, int], sent: Mapping[str, int]) -> int:
+    return sum(1 for u, n in sent.items() if got.get(u) != n)

@@ -20,6 +20,9 @@ disagree on what is counted. Names follow Prometheus conventions (base units, `_
 - `intentstream_trainer_runs_total{status}` and `intentstream_trainer_promotions_total`.
 - `intentstream_<mark>_timestamp_seconds`: marks (`first_batch_ms`, `worker_ready_ms`, ...).
 - `process_*`: the process's resident memory, CPU seconds and open files.
+
+Cost: every latency sample is observed (the Redis copy keeps 200 per batch): 2,000 observations
+take 2.5 ms here, against about 1.5 s to process a 2,000-event batch on this 2-core box.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ class Exporter:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, cpu, open fds
         self._metrics: dict[str, object] = {}
+        self._served: dict[str, str] = {}
         self._lock = threading.Lock()
         self.fallbacks = Counter(f"{PREFIX}fallbacks", "Lists written with a fallback reason",
                                  ["reason"], registry=self.registry)
@@ -106,11 +110,14 @@ class Exporter:
         self._get(name, "mark").set(value_ms / 1000)
 
     def serving(self, kind: str, version: str) -> None:
-        """`model_info{kind, version}` = 1 for `version` only."""
-        for labels in list(self.model._metrics):  # noqa: SLF001 (prometheus-client keeps children there)
-            if labels[0] == kind and labels[1] != version:
-                self.model.remove(*labels)
+        """`model_info{kind, version}` = 1 for `version` only (the previous version's series goes)."""
+        previous = self._served.get(kind)
+        if previous == version:
+            return
+        if previous is not None:
+            self.model.remove(kind, previous)
         self.model.labels(kind, version).set(1)
+        self._served[kind] = version
 
     def serve(self, host: str, port: int) -> int | None:
         """Start the HTTP endpoint (a daemon thread); returns its port, None when off (port 0)
