@@ -29,6 +29,7 @@ import signal
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -92,6 +93,23 @@ class Watch:
         return None
 
 
+def isolated_run(base: Settings, name: str, run: str, **worker: Any) -> tuple[Settings, bool, Path]:
+    """Settings of one benchmark run on topics, a group and a key prefix of its own (created
+    here), with `worker` settings changed and no metrics endpoint; whether an intent model is
+    served (else the intent route is off); the run's log folder."""
+    settings = base.isolated(f"{name}-{run}", key_prefix=f"{name}:{run}:")
+    settings = settings.model_copy(update={
+        "worker": settings.worker.model_copy(update=worker),
+        "metrics": settings.metrics.model_copy(update={"worker_port": 0, "reasoner_port": 0}),
+    })
+    with_reasoner = served_model_dir(settings) is not None
+    if not with_reasoner:
+        settings = settings.model_copy(update={"intent": settings.intent.model_copy(update={"enabled": False})})
+    k = settings.kafka
+    ensure_topics(k, [k.events_topic, k.dead_letter_topic, k.feedback_topic, k.intent_topic])
+    return settings, with_reasoner, settings.state_dir / "bench" / f"{name}-{run}"
+
+
 def _dead_letters(settings: Settings) -> dict[str, Any]:
     """Dead letters written, the distinct messages they stand for (a message dead-lettered and
     then redelivered by a restart before its commit is written again), and their reasons."""
@@ -114,17 +132,9 @@ def run_chaos(base: Settings, loops: int = 3, rate: float = 2000.0, kill_every_s
               progress=None) -> dict[str, Any]:
     data = datasets.load("taobao", base.data_dir)
     run = uuid.uuid4().hex[:6]
-    settings = base.isolated(f"chaos-{run}", key_prefix=f"chaos:{run}:")
-    settings = settings.model_copy(update={
-        "worker": settings.worker.model_copy(update={"instance_id": f"chaos-{run}-w", "session_timeout_s": 10.0}),
-        "metrics": settings.metrics.model_copy(update={"worker_port": 0, "reasoner_port": 0}),
-    })
-    with_reasoner = served_model_dir(settings) is not None
-    if not with_reasoner:
-        settings = settings.model_copy(update={"intent": settings.intent.model_copy(update={"enabled": False})})
+    settings, with_reasoner, logs = isolated_run(base, "chaos", run, instance_id=f"chaos-{run}-w",
+                                                 session_timeout_s=10.0)
     k = settings.kafka
-    ensure_topics(k, [k.events_topic, k.dead_letter_topic, k.feedback_topic, k.intent_topic])
-    logs = settings.state_dir / "bench" / f"chaos-{run}"
     expected = ExpectedCounts(settings)
     watch = Watch(settings)
     events = data.events.sort_values("ts", kind="stable")

@@ -161,6 +161,64 @@ def _chaos_section(result: dict) -> list[str]:
     return lines + [""]
 
 
+def _overload_plot(result: dict, path: Path) -> None:
+    """Lag and worker RSS over time, one line per mode."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for mode in result["modes"]:
+        samples = mode["samples"]
+        t = [x["t_s"] for x in samples]
+        axes[0].plot(t, [x["lag"] for x in samples], label=mode["mode"])
+        axes[1].plot(t, [x["worker_rss_mb"] for x in samples], label=mode["mode"])
+        over = [x["t_s"] for x in samples if x["phase"] == "overload"]
+        if over:
+            for ax in axes:
+                ax.axvspan(over[0], over[-1], alpha=0.08, color="C3")
+    axes[0].set(xlabel="seconds (shaded: the overload)", ylabel="events sent, not yet handled", title="lag")
+    axes[1].set(xlabel="seconds", ylabel="MB", title="worker RSS (with its pusher child)")
+    for ax in axes:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _overload_section(result: dict) -> list[str]:
+    """`bench overload`: factor x the sustained rate, what was shed, the drain, nothing lost."""
+    lines = [f"## Overload: {result['factor']:g}x the sustained rate for {result['seconds']:g} s", "",
+             f"Command: `{result['command']}` (commit `{result['commit']}`). {result['traffic']}. Per mode, on "
+             f"fresh topics: the sustained rate S is the worker's events/s draining a backlog; then "
+             f"{result['normal_share']:g} x S for 20 s, {result['factor']:g} x S for {result['seconds']:g} s, and "
+             f"{result['normal_share']:g} x S again; recovery = from the end of the overload until everything "
+             "sent by then is handled. `no-shed`: worker.shed_lag_s 0; `shed`: the default (stream/processor.py).", "",
+             "| mode | S / backlog drained (events/s) | offered / achieved in the overload | handled in the overload | "
+             "backlog at its end | recovery (s) / lists in full again (s) | RSS MB: after S, max, end | refreshes built / shed / built degraded "
+             "in the overload | intent shed | lost / double counted | lists at the last state |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for m in result["modes"]:
+        o, d, rss = m["phases"]["overload"], m["during_overload"], m["worker_rss_mb"]
+        lines.append(
+            f"| {m['mode']} | {m['sustained_events_per_s']:,} / {m['backlog_drain_events_per_s']:,} | "
+            f"{o['offered_rate']:,} / {o['achieved_rate']:,} | "
+            f"{d['events_valid']:,} | {m['phases']['recovery']['backlog_at_end']:,} | {m['phases']['recovery']['recovery_s']} / "
+            f"{m['phases']['recovery'].get('full_lists_again_s') if m['shed_lag_s'] else 'n/a'} | "
+            f"{rss['after_sustained']:.0f}, {rss['max']:.0f}, {rss['end']:.0f} | {d['refreshes']:,} / {d['refreshes_shed']:,} / "
+            f"{d['refreshes_overloaded']:,} | {m['whole_run']['intent_shed']:,} | "
+            f"{m['user_events_lost'] + m['item_counts_lost']} / {m['user_events_double_counted'] + m['item_counts_double_counted']} | "
+            f"{m['recs']['at_last_state']:,} of {m['recs']['users']:,} |")
+    lines += ["", "Served lists by fallback_reason (all users sent events), at the end of the overload and at the end:", ""]
+    for m in result["modes"]:
+        if "fallbacks_at_overload_end" in m:
+            lines.append(f"- {m['mode']}: " + ", ".join(f"{k} {v:,}" for k, v in m["fallbacks_at_overload_end"].items())
+                         + "; then " + ", ".join(f"{k} {v:,}" for k, v in m["fallbacks_at_end"].items()))
+    if "recovery_ratio_no_shed_to_shed" in result:
+        lines += ["", f"Recovery without shedding / with it: {result['recovery_ratio_no_shed_to_shed']}x (same run)."]
+    _overload_plot(result, HERE / "overload.png")
+    lines += ["", "![overload](overload.png)"]
+    if result.get("note"):
+        lines += ["", result["note"]]
+    return lines + [""]
+
+
 def _intent_section(result: dict) -> list[str]:
     name = result["dataset"]
     intent = result["methods"]["intent"]
@@ -538,6 +596,9 @@ def render() -> Path:
     chaos = _load("chaos.json")
     if chaos:
         lines += _chaos_section(chaos)
+    overload = _load("overload.json")
+    if overload:
+        lines += _overload_section(overload)
     out = HERE / "REPORT.md"
     out.write_text("\n".join(lines) + "\n")
     return out

@@ -40,6 +40,8 @@ class FallbackReason(StrEnum):
     """None of the user's items has co-visited neighbours yet: recent items and popularity serve."""
     refresh_failed = "refresh_failed"
     """Building this user's list raised (logged and counted as `refresh_errors`): popularity serves."""
+    overloaded = "overloaded"
+    """Built while the worker was behind (worker.shed_lag_s): the behavioural routes only."""
     intent_pending = "intent_pending"
     """Queued for the intent route: the behavioural list serves until its result lands."""
     intent_queue_full = "intent_queue_full"

@@ -220,6 +220,14 @@ class WorkerSettings(BaseModel):
     popular_interval_s: float = Field(default=10.0, gt=0)
     """How often (seconds) the popularity fallback list (recs-popular) is rewritten, by the worker
     that owns events partition 0."""
+    shed_lag_s: float = Field(default=5.0, ge=0)
+    """Load shedding: a batch whose oldest event waited longer than this (seconds, from its broker
+    timestamp to the batch's start) finds the worker behind. Every event is still folded and
+    its features pushed; of the refreshes only a user's first events and purchases are built
+    now, by the behavioural routes alone (no sequential route, no intent request;
+    fallback_reason `overloaded`), and every due refresh waits as a debounced one for its full
+    build until a batch is on time again (the others counted `refreshes_shed`;
+    stream/processor.py). 0: never shed."""
     web_enabled: bool = False
     """Start Faust's web server (it binds 0.0.0.0:web_port)."""
     web_port: int = 6066

@@ -542,6 +542,22 @@ def bench_chaos(
     _print_result(run_chaos(Settings(), loops, rate, kill_every_s, progress=lambda m: console.print(m)), out)
 
 
+@bench_app.command("overload")
+def bench_overload(
+    factor: float = typer.Option(5.0, help="Offered load as a multiple of the sustained rate measured first"),
+    seconds: float = typer.Option(60.0, help="How long the overload lasts"),
+    users: int = typer.Option(20_000, help="Synthetic users (1,000 shopping at once)"),
+    compare: bool = typer.Option(True, help="Also run with shedding off (worker.shed_lag_s 0) first, on its own topics"),
+    out: Optional[Path] = typer.Option(None, help="Also write the JSON here"),
+) -> None:
+    """factor x the sustained rate for `seconds`, then a normal load: the worker's RSS, what it
+    shed and why, how long its lag takes to drain, and nothing lost or counted twice."""
+    from benchmarks.overload import run_overload
+
+    _print_result(run_overload(Settings(), factor, seconds, users, compare=compare,
+                               progress=lambda m: console.print(m)), out)
+
+
 def _print_result(result: dict, out: Optional[Path]) -> None:
     """A benchmark's JSON on stdout, and in `out` when given."""
     text = orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode()

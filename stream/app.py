@@ -126,7 +126,8 @@ def build_app(settings: Settings) -> faust.App:
             pusher = FeaturePusher(settings)
             pusher.warm_up()
             proc = BatchProcessor(settings, table, pusher, client, send_dead_letters,
-                                  intent=_intent_route(settings, client), owned=owned_partitions)
+                                  intent=_intent_route(settings, client), owned=owned_partitions,
+                                  waiting=lambda: len(inbox))
             proc.restore()
             holder["p"] = proc
         return holder["p"]

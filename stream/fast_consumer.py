@@ -101,6 +101,10 @@ class BatchInbox:
             raise TypeError("BatchInbox needs FastApp's BatchConductor")
         conductor.inboxes[topic.get_topic_name()] = self
 
+    def __len__(self) -> int:
+        """Messages waiting to be taken."""
+        return len(self._messages)
+
     def clear(self) -> None:
         """faust's flow_control.clear() (rebalance, stop): drop what waits; it is fetched again."""
         self._messages.clear()

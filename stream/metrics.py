@@ -33,11 +33,11 @@ end
 SAMPLES_KEPT = 20_000
 SAMPLES_PER_BATCH = 200
 SAMPLED = ("feature_freshness_ms", "recs_freshness_ms", "recs_debounce_lag_ms", "intent_latency_ms",
-           "intent_freshness_ms", "batch_ms")
+           "intent_freshness_ms", "batch_ms", "event_age_ms")
 """Latency samples the worker keeps: event -> features, event -> recs (refreshes run with the
 batch that folded the event), due -> recs (debounced refreshes: the delay past
 trigger.min_interval_s), queued -> intent recs written, event -> intent recs written, one
-batch's processing time."""
+batch's processing time, how long a batch's oldest event waited for it (worker.shed_lag_s)."""
 
 
 class WorkerMetrics:
@@ -68,6 +68,11 @@ class WorkerMetrics:
         (earliest, latest); any other mark is this process's."""
         self.marks[name] = value_ms
         self.exporter.mark(name, value_ms)
+
+    def level(self, name: str, value: int) -> None:
+        """A gauge: this process's current value (a field in the hash, overwritten)."""
+        self.marks[name] = value
+        self.exporter.level(name, value)
 
     def written(self, payloads: Sequence[dict]) -> None:
         """Lists written to recs:{user_id}: counted, and by fallback reason."""

@@ -48,7 +48,19 @@ from stream.metrics import WorkerMetrics
 from stream.sink import RedisResultSink
 from stream.trigger import due_at_ms, mark_refreshed, refresh_reason
 
+URGENT = frozenset({"first_events", "purchase"})
+"""Refresh reasons a worker that is behind still builds: a new user has no list yet, and a
+purchase makes the served list wrong (it may show what was just bought)."""
+
+PENDING_CHUNK = 100
+PENDING_BUDGET_S = 0.25
+"""Debounced refreshes run between batches in chunks of PENDING_CHUNK users, for about
+PENDING_BUDGET_S per timer tick: the event loop is the ingest loop's too. Measured (`bench
+overload`, before this bound): 2,000 full refreshes in one tick took 8 to 15 s on this 2-core box,
+and ticks back to back kept the worker from its batches for a minute while it was behind."""
+
 log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class RawMessage:
@@ -95,6 +107,7 @@ class BatchProcessor:
         reasoner: Reasoner | None = None,
         intent: IntentRoute | None = None,
         owned: Callable[[], set[int]] = lambda: set(),
+        waiting: Callable[[], int] = lambda: 0,
     ) -> None:
         self.settings = settings
         self.table = table
@@ -106,6 +119,9 @@ class BatchProcessor:
         self.limits = StateLimits(w.recent_items, w.dedupe_window, w.top_affinities, w.affinity_half_life_events)
         self.model = SharedItemModel.from_settings(settings, client)
         self.owned = owned
+        self.waiting = waiting
+        """How many events wait for the next batch (the ingest loop's inbox): debounced refreshes
+        run between batches only while fewer than batch_max wait."""
         """The events partitions this worker holds now: it pushes the derived rows of their slots
         (item features to Feast; partition 0: the popularity fallback)."""
         self.behavioural = BehaviouralReasoner(self.model, r.model_version)
@@ -117,6 +133,10 @@ class BatchProcessor:
         serves."""
         self.sink = RedisResultSink(client, self.keys, r.updates_stream_maxlen)
         self.metrics = WorkerMetrics(self.keys)
+        self.behind = False
+        """Whether the last batch found the worker behind (worker.shed_lag_s): refreshes are shed."""
+        for name in ("refreshes_shed", "refreshes_overloaded"):  # served from the start, 0 until shedding
+            self.metrics.add(name, 0)
         self.pending: dict[str, PendingRefresh] = {}
         """Users with a debounced refresh. Run only while this worker owns the user's partition:
         after a rebalance the state belongs to the new owner, and writing this worker's copy
@@ -153,6 +173,10 @@ class BatchProcessor:
            wait for the refreshes.
         5. Decide refreshes and build them, each user isolated: a user whose list raises gets the
            popularity list with fallback_reason `refresh_failed` (counted as `refresh_errors`).
+           When the batch's oldest event waited longer than worker.shed_lag_s, the worker is
+           behind and sheds (`_shed`): only first events and purchases are built now, by the
+           behavioural routes alone (fallback_reason `overloaded`); every due refresh waits as a
+           debounced one for its full build until a batch is on time again.
         6. Write every touched user's state to the table (its changelog is the durable point).
         7. Send the dead letters, then hand the batch's tokens to the pusher. Only now can an
            event be acknowledged (after a push that started after this point finished), so a
@@ -165,6 +189,8 @@ class BatchProcessor:
         """
         started = now_ms()
         w = self.settings.worker
+        age_ms = started - min((msg.timestamp_ms for msg in batch), default=started)
+        self.behind = w.shed_lag_s > 0 and age_ms > w.shed_lag_s * 1000
         dead: list[tuple[bytes | None, DeadLetter]] = []
         touched: dict[str, UserState] = {}
         partition_of: dict[str, int] = {}
@@ -212,7 +238,9 @@ class BatchProcessor:
                 self.pending.pop(state.user_id, None)
             else:
                 self.pending[state.user_id] = PendingRefresh(ready_at, partition_of[state.user_id])
-        results = self._recommend(due, reasons)
+        if self.behind:
+            due, reasons = self._shed(due, reasons, partition_of, folded)
+        results = self._recommend(due, reasons, degraded=self.behind)
         refreshed = now_ms()
         for user_id, state in touched.items():
             self.table[user_id.encode()] = state.to_record()
@@ -236,6 +264,8 @@ class BatchProcessor:
         m.mark("first_batch_ms", started)
         m.mark("last_batch_ms", now_ms())
         m.sample("batch_ms", [now_ms() - started])
+        m.sample("event_age_ms", [age_ms])
+        m.level("refreshes_pending", len(self.pending))
         self._maybe_write_popular(pipe)
         m.queue(pipe)
         pipe.execute()
@@ -253,9 +283,13 @@ class BatchProcessor:
             self.metrics.sample("feature_freshness_ms", [finished_ms - p for p in produced])
         return tokens
 
-    async def flush_pending(self) -> list[Any]:
+    async def flush_pending(self, everything: bool = False) -> list[Any]:
         """Timer work between batches: finish Feast pushes, push coalesced item features, and
-        refresh users whose debounced refresh is due. Returns tokens safe to acknowledge."""
+        refresh users whose debounced refresh is due, oldest first, in chunks of PENDING_CHUNK
+        for at most PENDING_BUDGET_S per call (the ingest loop waits meanwhile) and only while a
+        full batch of events does not wait, none while the worker is behind and busy (a batch
+        that was behind ended within the last second);
+        `everything` (stopping): all that are due. Returns tokens safe to acknowledge."""
         item_rows = self._take_item_rows()
         if item_rows:
             self.pusher.add([], item_rows, [], [])
@@ -265,12 +299,20 @@ class BatchProcessor:
         if self.metrics.samples or self.metrics.counters or self.metrics.marks or len(pipe):
             self.metrics.queue(pipe)
             pipe.execute()
-        if not self.pending:
-            return acked
         now = now_ms()
+        busy = self.behind and now - self._last_batch_end < 1000
+        if not self.pending or (busy and not everything):
+            return acked  # behind and busy: the next batch first (when it is on time, these run)
         ready = [uid for uid, p in self.pending.items() if p.at_ms <= now]
-        if not ready:
-            return acked
+        deadline = time.monotonic() + PENDING_BUDGET_S
+        for start in range(0, len(ready), PENDING_CHUNK):
+            if not everything and (self.waiting() >= self.settings.worker.batch_max or time.monotonic() > deadline):
+                break  # events first (a full batch waits): the rest at a later tick
+            self._run_pending(ready[start:start + PENDING_CHUNK])
+        return acked
+
+    def _run_pending(self, ready: list[str]) -> None:
+        """Build and write the debounced refreshes of `ready` (taken out of `pending`)."""
         owned = self.owned()
         due, reasons, due_at = [], [], []
         for uid in ready:
@@ -292,9 +334,9 @@ class BatchProcessor:
             self.table[state.user_id.encode()] = state.to_record()
         pipe = self.client.pipeline(transaction=False)
         self._write_recs(due, results, pipe, due_at)
+        self.metrics.level("refreshes_pending", len(self.pending))
         self.metrics.queue(pipe)
         pipe.execute()
-        return acked
 
     async def drain(self) -> list[Any]:
         """Stopping: run every debounced refresh now, push everything queued and wait for it.
@@ -302,7 +344,7 @@ class BatchProcessor:
         was still being processed)."""
         now = now_ms()
         self.pending = {uid: p._replace(at_ms=min(p.at_ms, now)) for uid, p in self.pending.items()}
-        acked = await self.flush_pending()
+        acked = await self.flush_pending(everything=True)
         tokens, produced, finished_ms = await self.pusher.drain()
         if self.intent is not None:
             self.intent.flush()
@@ -321,10 +363,28 @@ class BatchProcessor:
     def _dead_letter(self, msg: RawMessage, reason: str, at_ms: int) -> DeadLetter:
         return DeadLetter.of(reason, msg.topic, msg.partition, msg.offset, msg.key, msg.value, at_ms)
 
-    def _recommend(self, states: list[UserState], reasons: list[str]) -> list[RecsPayload]:
+    def _shed(self, due: list[UserState], reasons: list[str], partition_of: dict[str, int],
+              now: int) -> tuple[list[UserState], list[str]]:
+        """The refreshes a batch that is behind still builds, degraded (URGENT reasons); all wait
+        as debounced refreshes for the full one, run when a batch is on time again (the others
+        are counted `refreshes_shed`)."""
+        kept, kept_reasons = [], []
+        for state, reason in zip(due, reasons):
+            if reason in URGENT:
+                kept.append(state)
+                kept_reasons.append(reason)
+            # every one waits for its full refresh (the URGENT ones get a degraded list meanwhile)
+            self.pending[state.user_id] = PendingRefresh(now, partition_of[state.user_id])
+        self.metrics.add("refreshes_shed", len(due) - len(kept))
+        return kept, kept_reasons
+
+    def _recommend(self, states: list[UserState], reasons: list[str], degraded: bool = False) -> list[RecsPayload]:
         """Build the recommendations of `states` (marking them refreshed), each user isolated:
         when the batch call raises, users are built one by one and a user whose list raises gets
-        the popularity list with fallback_reason `refresh_failed` (logged, counted)."""
+        the popularity list with fallback_reason `refresh_failed` (logged, counted). `degraded`
+        (the worker is behind): the behavioural routes only, fallback_reason `overloaded` (as the
+        intent route's reasons do, it replaces all but `refresh_failed`), and the states are not
+        marked refreshed (their full refresh waits in `pending`: see `_shed`)."""
         if not states:
             return []
         views = [
@@ -337,6 +397,25 @@ class BatchProcessor:
             results = self.reasoner.recommend(views, top_k)
         except Exception:
             results = [self._recommend_one(view, top_k) for view in views]
+        if degraded:
+            for result in results:
+                if result.get("fallback_reason") is not FallbackReason.refresh_failed:
+                    result["fallback_reason"] = FallbackReason.overloaded
+            self.metrics.add("refreshes_overloaded", len(results))
+            built = now_ms()
+            for state in states:  # debounced, but the reason stays: the full refresh is still owed
+                state.last_refresh_ms = built
+            return results
+        self._merge_routes(views, states, results, top_k)
+        built = now_ms()
+        for state in states:
+            mark_refreshed(state, built)
+        return results
+
+    def _merge_routes(self, views: list[UserView], states: list[UserState], results: list[RecsPayload],
+                      top_k: int) -> None:
+        """Fuse the sequential route into the behavioural lists and merge (or request) the intent
+        route's results, in place."""
         fused = False  # whether the lists hold the recent route already (at the sequential model's weight)
         if self.sequential is not None:
             try:
@@ -356,10 +435,6 @@ class BatchProcessor:
             self.metrics.add("intent_requested", sum(r is FallbackReason.intent_pending for r in intent_reasons))
             self.metrics.add("intent_queue_full", sum(r is FallbackReason.intent_queue_full for r in intent_reasons))
             self.metrics.add("intent_recent_reused", sum(r is None for r in intent_reasons))
-        built = now_ms()
-        for state in states:
-            mark_refreshed(state, built)
-        return results
 
     def _recommend_one(self, view: UserView, top_k: int) -> RecsPayload:
         try:

@@ -10,7 +10,8 @@ disagree on what is counted. Names follow Prometheus conventions (base units, `_
   `intent_shed`, ...); a counter kept in ms (`time_fold_ms`) is `intentstream_time_fold_seconds_total`.
 - `intentstream_<stage>_seconds` histograms: `feature_freshness` (event -> features in Feast),
   `recs_freshness` (event -> recs), `intent_freshness` (event -> intent recs), `intent_latency`
-  (queued -> intent recs), `recs_debounce_lag`, `batch` (one batch's processing).
+  (queued -> intent recs), `recs_debounce_lag`, `batch` (one batch's processing), `event_age`
+  (how long a batch's oldest event waited: above worker.shed_lag_s refreshes are shed).
 - `intentstream_fallbacks_total{reason}`: lists written with a `FallbackReason`;
   `intentstream_recs_written_total`: every list written.
 - `intentstream_consumer_lag{topic}`: messages behind the end of this process's partitions
@@ -19,6 +20,7 @@ disagree on what is counted. Names follow Prometheus conventions (base units, `_
 - `intentstream_model_info{kind, version}`: 1 for the version this process serves.
 - `intentstream_trainer_runs_total{status}` and `intentstream_trainer_promotions_total`.
 - `intentstream_<mark>_timestamp_seconds`: marks (`first_batch_ms`, `worker_ready_ms`, ...).
+- `intentstream_refreshes_pending`: the worker's debounced refreshes waiting (shed ones included).
 - `process_*`: the process's resident memory, CPU seconds and open files.
 
 Cost: every latency sample is observed (the Redis copy keeps 200 per batch): 2,000 observations
@@ -52,6 +54,8 @@ def metric_name(name: str, kind: str) -> str:
         return f"{PREFIX}{base}_seconds_total" if name.endswith("_ms") else f"{PREFIX}{name}_total"
     if kind == "histogram":
         return f"{PREFIX}{base}_seconds"
+    if kind == "gauge":
+        return f"{PREFIX}{name}"
     return f"{PREFIX}{base}_timestamp_seconds"
 
 
@@ -108,6 +112,10 @@ class Exporter:
 
     def mark(self, name: str, value_ms: int) -> None:
         self._get(name, "mark").set(value_ms / 1000)
+
+    def level(self, name: str, value: float) -> None:
+        """`intentstream_<name>`: a gauge of this process's current value."""
+        self._get(name, "gauge").set(value)
 
     def serving(self, kind: str, version: str) -> None:
         """`model_info{kind, version}` = 1 for `version` only (the previous version's series goes)."""

@@ -2,7 +2,7 @@
 real Redis, serves that user the popularity list with fallback_reason refresh_failed, counts the
 error, and refreshes everybody else as usual. The fault is injected into the real behavioural
 reasoner for one user id (nothing else is replaced); the pusher is an in-memory implementation of
-the processor's Pusher interface (Feast pushes are tested elsewhere)."""
+the processor's Pusher interface (tests/integration/memory_pusher.py; Feast pushes are tested elsewhere)."""
 
 from __future__ import annotations
 
@@ -18,27 +18,9 @@ from contracts.recs import Recommendations
 from reasoning.reasoner import UserView
 from stream.metrics import read_metrics
 from stream.processor import BatchProcessor, RawMessage
+from tests.integration.memory_pusher import MemoryPusher
 
 BAD = "user-whose-list-raises"
-
-
-class MemoryPusher:
-    """Pusher interface, in memory: every push finishes at once."""
-
-    def __init__(self) -> None:
-        self.rows: dict[str, dict] = {}
-        self.tokens: list = []
-
-    def add(self, users, items, produced_ms, tokens) -> None:
-        self.rows.update({row["user_id"]: row for row in users})
-        self.tokens.extend(tokens)
-
-    def start(self) -> None:
-        pass
-
-    async def cycle(self, wait: bool = False):
-        done, self.tokens = self.tokens, []
-        return done, [], int(time.time() * 1000)
 
 
 def test_a_failing_user_refresh_falls_back_alone(scoped):
