@@ -95,7 +95,6 @@ class Offer:
         self.users = users
         self.topic, self.payloads, self.expected, self.run = topic, payloads, expected, run
         self.sent = 0
-        self.acked = 0
         self.errors: list[str] = []
         self.rate = 0.0
         self.stopped = False
@@ -105,7 +104,6 @@ class Offer:
         if err is not None:
             self.errors.append(str(err))
         else:
-            self.acked += 1
             event = orjson.loads(msg.value())
             self.expected.add(event["user_id"], event["item_id"], event["type"])
 
