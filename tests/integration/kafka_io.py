@@ -85,12 +85,17 @@ def wait_committed_to_end(settings: Settings, timeout_s: float, on_fail: Callabl
 
 
 def group_assignment(settings: Settings) -> list[frozenset[int]]:
-    """The events partitions each member of the worker group holds now (one set per member)."""
+    """The events partitions each member of the worker group holds now (one set per member);
+    none while the group's coordinator is not available yet (a broker's first group: the offsets
+    topic is still being created), so a `wait_for` on it polls again."""
     from kafka import KafkaAdminClient
+    from kafka.errors import CoordinatorNotAvailableError
 
     admin = KafkaAdminClient(**settings.kafka.client_options())
     try:
         [group] = admin.describe_consumer_groups([settings.worker.app_id])
+    except CoordinatorNotAvailableError:
+        return []
     finally:
         admin.close()
     out = []
