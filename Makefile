@@ -41,6 +41,7 @@ bench: setup
 	$(BIN)/intentstream bench reasoner --dataset rees46 --out benchmarks/results/reasoner-rees46.json > /dev/null
 	$(BIN)/intentstream bench chaos --out benchmarks/results/chaos.json > /dev/null
 	$(BIN)/intentstream bench overload --out benchmarks/results/overload.json > /dev/null
+	$(BIN)/intentstream bench soak --out benchmarks/results/soak.json > /dev/null
 	$(BIN)/python -m benchmarks.report
 
 # Amazon Beauty under the papers' leave-one-out protocol, next to the published table (~40 minutes

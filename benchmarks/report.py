@@ -219,6 +219,52 @@ def _overload_section(result: dict) -> list[str]:
     return lines + [""]
 
 
+def _soak_plot(result: dict, path: Path) -> None:
+    """Worker RSS, Redis memory, changelog bytes and resident users over the run."""
+    samples = result["samples"]
+    t = [x["t_s"] for x in samples]
+    panels = [("worker_rss_mb", "worker RSS (MB, with its pusher)"), ("redis_used_mb", "Redis used memory (MB)"),
+              ("changelog_mb", "changelog on the broker's disk (MB)"), ("users_resident", "users in the worker's table")]
+    end = max((x["t_s"] for x in samples if x["phase"] == "sending"), default=None)
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
+    for ax, (name, title) in zip(axes, panels):
+        ax.plot(t, [x[name] for x in samples])
+        if end is not None:
+            ax.axvline(end, color="C3", alpha=0.4)
+        ax.set(title=title, xlabel="seconds (red: last event sent)")
+        ax.set_ylim(bottom=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _soak_section(result: dict) -> list[str]:
+    """`bench soak`: does state level off with a million users and half a million items?"""
+    r, p, end = result["retention"], result["plateau"], result["at_end"]
+    lines = ["## Soak: does state level off? (one worker)", "",
+             f"Command: `{result['command']}` (commit `{result['commit']}`). {result['traffic']}. Routes: "
+             f"{result['routes']}. Retention for the run (short, so that forgetting happens within it; the defaults "
+             f"are 30 days and 64 MiB): users idle {r['user_idle_s']:g} s, items idle {r['item_idle_s']:g} s, "
+             f"changelog segments {r['changelog_segment_mb']} MiB, popularity set {r['popular_max']:,} items. Sent in "
+             f"{result['sending_s']:,.0f} s, drained {result['drain_after_sending_s']:,.0f} s later "
+             f"({result['events_valid']:,} valid events handled, {result['users_expired']:,} users forgotten), then "
+             "no events for the idle phase. Plateau: the largest value in the last quarter of the sending phase at "
+             "most 10% above the largest in its second quarter (decided before the run).", "",
+             "| series | second quarter max | last quarter max | growth | plateau | medians: second / last quarter | "
+             "at the end (idle) |",
+             "|---|---|---|---|---|---|---|"]
+    for name in ("worker_rss_mb", "redis_used_mb", "redis_keys", "changelog_mb", "users_resident", "popular_items"):
+        q = p[name]
+        lines.append(f"| {name} | {q.get('second_quarter_max', 0):,} | {q.get('last_quarter_max', 0):,} | "
+                     f"{q.get('growth')} | {'yes' if q.get('plateaued') else 'NO'} | "
+                     f"{q.get('second_quarter_median', 0):,.0f} / {q.get('last_quarter_median', 0):,.0f} | {end[name]:,} |")
+    _soak_plot(result, HERE / "soak.png")
+    lines += ["", "![soak](soak.png)"]
+    if result.get("note"):
+        lines += ["", result["note"]]
+    return lines + [""]
+
+
 def _intent_section(result: dict) -> list[str]:
     name = result["dataset"]
     intent = result["methods"]["intent"]
@@ -599,6 +645,9 @@ def render() -> Path:
     overload = _load("overload.json")
     if overload:
         lines += _overload_section(overload)
+    soak = _load("soak.json")
+    if soak:
+        lines += _soak_section(soak)
     out = HERE / "REPORT.md"
     out.write_text("\n".join(lines) + "\n")
     return out

@@ -439,6 +439,53 @@ class TrainerSettings(BaseModel):
     """Where model versions are written; default: <cache_dir>/models/versions."""
 
 
+class RetentionSettings(BaseModel):
+    """What is forgotten, and when: the bounds on state that grows with the number of users and
+    items (measured by `intentstream bench soak`). A duration of 0 keeps that state forever."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    user_idle_s: float = Field(default=30 * 86_400.0, ge=0)
+    """A user without an event for this long (seconds of their partition's stream time: the
+    broker time of the newest event processed there, so a lagging worker forgets nobody whose
+    events wait) is forgotten: the worker that owns their partition drops their state from its
+    table (a changelog tombstone, so compaction reclaims it; counted `users_expired`), and their
+    recs:{user_id} and intent results expire this long after they were written. A returning user
+    starts from an empty state."""
+    item_idle_s: float = Field(default=30 * 86_400.0, ge=0)
+    """An item without an event for this long (seconds) leaves the shared item model: its
+    co-visitation row and statistics hash expire (Redis EXPIRE, renewed by each batch that
+    touches the item). Feast's online rows (users and items) expire after the larger of the two
+    durations (Feast `key_ttl_seconds`), renewed by every push."""
+    popular_max: int = Field(default=200_000, ge=1)
+    """Items kept in the popularity sorted set (items-pop); the lowest-scoring beyond it (plus 10%
+    slack) are trimmed by the batch that grows it past that."""
+    changelog_segment_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+    """Segment size of the state table's changelog topic. Kafka compacts closed segments only, so
+    this bounds how many superseded states the changelog holds before the log cleaner reclaims
+    them. Applied when the topic is created (`changelog_topic_configs`)."""
+
+    @property
+    def changelog_topic_configs(self) -> dict[str, int]:
+        """Kafka configs of the state table's changelog topic: the segment size, and how long the
+        tombstone of a forgotten user stays after compaction (user_idle_s, at most a day: a
+        worker restoring the table within that time sees the user deleted)."""
+        keep_s = min(86_400.0, self.user_idle_s or 86_400.0)
+        return {"segment.bytes": self.changelog_segment_bytes, "delete.retention.ms": int(keep_s * 1000)}
+
+    @property
+    def feast_key_ttl_s(self) -> int:
+        """Feast's `key_ttl_seconds` for the online store (0: rows never expire)."""
+        if not self.user_idle_s or not self.item_idle_s:
+            return 0
+        return int(max(self.user_idle_s, self.item_idle_s))
+
+    @property
+    def user_ttl_s(self) -> int | None:
+        """EXPIRE seconds of a user's recs and intent keys (None: no expiry)."""
+        return max(1, int(self.user_idle_s)) if self.user_idle_s else None
+
+
 class MetricsSettings(BaseModel):
     """Each process's Prometheus endpoint (stream/prometheus.py): GET http://host:port/metrics."""
 
@@ -503,6 +550,7 @@ class Settings(BaseSettings):
     sequential: SequentialSettings = SequentialSettings()
     feedback: FeedbackSettings = FeedbackSettings()
     trainer: TrainerSettings = TrainerSettings()
+    retention: RetentionSettings = RetentionSettings()
     services: ServicesSettings = ServicesSettings()
 
     @field_validator("state_dir", "cache_dir", "data_dir")

@@ -50,12 +50,18 @@ def feast_values(settings: Settings) -> dict[str, str]:
 
 
 def repo_config(settings: Settings, skip_dedup: bool = False) -> RepoConfig:
-    """feature_store.yaml with the settings' values; `skip_dedup`: the Redis online store writes
-    without first reading the stored timestamps (safe with one writer per entity key)."""
+    """feature_store.yaml with the settings' values and the online rows' expiry
+    (retention.feast_key_ttl_s: every write renews a row's TTL); `skip_dedup`: the Redis online
+    store writes without first reading the stored timestamps (safe with one writer per entity
+    key)."""
     path = settings.feast.repo_path / "feature_store.yaml"
     raw = yaml.safe_load(Template(path.read_text()).substitute(feast_values(settings)))
+    online = dict(raw["online_store"])
+    if settings.retention.feast_key_ttl_s:
+        online["key_ttl_seconds"] = settings.retention.feast_key_ttl_s
     if skip_dedup:
-        raw["online_store"] = {**raw["online_store"], "skip_dedup": True}
+        online["skip_dedup"] = True
+    raw["online_store"] = online
     return RepoConfig(repo_path=settings.feast.repo_path, **raw)
 
 

@@ -30,8 +30,13 @@ there (`take_dirty`).
 
 Keys (contracts/keys.py `RedisKeys.item_*`): `items-fence`, `items-pop` (sorted set of
 forward-decayed scores), `items-pop-t0`, `items-covisit:{item}` (hash neighbour -> weight),
-`items-stats:{item}` (hash), `items-dirty:{slot}` (set). The script touches keys it computes,
-so it needs a single Redis (not Redis Cluster).
+`items-stats:{item}` (hash), `items-dirty:{slot}` (set).
+
+Bounded (retention settings): an item's row and statistics expire `item_idle_s` after the last
+batch that touched them (a neighbour entry naming an expired item stays in its partner's row
+until that row is pruned or expires too); `items-pop` keeps the `popular_max` best-scoring
+members (trimmed when it passes 110% of that); rows hold at most 2 x `max_neighbors` entries.
+The script touches keys it computes, so it needs a single Redis (not Redis Cluster).
 """
 
 from __future__ import annotations
@@ -190,12 +195,14 @@ class ItemDeltas:
 
 # KEYS: fence hash, popularity zset, popularity t0. ARGV: fence field, expected fence ('' = none),
 # new fence, payload JSON, half-life ms, max exponent, max neighbours, covisit prefix, stats
-# prefix, dirty prefix. Returns 1 when applied, 0 when the fence moved (nothing applied).
+# prefix, dirty prefix, idle expiry of an item's rows in seconds (0: none), most members of the
+# popularity set. Returns 1 when applied, 0 when the fence moved (nothing applied).
 _APPLY = """
 local current = redis.call('HGET', KEYS[1], ARGV[1])
 if (current or '') ~= ARGV[2] then return 0 end
 local d = cjson.decode(ARGV[4])
 local hl, max_exp, max_n = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local ttl, max_pop = tonumber(ARGV[11]), tonumber(ARGV[12])
 local function fmt(x) return string.format('%.17g', x) end
 if next(d.pop) ~= nil then
   local t0 = redis.call('GET', KEYS[3])
@@ -209,6 +216,8 @@ if next(d.pop) ~= nil then
   end
   local scale = 2 ^ e
   for item, v in pairs(d.pop) do redis.call('ZINCRBY', KEYS[2], fmt(v * scale), item) end
+  local n = redis.call('ZCARD', KEYS[2])
+  if n > max_pop + math.floor(max_pop / 10) then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, n - max_pop - 1) end
 end
 local rows = {}
 for _, t in ipairs(d.co) do
@@ -227,6 +236,7 @@ for key in pairs(rows) do
     table.sort(entries, function(a, b) if a[2] ~= b[2] then return a[2] > b[2] end return a[1] < b[1] end)
     for i = max_n + 1, #entries do redis.call('HDEL', key, entries[i][1]) end
   end
+  if ttl > 0 then redis.call('EXPIRE', key, ttl) end
 end
 for item, s in pairs(d.st) do
   local key = ARGV[9] .. item
@@ -238,6 +248,7 @@ for item, s in pairs(d.st) do
   if s.price ~= cjson.null then redis.call('HSET', key, 'price', fmt(s.price)) end
   local last = tonumber(redis.call('HGET', key, 'last_event_ts') or '0')
   if s.last_event_ts > last then redis.call('HSET', key, 'last_event_ts', string.format('%d', s.last_event_ts)) end
+  if ttl > 0 then redis.call('EXPIRE', key, ttl) end
 end
 for slot, items in pairs(d.dirty) do
   for i = 1, #items, 1000 do redis.call('SADD', ARGV[10] .. slot, unpack(items, i, math.min(i + 999, #items))) end
@@ -265,7 +276,8 @@ class SharedItemModel:
     """
 
     def __init__(self, client: redis.Redis, keys: RedisKeys, topic: str, slots: int, covisit_window: int,
-                 max_neighbors: int, half_life_s: float, refresh_s: float = 1.0) -> None:
+                 max_neighbors: int, half_life_s: float, refresh_s: float = 1.0, item_ttl_s: float = 0.0,
+                 popular_max: int = 200_000) -> None:
         self.client = client
         self.keys = keys
         self.topic = topic
@@ -274,6 +286,9 @@ class SharedItemModel:
         self.max_neighbors = max_neighbors
         self.half_life_ms = half_life_s * 1000.0
         self.refresh_s = refresh_s
+        self.item_ttl_s = max(1, int(item_ttl_s)) if item_ttl_s else 0
+        """Idle expiry of an item's co-visitation row and statistics (seconds; 0: none)."""
+        self.popular_max = popular_max
         self._script = client.register_script(_APPLY)
         self._rows: dict[str, tuple[float, dict[str, float]]] = {}
         """item -> (read at, neighbours)."""
@@ -285,9 +300,10 @@ class SharedItemModel:
 
     @classmethod
     def from_settings(cls, settings, client: redis.Redis) -> "SharedItemModel":
-        r = settings.recs
+        r, keep = settings.recs, settings.retention
         return cls(client, RedisKeys(settings.key_prefix), settings.kafka.events_topic, settings.kafka.partitions,
-                   r.covisit_window, r.covisit_max_neighbors, r.popularity_half_life_s, r.model_refresh_s)
+                   r.covisit_window, r.covisit_max_neighbors, r.popularity_half_life_s, r.model_refresh_s,
+                   keep.item_idle_s, keep.popular_max)
 
     # -- writes ---------------------------------------------------------------------------------
     def _field(self, partition: int) -> str:
@@ -314,7 +330,8 @@ class SharedItemModel:
             self._script(keys=[k.item_fence, k.item_popularity, k.item_popularity_t0],
                          args=[self._field(d.partition), "" if d.fence < 0 else str(d.fence), str(d.last_offset),
                                d.payload(self.half_life_ms, self.slots), self.half_life_ms, MAX_EXPONENT,
-                               self.max_neighbors, k.item_covisit(""), k.item_stats_row(""), k.item_dirty("")],
+                               self.max_neighbors, k.item_covisit(""), k.item_stats_row(""), k.item_dirty(""),
+                               self.item_ttl_s, self.popular_max],
                          client=pipe)
         applied = pipe.execute()
         refused = [d.partition for d, ok in zip(work, applied) if not ok]

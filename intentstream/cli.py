@@ -558,6 +558,23 @@ def bench_overload(
                                progress=lambda m: console.print(m)), out)
 
 
+@bench_app.command("soak")
+def bench_soak(
+    users: int = typer.Option(1_000_000, help="Synthetic users, arriving in order"),
+    items: int = typer.Option(500_000, help="Item ids (half the events uniform over them, half Zipf)"),
+    rate: float = typer.Option(1300.0, help="Events per second offered (about what one worker sustains here with nearly every user new)"),
+    user_idle_s: float = typer.Option(60.0, help="retention.user_idle_s for the run (short, so forgetting shows)"),
+    item_idle_s: float = typer.Option(120.0, help="retention.item_idle_s for the run"),
+    out: Optional[Path] = typer.Option(None, help="Also write the JSON here"),
+) -> None:
+    """A million users and half a million items through one worker: its RSS, Redis memory and the
+    changelog's size over time, and whether each levels off."""
+    from benchmarks.soak import run_soak
+
+    _print_result(run_soak(Settings(), users, items, rate, user_idle_s=user_idle_s, item_idle_s=item_idle_s,
+                           progress=lambda m: console.print(m)), out)
+
+
 def _print_result(result: dict, out: Optional[Path]) -> None:
     """A benchmark's JSON on stdout, and in `out` when given."""
     text = orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode()

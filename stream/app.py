@@ -106,8 +106,11 @@ def build_app(settings: Settings) -> faust.App:
     dead_letters = app.topic(k.dead_letter_topic, key_serializer="raw", value_serializer="raw",
                              partitions=k.partitions)
     # Keys are the raw user_id bytes (as on the events topic), values the UserState record.
+    # A forgotten user's state is deleted (retention.user_idle_s): a tombstone the compaction of
+    # closed segments reclaims, as it reclaims superseded states.
     table = app.Table("user_state", default=None, partitions=k.partitions, key_type=bytes,
-                      use_partitioner=True)
+                      use_partitioner=True,
+                      extra_topic_configs=settings.retention.changelog_topic_configs)
 
     async def send_dead_letters(records: list[tuple[bytes | None, DeadLetter]]) -> None:
         for key, letter in records:
@@ -127,7 +130,8 @@ def build_app(settings: Settings) -> faust.App:
             pusher.warm_up()
             proc = BatchProcessor(settings, table, pusher, client, send_dead_letters,
                                   intent=_intent_route(settings, client), owned=owned_partitions,
-                                  waiting=lambda: len(inbox))
+                                  waiting=lambda: len(inbox),
+                                  recovering=lambda: bool(app.rebalancing or app.in_recovery))
             proc.restore()
             holder["p"] = proc
         return holder["p"]

@@ -45,6 +45,7 @@ from reasoning.reasoner import Reasoner, UserView
 from reasoning.sequential import SequentialServing
 from stream.intent_route import IntentRoute
 from stream.metrics import WorkerMetrics
+from stream.retention import IdleIndex
 from stream.sink import RedisResultSink
 from stream.trigger import due_at_ms, mark_refreshed, refresh_reason
 
@@ -58,6 +59,10 @@ PENDING_BUDGET_S = 0.25
 PENDING_BUDGET_S per timer tick: the event loop is the ingest loop's too. Measured (`bench
 overload`, before this bound): 2,000 full refreshes in one tick took 8 to 15 s on this 2-core box,
 and ticks back to back kept the worker from its batches for a minute while it was behind."""
+
+FORGET_CHUNK = 2_000
+"""Most idle users forgotten per timer tick (retention.user_idle_s): each is a table delete and
+a changelog tombstone; at 10 ticks a second that is 20k users a second."""
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +113,7 @@ class BatchProcessor:
         intent: IntentRoute | None = None,
         owned: Callable[[], set[int]] = lambda: set(),
         waiting: Callable[[], int] = lambda: 0,
+        recovering: Callable[[], bool] = lambda: False,
     ) -> None:
         self.settings = settings
         self.table = table
@@ -119,11 +125,18 @@ class BatchProcessor:
         self.limits = StateLimits(w.recent_items, w.dedupe_window, w.top_affinities, w.affinity_half_life_events)
         self.model = SharedItemModel.from_settings(settings, client)
         self.owned = owned
+        """The events partitions this worker holds now: it pushes the derived rows of their slots
+        (item features to Feast; partition 0: the popularity fallback) and forgets their idle users."""
         self.waiting = waiting
         """How many events wait for the next batch (the ingest loop's inbox): debounced refreshes
         run between batches only while fewer than batch_max wait."""
-        """The events partitions this worker holds now: it pushes the derived rows of their slots
-        (item features to Feast; partition 0: the popularity fallback)."""
+        self.recovering = recovering
+        """Whether the table is being restored (a rebalance): idle users are not forgotten then."""
+        self.idle = IdleIndex()
+        """This worker's users by the time of their newest event (`forget_idle`)."""
+        self.stream_ms: dict[int, int] = {}
+        """Per events partition, the broker time of the newest message processed: its stream time."""
+        self._resident_reported = -1
         self.behavioural = BehaviouralReasoner(self.model, r.model_version)
         self.reasoner: Reasoner = reasoner or self.behavioural
         self.intent = intent
@@ -131,11 +144,11 @@ class BatchProcessor:
         self.sequential = SequentialServing(settings, client) if settings.sequential.enabled else None
         """The sequential route (reasoning/sequential.py), merged into every refresh while a model
         serves."""
-        self.sink = RedisResultSink(client, self.keys, r.updates_stream_maxlen)
+        self.sink = RedisResultSink(client, self.keys, r.updates_stream_maxlen, settings.retention.user_ttl_s)
         self.metrics = WorkerMetrics(self.keys)
         self.behind = False
         """Whether the last batch found the worker behind (worker.shed_lag_s): refreshes are shed."""
-        for name in ("refreshes_shed", "refreshes_overloaded"):  # served from the start, 0 until shedding
+        for name in ("refreshes_shed", "refreshes_overloaded", "users_expired"):  # served from the start
             self.metrics.add(name, 0)
         self.pending: dict[str, PendingRefresh] = {}
         """Users with a debounced refresh. Run only while this worker owns the user's partition:
@@ -198,7 +211,10 @@ class BatchProcessor:
         folds = {Fold.duplicate: 0, Fold.redelivered: 0}
         window = self.settings.recs.covisit_window
         deltas = self.model.fences(msg.partition for msg in batch)
+        stream_ms = self.stream_ms
         for msg in batch:
+            if msg.timestamp_ms > stream_ms.get(msg.partition, -1):
+                stream_ms[msg.partition] = msg.timestamp_ms
             delta = deltas[msg.partition]
             delta.advance(msg.offset)
             try:
@@ -244,6 +260,7 @@ class BatchProcessor:
         refreshed = now_ms()
         for user_id, state in touched.items():
             self.table[user_id.encode()] = state.to_record()
+            self.idle.touch(user_id, state.last_produced_ms, state.partition)
         if dead:
             await self.send_dead_letters(dead)
         self.pusher.add([], [], [], list(tokens))
@@ -284,16 +301,18 @@ class BatchProcessor:
         return tokens
 
     async def flush_pending(self, everything: bool = False) -> list[Any]:
-        """Timer work between batches: finish Feast pushes, push coalesced item features, and
-        refresh users whose debounced refresh is due, oldest first, in chunks of PENDING_CHUNK
-        for at most PENDING_BUDGET_S per call (the ingest loop waits meanwhile) and only while a
-        full batch of events does not wait, none while the worker is behind and busy (a batch
-        that was behind ended within the last second);
+        """Timer work between batches: finish Feast pushes, push coalesced item features, forget
+        idle users (`forget_idle`), and refresh users whose debounced refresh is due, oldest
+        first, in chunks of PENDING_CHUNK for at most PENDING_BUDGET_S per call (the ingest loop
+        waits meanwhile) and only while a full batch of events does not wait, none while the
+        worker is behind and busy (a batch that was behind ended within the last second);
         `everything` (stopping): all that are due. Returns tokens safe to acknowledge."""
         item_rows = self._take_item_rows()
         if item_rows:
             self.pusher.add([], item_rows, [], [])
         acked = await self._collect_pushes()
+        if not everything:
+            self.forget_idle()
         pipe = self.client.pipeline(transaction=False)
         self._maybe_write_popular(pipe)
         if self.metrics.samples or self.metrics.counters or self.metrics.marks or len(pipe):
@@ -310,6 +329,36 @@ class BatchProcessor:
                 break  # events first (a full batch waits): the rest at a later tick
             self._run_pending(ready[start:start + PENDING_CHUNK])
         return acked
+
+    def forget_idle(self) -> int:
+        """Drop the states of this worker's users without an event for retention.user_idle_s,
+        measured in their partition's stream time (`stream_ms`: a lagging worker forgets nobody
+        whose events wait in its backlog; stream/retention.py), at most FORGET_CHUNK a call, and
+        their debounced refreshes; a user who comes back starts from an empty state. Deleting a
+        table key writes a changelog tombstone (compaction then drops the user's records). Not
+        while the table is being restored; after an ownership change the index is rebuilt from
+        the table (the states recovered there). Returns how many were forgotten (counted
+        `users_expired`; gauge `users_resident`). A replay after a crash starts at the committed
+        offset, seconds behind the stream, so it cannot meet the old events of a forgotten user."""
+        idle_s = self.settings.retention.user_idle_s
+        if not idle_s or self.recovering():
+            return 0
+        owned = self.owned()
+        if owned != self.idle.partitions:
+            self.idle.rebuild(((key.decode(), record["last_produced_ms"], record["partition"])
+                               for key, record in list(self.table.items()) if record), owned)
+        idle_ms = int(idle_s * 1000)
+        cutoffs = {p: ms - idle_ms for p, ms in self.stream_ms.items() if p in owned}
+        gone = self.idle.expired(cutoffs, FORGET_CHUNK)
+        for uid in gone:
+            self.table.pop(uid.encode(), None)
+            self.pending.pop(uid, None)
+        if gone:
+            self.metrics.add("users_expired", len(gone))
+        if self._resident_reported != len(self.idle):
+            self._resident_reported = len(self.idle)
+            self.metrics.level("users_resident", len(self.idle))
+        return len(gone)
 
     def _run_pending(self, ready: list[str]) -> None:
         """Build and write the debounced refreshes of `ready` (taken out of `pending`)."""

@@ -74,24 +74,27 @@ from stream.producer import EventProducer, ensure_topics
 
 log = logging.getLogger(__name__)
 
-# Set recs:{user} unless it holds a newer state_version (the behavioural write of a later state).
+# Set recs:{user} unless it holds a newer state_version (the behavioural write of a later state);
+# ARGV[3]: its expiry in seconds (0: none).
 _SET_IF_NOT_NEWER = """
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local ok, old = pcall(cjson.decode, cur)
   if ok and old['state_version'] and tonumber(old['state_version']) > tonumber(ARGV[2]) then return 0 end
 end
-redis.call('SET', KEYS[1], ARGV[1])
+if tonumber(ARGV[3]) > 0 then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+else redis.call('SET', KEYS[1], ARGV[1]) end
 return 1
 """
 
 
 def write_guarded(client: redis.Redis | redis.client.Pipeline, keys: RedisKeys, payloads: list[RecsPayload],
-                  stream_maxlen: int) -> None:
-    """Queue each payload at recs:{user_id} unless Redis holds a newer state_version there, and
-    announce it on the update stream (on `client`, a pipeline the caller executes)."""
+                  stream_maxlen: int, ttl_s: int | None) -> None:
+    """Queue each payload at recs:{user_id} (expiring after `ttl_s`, None: never) unless Redis
+    holds a newer state_version there, and announce it on the update stream (on `client`, a
+    pipeline the caller executes)."""
     for p in payloads:
-        client.eval(_SET_IF_NOT_NEWER, 1, keys.recs(p["user_id"]), orjson.dumps(p), p["state_version"])
+        client.eval(_SET_IF_NOT_NEWER, 1, keys.recs(p["user_id"]), orjson.dumps(p), p["state_version"], ttl_s or 0)
         client.xadd(keys.updates, {"user_id": p["user_id"], "state_version": p["state_version"],
                                    "trigger": f"{p['trigger']}+intent", "generated_at": p["generated_at"]},
                     maxlen=stream_maxlen, approximate=True)
@@ -227,7 +230,7 @@ def _reason_in_child(requests: list[dict]) -> dict:
                   "version": engine.version, "items": result.items, "intents": result.intents, "tags": result.tags,
                   "context_items": [i for i, _ in ctx.items], "context_actions": [a for _, a in ctx.items],
                   "weights": weights}
-        pipe.set(keys.intent(request["user_id"]), orjson.dumps(stored))
+        pipe.set(keys.intent(request["user_id"]), orjson.dumps(stored), ex=settings.retention.user_ttl_s)
         out = merge_with_intent(request["behavioural"], _unfused_recent(request), set(request["bought"]), stored, k)
         merged.append({**out, "fallback_reason": None, "generated_at": _utc_now()})
         contexts.append({
@@ -237,7 +240,7 @@ def _reason_in_child(requests: list[dict]) -> dict:
             "context_format": 1, "embedder": engine.model.meta.get("embedder", ""),
             "model_version": engine.version, "state_version": request["state_version"],
         })
-    write_guarded(pipe, keys, merged, settings.recs.updates_stream_maxlen)
+    write_guarded(pipe, keys, merged, settings.recs.updates_stream_maxlen, settings.retention.user_ttl_s)
     pipe.execute()
     _child["feast"].push_contexts(contexts)
     return {"users": len(requests), "seconds": time.perf_counter() - started, "tokens": stats.tokens,
@@ -447,7 +450,8 @@ class ReasonerService:
                 out = merge_with_intent(out, _unfused_recent(request), set(request["bought"]), orjson.loads(raw), k)
             payloads.append({**out, "fallback_reason": reason, "generated_at": _utc_now()})
         pipe = self.client.pipeline(transaction=False)
-        write_guarded(pipe, self.keys, payloads, self.settings.recs.updates_stream_maxlen)
+        write_guarded(pipe, self.keys, payloads, self.settings.recs.updates_stream_maxlen,
+                      self.settings.retention.user_ttl_s)
         pipe.execute()
         self.metrics.written(payloads)
 

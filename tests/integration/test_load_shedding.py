@@ -9,31 +9,13 @@ from __future__ import annotations
 import asyncio
 import time
 
-import orjson
 import redis
 
 from contracts.keys import RedisKeys
 from contracts.recs import FallbackReason, Recommendations
 from stream.metrics import read_metrics
 from stream.processor import BatchProcessor, RawMessage
-from tests.integration.memory_pusher import MemoryPusher
-
-
-class Feed:
-    """Messages of one partition with increasing offsets; `age_s`: how long they waited."""
-
-    def __init__(self) -> None:
-        self.offset = 0
-
-    def batch(self, events: list[tuple[str, str, str]], age_s: float) -> list[RawMessage]:
-        now = int(time.time() * 1000)
-        out = []
-        for user, item, kind in events:
-            self.offset += 1
-            event = {"event_id": f"e{self.offset}", "user_id": user, "item_id": item, "type": kind, "ts": now}
-            out.append(RawMessage(user.encode(), orjson.dumps(event), "events", 0, self.offset,
-                                  now - int(age_s * 1000)))
-        return out
+from tests.integration.memory_pusher import Feed, MemoryPusher
 
 
 def _processor(scoped, shed_lag_s: float):
