@@ -33,7 +33,7 @@ from contracts.settings import KafkaSettings, Settings
 from features.pusher import FeaturePusher
 from features.redis_client import connect
 from stream.failures import is_retryable, process_resilient
-from stream.fast_consumer import BatchInbox, FastApp
+from stream.fast_consumer import BatchInbox, FastApp, fetch_state
 from stream.feedback import FeedbackLog
 from stream.intent_route import IntentRoute
 from stream.processor import BatchProcessor, RawMessage
@@ -52,6 +52,11 @@ def broker_credentials(k: KafkaSettings) -> faust.SASLCredentials | faust.SSLCre
     if k.tls:
         return faust.SSLCredentials(k.ssl_context())
     return None
+
+
+STARVED_S = 30.0
+"""An assigned events partition from which nothing was handled this long is logged (a quiet
+partition is logged too: once per consumer generation)."""
 
 
 def _observe_lag(exporter, consumer, topic: str, last_offsets: dict, messages: list) -> None:
@@ -145,6 +150,10 @@ def build_app(settings: Settings) -> faust.App:
     inbox = BatchInbox(app, events, w.batch_max, max(4 * w.batch_max, 4096))
     app.add_starter(processor)  # Feast, the pusher child, the intent producer: loaded before the join
 
+    handled_at: dict[int, float] = {}
+    """Events partition -> when a message of it was last handled (monotonic; `watch_partitions`)."""
+    watched: dict[str, Any] = {"generation": -1, "since": 0.0, "reported": set()}
+
     @app.task
     async def ingest() -> None:
         """Take a batch, process it, acknowledge the events the processor hands back: only after
@@ -168,6 +177,34 @@ def build_app(settings: Settings) -> faust.App:
                 return
             inbox.ack(ready)
             _observe_lag(proc.metrics.exporter, app.consumer, k.events_topic, last_offsets, messages)
+            now = time.monotonic()
+            for m in messages:
+                handled_at[m.partition] = now
+
+
+    @app.timer(interval=10.0)
+    async def watch_partitions() -> None:
+        """Log, once per consumer generation, an assigned events partition from which nothing was
+        handled for STARVED_S while the worker is ready, with what faust and aiokafka hold about
+        its fetching (stream/fast_consumer.py fetch_state): a diagnostic for a stuck partition."""
+        if "inbox" not in holder or app.rebalancing or app.in_recovery:
+            return
+        now, generation = time.monotonic(), app.consumer_generation_id
+        if generation != watched["generation"]:
+            watched.update(generation=generation, since=now, reported=set())
+            return
+        try:
+            for tp in app.consumer.assignment():
+                p = tp.partition
+                if tp.topic != k.events_topic or p in watched["reported"]:
+                    continue
+                if now - max(handled_at.get(p, 0.0), watched["since"]) > STARVED_S:
+                    watched["reported"].add(p)
+                    log.warning("events partition %d: nothing handled for %.0f s in generation %d: %s", p,
+                                now - max(handled_at.get(p, 0.0), watched["since"]), generation,
+                                fetch_state(app.consumer, tp))
+        except Exception:  # a diagnostic never stops the stream
+            log.debug("partition watch failed", exc_info=True)
 
     async def failed_message(msg: RawMessage, reason: str) -> None:
         letter = DeadLetter.of(reason, msg.topic, msg.partition, msg.offset, msg.key, msg.value, int(time.time() * 1000))

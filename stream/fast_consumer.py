@@ -192,6 +192,24 @@ class BatchInbox:
             ack(m)
 
 
+def fetch_state(consumer: Any, tp: TP) -> dict[str, Any]:
+    """What faust and aiokafka hold about one partition's fetching (a diagnostic for a partition
+    that receives nothing): faust's read offset, whether it fetches it (active, paused,
+    buffered), the last fetch's high watermark, aiokafka's pause flag and fetch position."""
+    out: dict[str, Any] = {"read_offset": consumer._read_offset.get(tp),
+                           "active": tp in (consumer._active_partitions or ()),
+                           "paused": tp in consumer._paused_partitions,
+                           "buffered": tp in consumer._buffered_partitions}
+    try:
+        out["highwater"] = consumer.highwater(tp)
+        client = consumer._ensure_consumer()
+        state = client._subscription.subscription.assignment.state_value(aiokafka_driver.ensure_aiokafka_TP(tp))
+        out.update(aiokafka_paused=state.paused, position=state.position if state.has_valid_position else None)
+    except Exception as exc:  # internals of aiokafka: a diagnostic never raises
+        out["error"] = repr(exc)
+    return out
+
+
 class BatchConductor(Conductor):
     """faust's Conductor, with the partitions of a `BatchInbox` topic delivered to the inbox."""
 
@@ -365,7 +383,10 @@ class SeekFirstRecovery(Recovery):
         if assignment:
             self.log.info("Seek stream partitions to committed offsets.")
             await self._wait(self._delayed_seek(consumer), timeout=self.app.conf.broker_request_timeout)
-            consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
+            stream = {tp for tp in assignment if not self._is_changelog_tp(tp)}
+            consumer.resume_partitions(stream)
+            self.log.info("Stream partitions resumed at read offsets %s",
+                          {f"{tp.topic}:{tp.partition}": consumer._read_offset.get(tp) for tp in sorted(stream)})
 
     async def _delayed_seek(self, consumer: Any) -> None:
         delay = getattr(self.app, "seek_delay_s", 0.0)
