@@ -181,12 +181,12 @@ def build_app(settings: Settings) -> faust.App:
             for m in messages:
                 handled_at[m.partition] = now
 
-
     @app.timer(interval=10.0)
     async def watch_partitions() -> None:
         """Log, once per consumer generation, an assigned events partition from which nothing was
         handled for STARVED_S while the worker is ready, with what faust and aiokafka hold about
-        its fetching (stream/fast_consumer.py fetch_state): a diagnostic for a stuck partition."""
+        its fetching (stream/fast_consumer.py fetch_state): a diagnostic for a stuck partition
+        (a warning when the last fetch saw records past the read offset, else info)."""
         if "inbox" not in holder or app.rebalancing or app.in_recovery:
             return
         now, generation = time.monotonic(), app.consumer_generation_id
@@ -200,9 +200,13 @@ def build_app(settings: Settings) -> faust.App:
                     continue
                 if now - max(handled_at.get(p, 0.0), watched["since"]) > STARVED_S:
                     watched["reported"].add(p)
-                    log.warning("events partition %d: nothing handled for %.0f s in generation %d: %s", p,
-                                now - max(handled_at.get(p, 0.0), watched["since"]), generation,
-                                fetch_state(app.consumer, tp))
+                    state = fetch_state(app.consumer, tp)
+                    waiting = state.get("highwater") is not None and \
+                        state["highwater"] > (state["read_offset"] if state["read_offset"] is not None else -1) + 1
+                    log.log(logging.WARNING if waiting else logging.INFO,
+                            "events partition %d: nothing handled for %.0f s in generation %d (%s): %s", p,
+                            now - max(handled_at.get(p, 0.0), watched["since"]), generation,
+                            "records wait past the read offset" if waiting else "quiet, or nothing fetched", state)
         except Exception:  # a diagnostic never stops the stream
             log.debug("partition watch failed", exc_info=True)
 

@@ -202,7 +202,7 @@ def fetch_state(consumer: Any, tp: TP) -> dict[str, Any]:
                            "buffered": tp in consumer._buffered_partitions}
     try:
         out["highwater"] = consumer.highwater(tp)
-        client = consumer._ensure_consumer()
+        client = consumer._thread._ensure_consumer()
         state = client._subscription.subscription.assignment.state_value(aiokafka_driver.ensure_aiokafka_TP(tp))
         out.update(aiokafka_paused=state.paused, position=state.position if state.has_valid_position else None)
     except Exception as exc:  # internals of aiokafka: a diagnostic never raises
