@@ -185,11 +185,12 @@ class WorkerSettings(BaseModel):
     dead-lettered (reason processing_failed) while the rest of the batch goes on."""
     retry_backoff_s: float = Field(default=0.5, gt=0)
     """Wait before the second try of a failed batch (seconds), doubled before each later try
-    (at most 5 s)."""
+    (at most 5 s); the reasoner waits an outage out with the same backoff."""
     outage_wait_s: float = Field(default=60.0, ge=0)
     """How long a batch that fails because Redis, Kafka or Feast is unreachable keeps being
     retried (the waits added up) before the worker stops for a restart: a restarted or stalled
-    Redis is waited out. Below the group's max poll interval (300 s)."""
+    Redis is waited out. Below the group's max poll interval (300 s). The reasoner's take is
+    retried for as long (stream/reasoner_service.py, Outages)."""
     recovery_seek_delay_s: float = Field(default=0.0, ge=0)
     """Tests only: sleep this long (seconds) inside the post-recovery seek, to widen the window
     in which faust 0.15.3 lost records (stream/fast_consumer.py SeekFirstRecovery)."""

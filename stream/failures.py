@@ -15,14 +15,18 @@
 3. Otherwise one message of the batch breaks the code: process the messages one by one; each that
    raises alone goes to the dead-letter topic with reason `processing_failed: <error>` and is
    acknowledged, the others go on as usual. The worker keeps going.
+
+`through_outage` is rule 2 for a synchronous call: the reasoner's take (stream/reasoner_service.py)
+waits a Redis, Kafka or Feast outage out the same way and with the same settings.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
@@ -37,7 +41,7 @@ DeadLetterOne = Callable[[Any, str], Awaitable[None]]
 
 
 class WorkerStopped(StreamError):
-    """A retryable failure outlasted the batch's tries: the worker must stop (and be restarted)."""
+    """A retryable failure outlasted the tries: the worker (or reasoner) must stop and be restarted."""
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -59,6 +63,39 @@ def _describe(exc: BaseException) -> str:
 MAX_BACKOFF_S = 5.0
 """Longest wait between two tries of a batch during an outage."""
 
+T = TypeVar("T")
+
+
+def backoff(backoff_s: float, attempt: int) -> float:
+    """The wait after the `attempt`-th failed try: `backoff_s`, doubled per try, at most MAX_BACKOFF_S.
+
+    >>> [backoff(0.5, attempt) for attempt in (1, 2, 3, 4, 5)]
+    [0.5, 1.0, 2.0, 4.0, 5.0]
+    """
+    return min(backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S)
+
+
+def through_outage(call: Callable[[], T], backoff_s: float, outage_s: float,
+                   sleep: Callable[[float], Any] = time.sleep) -> T:
+    """`call()`, called again after `backoff` while it raises a retryable error and the waits add up
+    to less than `outage_s`; an outage that outlasts them raises `WorkerStopped`, any other error
+    is raised at once (it is no outage: the caller decides)."""
+    attempt, waited = 0, 0.0
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not is_retryable(exc):
+                raise
+            attempt += 1
+            if waited >= outage_s:
+                raise WorkerStopped(f"failed {attempt} times over {waited:.1f} s: {_describe(exc)}") from exc
+            wait = backoff(backoff_s, attempt)
+            log.warning("a service is unreachable (try %d, %.1f s waited, next in %.1f s): %s", attempt, waited, wait,
+                        _describe(exc))
+            sleep(wait)
+            waited += wait
+
 
 async def process_resilient(process: Process, messages: Sequence[Any], tokens: Sequence[Any],
                             dead_letter: DeadLetterOne, attempts: int, backoff_s: float,
@@ -70,7 +107,7 @@ async def process_resilient(process: Process, messages: Sequence[Any], tokens: S
     attempt, waited = 0, 0.0
     while True:
         if attempt:
-            wait = min(backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S)
+            wait = backoff(backoff_s, attempt)
             await sleep(wait)
             waited += wait
         try:

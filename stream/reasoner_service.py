@@ -26,7 +26,7 @@ most `intent.take_max` requests) and `handle`s the take:
    no newer state_version; push the compressed contexts to Feast. A batch still running after
    `intent.batch_timeout_s` (a hung backend) is abandoned: the child is killed and replaced, its
    users get `intent_timeout`; a batch that raises gives `intent_failed` (logged, counted
-   `intent_errors`).
+   `intent_errors`), unless what it raised is an outage (below).
 6. Count what was handled (`intent_handled`; the backlog is `intent_requested` minus it,
    stream/metrics.py), then commit the take's offsets.
 
@@ -34,6 +34,16 @@ Delivery: offsets are committed after the writes, so a reasoner killed with SIGK
 request: the take comes again to whoever owns the partition next and is reasoned about again
 (the writes are idempotent per user and state_version). SIGTERM finishes the take in hand,
 commits and exits.
+
+Outages: a take that raises because Redis, Kafka or Feast is unreachable (stream/failures.py
+`is_retryable`, in this process or the LM child) is handled again from step 1 after a backoff,
+as the worker's batches are (`through_outage`, worker.retry_backoff_s and worker.outage_wait_s):
+a restarted or stalled Redis is waited out, nothing is committed meanwhile, requests that waited
+past intent.max_wait_s by then are shed with `intent_timeout`, and what the failed try wrote
+already is written again (idempotent per user and state_version; counters may count it twice).
+An outage longer than outage_wait_s stops the reasoner loudly (`WorkerStopped`) for its restart,
+which takes the uncommitted take again. A SIGTERM during an outage takes effect after the take
+(handled once Redis is back, or the stop above): within outage_wait_s.
 
 Hot swap: before a batch, at most every `intent.registry_poll_s`, the child reads the model
 registry's serving pointer (reasoning/registry.py) and loads a newly promoted or rolled-back
@@ -69,6 +79,7 @@ from contracts.recs import FallbackReason, RecsPayload
 from contracts.settings import Settings
 from features.redis_client import connect
 from reasoning.retrieval import merge_with_intent
+from stream.failures import is_retryable, through_outage
 from stream.metrics import WorkerMetrics
 from stream.producer import EventProducer, ensure_topics
 
@@ -299,7 +310,9 @@ class ReasonerService:
         self.dead_letters = EventProducer(k, k.dead_letter_topic)
         # A take may hold take_max / batch_size batches, each up to batch_timeout_s: the group must
         # not evict the consumer meanwhile.
-        poll_interval_ms = int(((cfg.take_max // cfg.batch_size + 1) * cfg.batch_timeout_s + 60) * 1000)
+        # An outage is waited out within the take too (worker.outage_wait_s).
+        poll_interval_ms = int(((cfg.take_max // cfg.batch_size + 1) * cfg.batch_timeout_s + 60
+                                + settings.worker.outage_wait_s) * 1000)
         self.consumer = KafkaConsumer(
             k.intent_topic, **k.client_options(), group_id=settings.reasoner_group,
             enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=min(cfg.take_max, 500),
@@ -322,7 +335,7 @@ class ReasonerService:
                 self.metrics.exporter.lag.labels(self.settings.kafka.intent_topic).set(lag + len(records))
                 if not records:
                     continue
-                self.handle(records, lag)
+                self.handle_through_outage(records, lag)
                 try:
                     self.consumer.commit()
                 except (CommitFailedError, KafkaError) as exc:  # a rebalance took the partitions
@@ -360,6 +373,12 @@ class ReasonerService:
         if self.users_per_s is None:
             return None
         return max(self.cfg.batch_size, int(self.users_per_s * self.cfg.max_wait_s))
+
+    def handle_through_outage(self, records: list, lag: int = 0) -> None:
+        """`handle`, the take handled again while Redis, Kafka or Feast is unreachable (module
+        docstring, Outages); raises WorkerStopped when the outage outlasts worker.outage_wait_s."""
+        w = self.settings.worker
+        through_outage(lambda: self.handle(records, lag), w.retry_backoff_s, w.outage_wait_s)
 
     def handle(self, records: list, lag: int = 0) -> None:
         """Steps 1-6 of the module docstring for one take (records: kafka-python ConsumerRecords;
@@ -418,7 +437,9 @@ class ReasonerService:
             m.add("intent_timeouts", len(fresh))
             self._fall_back(fresh, FallbackReason.intent_timeout)
             return
-        except Exception:  # the batch fails, the reasoner goes on (the behavioural list serves)
+        except Exception as exc:  # the batch fails, the reasoner goes on (the behavioural list serves)
+            if is_retryable(exc):
+                raise  # an outage, not this batch's fault: the take is handled again (Outages)
             log.exception("intent batch of %d users failed", len(fresh))
             m.add("intent_errors")
             self._fall_back(fresh, FallbackReason.intent_failed)

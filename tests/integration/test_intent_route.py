@@ -239,6 +239,66 @@ def test_under_overload_a_reasoner_serves_the_newest_users_and_sheds_the_rest_at
                == "intent_timeout" for i in range(2))
 
 
+def test_a_reasoner_waits_a_redis_restart_out_and_stops_loudly_when_it_lasts_too_long(
+        scoped, tiny_intent_model: Path) -> None:
+    # stream/reasoner_service.py, Outages, in this process against the session's real Redis: a
+    # take that meets Redis down (the parent's and the LM child's clients) is handled again once
+    # it is back, not failed; an outage past worker.outage_wait_s raises WorkerStopped, nothing
+    # written and nothing for the caller to commit.
+    import threading
+
+    from infra.redis_server import EmbeddedRedis
+    from stream.failures import WorkerStopped
+    from stream.reasoner_service import ReasonerService
+
+    settings = scoped.model_copy(update={
+        "intent": scoped.intent.model_copy(update={"enabled": True, "model_dir": tiny_intent_model, "batch_size": 4,
+                                                   "max_wait_s": 600.0}),
+        "worker": scoped.worker.model_copy(update={"retry_backoff_s": 0.5, "outage_wait_s": 30.0})})
+    items = sorted(pd.read_parquet(tiny_intent_model / "catalog.parquet").item_id.astype(str))[:4]
+    p = settings.key_prefix
+    Record = namedtuple("Record", "key value topic partition offset")
+    server = EmbeddedRedis(settings)
+    client = redis.Redis(host=settings.redis.host, port=settings.redis.port, db=settings.redis.db)
+    keys = RedisKeys(p)
+    service = ReasonerService(settings)
+    try:
+        service.child.warm_up()
+        now = int(time.time() * 1000)
+        records = [Record(f"{p}u{i}".encode(), _request(f"{p}u{i}", 1, now, items[i]), "t", 0, i) for i in range(2)]
+        assert server.stop()
+        restart = threading.Timer(4.0, server.start)
+        restart.start()
+        started = time.monotonic()
+        service.handle_through_outage(records)
+        took = time.monotonic() - started
+        restart.join()
+        assert took >= 4.0, took  # it waited for Redis (it did not write into the void or skip)
+        for i in range(2):
+            served = Recommendations.model_validate_json(client.get(keys.recs(f"{p}u{i}")))
+            assert served.fallback_reason is None and served.intents, served  # reasoned, not intent_failed
+            assert IntentResult.model_validate_json(client.get(keys.intent(f"{p}u{i}"))).state_version == 1
+        m = read_metrics(client, keys)
+        assert m.get("intent_errors", 0) == 0 and m["intent_handled"] == 2, m
+
+        # Longer than the budget: stop loudly.
+        service.settings = settings.model_copy(update={"worker": settings.worker.model_copy(
+            update={"outage_wait_s": 1.0})})
+        later = [Record(f"{p}v{i}".encode(), _request(f"{p}v{i}", 1, now, items[2 + i]), "t", 0, 10 + i)
+                 for i in range(2)]
+        assert server.stop()
+        try:
+            with pytest.raises(WorkerStopped, match="over 1.5 s"):
+                service.handle_through_outage(later)
+        finally:
+            server.start()
+        assert client.get(keys.recs(f"{p}v0")) is None and client.get(keys.recs(f"{p}v1")) is None
+    finally:
+        server.start()
+        service.consumer.close()
+        service.child.close()
+
+
 def test_a_reasoner_killed_mid_take_loses_no_request(
         scoped, worker_factory, reasoner_factory, tiny_intent_model: Path, data_dir: Path) -> None:
     settings = scoped.model_copy(update={"intent": scoped.intent.model_copy(

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 import redis
 
-from stream.failures import WorkerStopped, process_resilient
+from stream.failures import WorkerStopped, process_resilient, through_outage
 
 
 class Processor:
@@ -89,3 +89,36 @@ def test_bad_data_is_not_waited_for():
     proc = Processor(poison=2)
     _, letters, waits = run(proc, [1, 2, 3], outage_s=60.0)
     assert waits == [0.5, 1.0] and letters == [(2, "processing_failed: ValueError: boom")]
+
+
+class Call:
+    """A synchronous call (the reasoner's take) that raises `error` for its first `fail_times` calls."""
+
+    def __init__(self, error: Exception, fail_times: int) -> None:
+        self.error, self.fail_times, self.calls = error, fail_times, 0
+
+    def __call__(self) -> str:
+        self.calls += 1
+        if self.calls <= self.fail_times:
+            raise self.error
+        return "handled"
+
+
+def test_a_synchronous_call_waits_an_outage_out_with_the_same_backoff():
+    call, waits = Call(redis.TimeoutError("stalled"), 6), []
+    assert through_outage(call, 0.5, 60.0, waits.append) == "handled"
+    assert call.calls == 7 and waits == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
+
+
+def test_a_synchronous_call_stops_when_the_outage_outlasts_the_budget():
+    call, waits = Call(redis.ConnectionError("connection refused"), 100), []
+    with pytest.raises(WorkerStopped, match="over 22.5 s: ConnectionError"):
+        through_outage(call, 0.5, 20.0, waits.append)
+    assert sum(waits) == 22.5 and call.calls == 8
+
+
+def test_a_synchronous_call_that_is_not_an_outage_raises_at_once():
+    call, waits = Call(ValueError("a bug"), 1), []
+    with pytest.raises(ValueError, match="a bug"):
+        through_outage(call, 0.5, 60.0, waits.append)
+    assert call.calls == 1 and not waits
