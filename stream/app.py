@@ -32,7 +32,7 @@ from contracts.keys import RedisKeys
 from contracts.settings import KafkaSettings, Settings
 from features.pusher import FeaturePusher
 from features.redis_client import connect
-from stream.failures import is_retryable, process_resilient
+from stream.failures import is_retryable, process_resilient, through_outage_async
 from stream.fast_consumer import BatchInbox, FastApp, fetch_state
 from stream.feedback import FeedbackLog
 from stream.intent_route import IntentRoute
@@ -161,7 +161,12 @@ def build_app(settings: Settings) -> faust.App:
         proc = processor()
         holder["inbox"] = inbox
         last_offsets: dict = {}  # TP -> the last offset this worker handled
-        proc.mark_ready()  # app tasks start after the first recovery: the worker consumes now
+        try:  # app tasks start after the first recovery: the worker consumes now
+            await through_outage_async(proc.mark_ready, w.retry_backoff_s, w.outage_wait_s)
+        except Exception as exc:  # an outage past outage_wait_s (a restart may find Redis down)
+            log.critical("stopping the worker: %s", exc)
+            await app.crash(exc)
+            return
         while not app.should_stop:
             batch = await inbox.take(w.batch_within_s)
             if not batch:

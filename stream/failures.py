@@ -75,26 +75,52 @@ def backoff(backoff_s: float, attempt: int) -> float:
     return min(backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S)
 
 
+class OutageClock:
+    """Rule 2's bookkeeping for one call: the wait before each next try while the errors are an
+    outage that has not outlasted `outage_s`."""
+
+    def __init__(self, backoff_s: float, outage_s: float) -> None:
+        self.backoff_s, self.outage_s = backoff_s, outage_s
+        self.attempt, self.waited = 0, 0.0
+
+    def wait_after(self, exc: Exception) -> float:
+        """Seconds to wait before trying again after `exc`; raises `exc` when it is no outage (the
+        caller decides) and `WorkerStopped` when the outage outlasted `outage_s`."""
+        if not is_retryable(exc):
+            raise exc
+        self.attempt += 1
+        if self.waited >= self.outage_s:
+            raise WorkerStopped(f"failed {self.attempt} times over {self.waited:.1f} s: {_describe(exc)}") from exc
+        wait = backoff(self.backoff_s, self.attempt)
+        log.warning("a service is unreachable (try %d, %.1f s waited, next in %.1f s): %s", self.attempt, self.waited,
+                    wait, _describe(exc))
+        self.waited += wait
+        return wait
+
+
 def through_outage(call: Callable[[], T], backoff_s: float, outage_s: float,
                    sleep: Callable[[float], Any] = time.sleep) -> T:
     """`call()`, called again after `backoff` while it raises a retryable error and the waits add up
     to less than `outage_s`; an outage that outlasts them raises `WorkerStopped`, any other error
     is raised at once (it is no outage: the caller decides)."""
-    attempt, waited = 0, 0.0
+    clock = OutageClock(backoff_s, outage_s)
     while True:
         try:
             return call()
         except Exception as exc:
-            if not is_retryable(exc):
-                raise
-            attempt += 1
-            if waited >= outage_s:
-                raise WorkerStopped(f"failed {attempt} times over {waited:.1f} s: {_describe(exc)}") from exc
-            wait = backoff(backoff_s, attempt)
-            log.warning("a service is unreachable (try %d, %.1f s waited, next in %.1f s): %s", attempt, waited, wait,
-                        _describe(exc))
-            sleep(wait)
-            waited += wait
+            sleep(clock.wait_after(exc))
+
+
+async def through_outage_async(call: Callable[[], T], backoff_s: float, outage_s: float,
+                               sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> T:
+    """`through_outage` inside the event loop: the waits do not block it (the worker's own Redis
+    calls outside a batch, e.g. marking itself ready)."""
+    clock = OutageClock(backoff_s, outage_s)
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            await sleep(clock.wait_after(exc))
 
 
 async def process_resilient(process: Process, messages: Sequence[Any], tokens: Sequence[Any],

@@ -122,3 +122,19 @@ def test_a_synchronous_call_that_is_not_an_outage_raises_at_once():
     with pytest.raises(ValueError, match="a bug"):
         through_outage(call, 0.5, 60.0, waits.append)
     assert call.calls == 1 and not waits
+
+
+def test_inside_the_event_loop_an_outage_is_waited_out_without_blocking_it():
+    import asyncio
+
+    from stream.failures import through_outage_async
+
+    call, waits = Call(redis.ConnectionError("connection refused"), 3), []
+
+    async def sleep(seconds):
+        waits.append(seconds)
+
+    assert asyncio.run(through_outage_async(call, 0.5, 60.0, sleep)) == "handled"
+    assert call.calls == 4 and waits == [0.5, 1.0, 2.0]
+    with pytest.raises(WorkerStopped, match="over 1.5 s"):
+        asyncio.run(through_outage_async(Call(redis.TimeoutError("stalled"), 100), 0.5, 1.0, sleep))
