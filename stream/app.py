@@ -32,7 +32,7 @@ from contracts.keys import RedisKeys
 from contracts.settings import KafkaSettings, Settings
 from features.pusher import FeaturePusher
 from features.redis_client import connect
-from stream.failures import is_retryable, process_resilient, through_outage_async
+from stream.failures import is_retryable, process_resilient, through_outage, through_outage_async
 from stream.fast_consumer import BatchInbox, FastApp, fetch_state
 from stream.feedback import FeedbackLog
 from stream.intent_route import IntentRoute
@@ -133,11 +133,14 @@ def build_app(settings: Settings) -> faust.App:
             client = connect(r)
             pusher = FeaturePusher(settings)
             pusher.warm_up()
+            # Before the join a start that finds Redis or Kafka down waits it out like a batch
+            # (a worker restarted into a stalled Redis exited here: bench chaos).
+            intent = through_outage(lambda: _intent_route(settings, client), w.retry_backoff_s, w.outage_wait_s)
             proc = BatchProcessor(settings, table, pusher, client, send_dead_letters,
-                                  intent=_intent_route(settings, client), owned=owned_partitions,
+                                  intent=intent, owned=owned_partitions,
                                   waiting=lambda: len(inbox),
                                   recovering=lambda: bool(app.rebalancing or app.in_recovery))
-            proc.restore()
+            through_outage(proc.restore, w.retry_backoff_s, w.outage_wait_s)
             holder["p"] = proc
         return holder["p"]
 
@@ -323,8 +326,9 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Start the worker in this process until SIGTERM/SIGINT."""
     # Subscribing to a topic that does not exist yet leaves the consumer idle until its next
     # metadata refresh (minutes), so the worker creates its input topics first.
-    k = settings.kafka
-    ensure_topics(k, [k.events_topic, k.dead_letter_topic, k.feedback_topic, k.intent_topic])
+    k, w = settings.kafka, settings.worker
+    through_outage(lambda: ensure_topics(k, [k.events_topic, k.dead_letter_topic, k.feedback_topic, k.intent_topic]),
+                   w.retry_backoff_s, w.outage_wait_s)  # a restart may find the broker down
     app = build_app(settings)
     process_exporter().serve(settings.metrics.host, settings.metrics.worker_port)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
