@@ -7,7 +7,8 @@
    before (the decoding of the start of this round: a per-row Python trie walk, the KV cache
    concatenated each step as transformers does) and after (reasoning/decoding.py: the tries
    walked as tensors, the cache decoded into reserved room), interleaved twice, and whether both
-   gave the same lists.
+   gave the same lists; then what bounds it (`arithmetic`): the LM FLOPs per user, the rate they
+   ran at and this core's fp32 matmul peak, hence the users/s no decoding of this model passes here.
 2. coverage: a worker and a reasoner (`intentstream worker`, `intentstream reasoner` child
    processes, fresh topics and key prefix each run) while the dataset's events are replayed in
    time order at x1, x10, x100 its real-time rate (events over the log's time span; a constant
@@ -87,6 +88,7 @@ def throughput(settings: Settings, data: datasets.Dataset, users: int) -> dict[s
 
     rounds = [(one_pass(False), one_pass(True)) for _ in range(2)]
     decoder.reserve_cache = decoder.tensor_walk = True
+    bound = arithmetic(engine, inputs, batch, settings.recs.top_k)  # the decoding as served
     before = max((r[0] for r in rounds), key=lambda r: r["users_per_s"])
     after = max((r[1] for r in rounds), key=lambda r: r["users_per_s"])
     same = all(b["_lists"] == a["_lists"] for b, a in rounds)
@@ -97,7 +99,71 @@ def throughput(settings: Settings, data: datasets.Dataset, users: int) -> dict[s
             "after_tensor_walk_reserved_cache": after,
             "speedup": round(after["users_per_s"] / before["users_per_s"], 2), "same_lists": same,
             "rounds_users_per_s": [[b["users_per_s"], a["users_per_s"]] for b, a in rounds],
-            "users_per_s": after["users_per_s"], "users_per_s_per_core": after["users_per_s_per_core"]}
+            "users_per_s": after["users_per_s"], "users_per_s_per_core": after["users_per_s_per_core"],
+            "arithmetic": bound}
+
+
+def lm_flops_per_token(config) -> int:
+    """Multiply-adds x 2 of one token through a Llama decoder and its LM head (the projections, the
+    SwiGLU and the head; attention's own score and mix products, which grow with the length, left
+    out), from its Hugging Face config."""
+    h, layers, inter, vocab = config.hidden_size, config.num_hidden_layers, config.intermediate_size, config.vocab_size
+    head_dim = getattr(config, "head_dim", None) or h // config.num_attention_heads
+    kv = config.num_key_value_heads * head_dim
+    return 2 * (layers * (2 * h * h + 2 * h * kv + 3 * h * inter) + h * vocab)
+
+
+def matmul_gflops(rows: int, inner: int, cols: int, seconds: float = 1.0) -> float:
+    """fp32 GFLOP/s of `[rows, inner] @ [inner, cols]` in this process's torch threads (repeated
+    for about `seconds`)."""
+    import torch
+
+    a, b = torch.randn(rows, inner), torch.randn(inner, cols)
+    torch.mm(a, b)
+    n, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        torch.mm(a, b)
+        n += 1
+    return 2 * rows * inner * cols * n / (time.perf_counter() - started) / 1e9
+
+
+def arithmetic(engine, inputs: list, batch: int, top_k: int, users: int = 64) -> dict[str, Any]:
+    """What bounds the throughput on this core: the LM arithmetic per user and this core's fp32
+    matmul rate (one thread).
+
+    1. Reason about `users` users in batches of `batch` under torch's profiler: the matmul FLOPs
+       executed per user (padding, finished rows and every position's logits included).
+    2. The same users again without the profiler: the GFLOP/s the reasoning ran at.
+    3. The real tokens' own arithmetic per user (`lm_flops_per_token` x LM tokens per user).
+    4. This core's matmul rate: a square 2048 product (its peak) and the shape of a decoding step
+       (one row per persona branch of a batch, the model's width into its SwiGLU width).
+    5. The ceiling: the peak over the real tokens' arithmetic per user, the users/s no decoding of
+       this model on this core passes without computing less (fewer tokens, or cheaper ones)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from reasoning.pipeline import reason
+
+    part = inputs[:users]
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        for start in range(0, len(part), batch):
+            reason(engine, part[start:start + batch], {}, top_k)
+    executed = sum(e.flops for e in prof.key_averages() if e.flops)
+    tokens, started = 0, time.perf_counter()
+    for start in range(0, len(part), batch):
+        tokens += reason(engine, part[start:start + batch], {}, top_k)[1].tokens
+    wall = time.perf_counter() - started
+    config = engine.backend.model.lm.config
+    real = lm_flops_per_token(config) * tokens / len(part)
+    peak = matmul_gflops(2048, 2048, 2048)
+    step = matmul_gflops(batch * engine.config.personas, config.hidden_size, config.intermediate_size)
+    return {
+        "users": len(part), "executed_gflop_per_user": round(executed / len(part) / 1e9, 3),
+        "real_token_gflop_per_user": round(real / 1e9, 3), "achieved_gflop_s": round(executed / wall / 1e9, 1),
+        "users_per_s_unprofiled": round(len(part) / wall, 2),
+        "matmul_peak_gflop_s": round(peak, 1), "decode_step_matmul_gflop_s": round(step, 1),
+        "ceiling_users_per_s": round(peak * 1e9 / real, 1), "torch_threads": torch.get_num_threads(),
+    }
 
 
 def _run(settings: Settings, data: datasets.Dataset, rate: float, seconds: float, with_reasoner: bool,

@@ -428,8 +428,18 @@ def _reasoner_section(result: dict) -> list[str]:
                     ("after: trie walked as tensors, cache into reserved room", a)):
         lines.append(f"| {name} | {r['users_per_s']} | {r['users_per_s_per_core']} | {r['lm_tokens_per_user']} | "
                      f"{r['stage_share'].get('experts', 0):.2f} | {r['stage_share'].get('arbiter', 0):.2f} |")
-    lines += ["", f"Speed-up {t['speedup']}x.", "",
-              "Coverage: a worker and a reasoner while the events are replayed in time order at a constant rate; "
+    lines += ["", f"Speed-up {t['speedup']}x.", ""]
+    ar = t.get("arithmetic")
+    if ar:
+        lines += [f"What bounds it (benchmarks/reasoner.py `arithmetic`, {ar['users']} users, one thread): the LM's "
+                  f"matmuls execute {ar['executed_gflop_per_user']} GFLOP per user (torch's profiler: padding, "
+                  f"finished rows and every position's logits included; the real tokens' own share "
+                  f"{ar['real_token_gflop_per_user']} GFLOP) at {ar['achieved_gflop_s']} GFLOP/s "
+                  f"({ar['users_per_s_unprofiled']} users/s). This core's fp32 matmul: {ar['matmul_peak_gflop_s']} "
+                  f"GFLOP/s on a square 2048 product, {ar['decode_step_matmul_gflop_s']} GFLOP/s at a decoding "
+                  f"step's shape. Ceiling at that peak for the real tokens alone: {ar['ceiling_users_per_s']} "
+                  f"users/s, against the target's 120.", ""]
+    lines += ["Coverage: a worker and a reasoner while the events are replayed in time order at a constant rate; "
               "covered = the served list carries intent results at most "
               "`intent.every_n_events` events behind the state it was built from.", "",
               "| rate | events/s | events | sent to reasoning | reasoned | shed | superseded | coverage live | "
