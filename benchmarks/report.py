@@ -460,6 +460,8 @@ def _reasoner_section(result: dict) -> list[str]:
               f"{iso['without_reasoner']['p50']:.0f} / {iso['without_reasoner']['p99']:.0f} ms without "
               f"(p99 ratio {iso['p99_ratio']}); cores with {iso['cores_with']}, without {iso['cores_without']}.", "",
               f"Targets: {result['targets']}.", ""]
+    if result.get("note"):
+        lines += [result["note"], ""]
     return lines
 
 
