@@ -53,12 +53,16 @@ URGENT = frozenset({"first_events", "purchase"})
 """Refresh reasons a worker that is behind still builds: a new user has no list yet, and a
 purchase makes the served list wrong (it may show what was just bought)."""
 
-PENDING_CHUNK = 100
+PENDING_CHUNK = 25
 PENDING_BUDGET_S = 0.25
 """Debounced refreshes run between batches in chunks of PENDING_CHUNK users, for about
-PENDING_BUDGET_S per timer tick: the event loop is the ingest loop's too. Measured (`bench
-overload`, before this bound): 2,000 full refreshes in one tick took 8 to 15 s on this 2-core box,
-and ticks back to back kept the worker from its batches for a minute while it was behind."""
+PENDING_BUDGET_S per timer tick, and after a tick that ran some for T seconds none run for the
+next T (at most half of the event loop's time: it is the fetcher's and the ingest loop's too).
+Measured (`bench overload`): before the budget, 2,000 full refreshes in one tick took 8 to 15 s
+on this 2-core box; with the budget but no rest, chunks of 100 took 0.4-1 s a tick and the ticks
+ran back to back for about 100 s after the recovery, while ~20k shed refreshes were rebuilt: the
+fetcher got so little of the loop that no event was handled meanwhile (lag 700 -> 24k events,
+the partition watch saw every partition starved)."""
 
 FORGET_CHUNK = 2_000
 """Most idle users forgotten per timer tick (retention.user_idle_s): each is a table delete and
@@ -156,6 +160,8 @@ class BatchProcessor:
         (a standby replica, or a state from before the revoke) to the table would put a stale
         state in the changelog after the owner's newer one (its next restore would read it)."""
         self._last_batch_end = 0
+        self.pending_rest_until = 0.0
+        """Monotonic time before which no debounced refresh runs (as long as the last tick ran them)."""
         self._last_item_push = float("-inf")
         """Item features are pushed at most once per item_push_interval_s."""
         self._last_popular = float("-inf")  # the first batch writes the popularity fallback
@@ -304,7 +310,8 @@ class BatchProcessor:
         """Timer work between batches: finish Feast pushes, push coalesced item features, forget
         idle users (`forget_idle`), and refresh users whose debounced refresh is due, oldest
         first, in chunks of PENDING_CHUNK for at most PENDING_BUDGET_S per call (the ingest loop
-        waits meanwhile) and only while a full batch of events does not wait, none while the
+        waits meanwhile), not again for as long as the last call ran them, and only while a full
+        batch of events does not wait, none while the
         worker is behind and busy (a batch that was behind ended within the last second);
         `everything` (stopping): all that are due. Returns tokens safe to acknowledge."""
         item_rows = self._take_item_rows()
@@ -322,12 +329,17 @@ class BatchProcessor:
         busy = self.behind and now - self._last_batch_end < 1000
         if not self.pending or (busy and not everything):
             return acked  # behind and busy: the next batch first (when it is on time, these run)
+        started = time.monotonic()
+        if not everything and started < self.pending_rest_until:
+            return acked  # the last run's time again for fetching and batches (PENDING_CHUNK)
         ready = [uid for uid, p in self.pending.items() if p.at_ms <= now]
-        deadline = time.monotonic() + PENDING_BUDGET_S
+        deadline = started + PENDING_BUDGET_S
         for start in range(0, len(ready), PENDING_CHUNK):
             if not everything and (self.waiting() >= self.settings.worker.batch_max or time.monotonic() > deadline):
                 break  # events first (a full batch waits): the rest at a later tick
             self._run_pending(ready[start:start + PENDING_CHUNK])
+        ended = time.monotonic()
+        self.pending_rest_until = ended + (ended - started)
         return acked
 
     def forget_idle(self) -> int:

@@ -69,7 +69,12 @@ def test_a_worker_behind_sheds_refreshes_and_catches_up(scoped):
     asyncio.run(proc.flush_pending())
     assert len(proc.pending) == 5
     proc.waiting = lambda: 0
+    proc.pending_rest_until = time.monotonic() + 60  # the last tick ran refreshes: the loop's turn now
     asyncio.run(proc.flush_pending())
+    assert len(proc.pending) == 5
+    proc.pending_rest_until = 0.0
+    asyncio.run(proc.flush_pending())
+    assert proc.pending_rest_until > 0  # it ran them: as long a rest follows
     assert [served(u).state_version for u in users] == [4, 4, 4, 2, 1, 1, 1]  # u5: 2 events < every_n_events
     assert all(served(u).fallback_reason is not FallbackReason.overloaded for u in users)
     assert {u: pusher.rows[u]["event_count"] for u in users} == dict(zip(users, [4, 4, 4, 2, 1, 2, 1]))
