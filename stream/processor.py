@@ -310,9 +310,9 @@ class BatchProcessor:
         """Timer work between batches: finish Feast pushes, push coalesced item features, forget
         idle users (`forget_idle`), and refresh users whose debounced refresh is due, oldest
         first, in chunks of PENDING_CHUNK for at most PENDING_BUDGET_S per call (the ingest loop
-        waits meanwhile), not again for as long as the last call ran them, and only while a full
-        batch of events does not wait, none while the
-        worker is behind and busy (a batch that was behind ended within the last second);
+        waits meanwhile), not again for as long as the last call ran them, only while a full
+        batch of events does not wait, and none while the worker is behind and busy (a batch that
+        was behind ended within the last second);
         `everything` (stopping): all that are due. Returns tokens safe to acknowledge."""
         item_rows = self._take_item_rows()
         if item_rows:
