@@ -278,7 +278,12 @@ def _intent_section(result: dict) -> list[str]:
              f"only. `intent` is the merged list the worker serves (recent unbought items, behavioural route and "
              f"intent route by weighted reciprocal-rank fusion, weights recent / behavioural / intent = "
              f"{st['merge_weights']['recent']} / {st['merge_weights']['behavioural']} / {st['merge_weights']['intent']}; "
-             f"the first two fitted on a held-out tail of the train events, see training/merge_weights.py"
+             f"the first two fitted on a held-out tail of the train events, "
+             + (f"the intent weight on {iv['users']} users whose last train event the intent model never learned "
+                f"from, against the {iv['against']} route (grid and scores in the JSON)"
+                if (iv := st.get("intent_weight_validation")) and iv.get("grid")
+                else "the intent weight a setting (the model carries no fitted one)")
+             + "; see training/merge_weights.py"
              + ("; with the sequential route serving, the behavioural route is the worker's fusion of the recent, "
                 "co-visitation and sequential routes, whose recent weight replaces the first" if st.get("sequential_model")
                 else "") + ").", "",

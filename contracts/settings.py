@@ -272,6 +272,12 @@ class RecsSettings(BaseModel):
     """Version tag written with every recommendation."""
 
 
+UNFITTED_INTENT_WEIGHT = 0.3
+"""The intent route's merge weight when its model carries no fitted one: 0.3, chosen by hand
+when the weight was a setting (at 1.0 its category-level picks displaced stronger co-visited
+items on REES46's test lists: benchmarks/REPORT.md)."""
+
+
 class IntentSettings(BaseModel):
     """The intent route: LM reasoning (planner -> experts -> arbiter), retrieval and merge."""
 
@@ -317,9 +323,11 @@ class IntentSettings(BaseModel):
     weight_behavioural: float | None = Field(default=None, ge=0)
     """Merge weight of the behavioural route (co-visitation, popularity); unset: fitted with the
     model, like weight_recent."""
-    weight_intent: float = Field(default=0.3, ge=0)
-    """Merge weight of the intent route. 0.3: the intent route complements the behavioural one
-    (at 1.0 its category-level picks displace stronger co-visited items; see benchmarks/REPORT.md)."""
+    weight_intent: float | None = Field(default=None, ge=0)
+    """Merge weight of the intent route; unset: the weight fitted with the model on users whose
+    last train event it never learned from (training/merge_weights.py `fit_intent_weight`), or
+    0.3 (UNFITTED_INTENT_WEIGHT) for a model fitted without one (too few held-out users, or trained
+    before the fit existed)."""
     llm_explanations: int = Field(default=0, ge=0)
     """How many of a user's intent items get an explanation written by the LLM (the served
     model, in process or behind the openai backend) from reasoning/prompts/explanation.md,
@@ -362,7 +370,8 @@ class IntentSettings(BaseModel):
         recent = self.weight_recent if self.weight_recent is not None else fitted.get("weight_recent", 1.0)
         behavioural = (self.weight_behavioural if self.weight_behavioural is not None
                        else fitted.get("weight_behavioural", 1.0))
-        return float(recent), float(behavioural), self.weight_intent
+        intent = self.weight_intent if self.weight_intent is not None else fitted.get("weight_intent")
+        return float(recent), float(behavioural), float(UNFITTED_INTENT_WEIGHT if intent is None else intent)
 
     def resolved_model_dir(self, cache_dir: Path) -> Path:
         return (self.model_dir or cache_dir / "models" / "intent").expanduser()

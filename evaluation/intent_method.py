@@ -35,9 +35,8 @@ from reasoning.context import build_context
 from reasoning.engine import IntentEngine
 from reasoning.explanations import diversity
 from reasoning.pipeline import IntentInput, reason
-from reasoning.retrieval import merge, recent_route
-from reasoning.sequential import fuse
 from training.data import user_histories
+from training.merge_weights import route_lists, served_merge
 from training.sft import SFTConfig, train_sft
 
 K_EVAL = 20
@@ -62,20 +61,36 @@ class IntentMethod:
     def _model_dir(self, split: Split, catalog: Catalog) -> Path:
         if self.model_dir is not None:
             return self.model_dir
+        # format 2: SFT holds out each user's last train event and fits the intent weight on them
+        # (against the sequential model named here, when one serves).
         key = json.dumps({"catalog": catalog.version, "split": split.protocol, "train": len(split.train),
-                          "sft": asdict(self.sft), "format": 1}, sort_keys=True, default=str)
+                          "sft": asdict(self.sft), "format": 2,
+                          "sequential": self.sequential.version if self.sequential else None},
+                         sort_keys=True, default=str)
         digest = hashlib.sha256(key.encode()).hexdigest()[:12]
         return self.settings.cache_dir / "models" / f"eval-{self.dataset.name}-{split.name}-{digest}"
 
     def fit(self, split: Split, catalog_ids: Sequence[str]) -> None:
         cfg = self.settings.intent
         catalog = Catalog.from_frames(self.dataset.items, self.dataset.events)
+        # The sequential route as deployed (trained on this split's train part, cached): merged
+        # into the behavioural list, and ranking each tag's items for the user; the intent weight
+        # is fitted against its fusion.
+        self.sequential = None
+        if self.settings.sequential.enabled:
+            from reasoning.sequential import SequentialRoute
+            from training.sequential import cached_model
+
+            self.sequential = SequentialRoute(cached_model(split.train, self.settings.cache_dir,
+                                                           split.validation or None, label="intent",
+                                                           progress=self.progress))
         model_dir = self._model_dir(split, catalog)
         trained = 0.0
         if not (model_dir / "intent.json").exists():
             started = time.perf_counter()
             train_sft(split.train, catalog, model_dir, self.settings.cache_dir, self.sft,
-                      version=f"eval-{model_dir.name}", progress=self.progress)
+                      version=f"eval-{model_dir.name}", progress=self.progress, intent=cfg,
+                      sequential=self.sequential)
             trained = time.perf_counter() - started
         self.engine = engine = IntentEngine(model_dir, cfg, self.settings.cache_dir)
         self.weights = cfg.merge_weights(engine.model.meta)
@@ -89,16 +104,6 @@ class IntentMethod:
             scored = self.behavioural.reasoner.score(recent, c.bought, 100)
             self.inputs[c.user_id] = IntentInput(c.user_id, recent, frozenset(c.bought),
                                                  {i: s for i, s, anchor in scored if anchor})
-        # The sequential route as deployed (trained on this split's train part, cached): merged
-        # into the behavioural list, and ranking each tag's items for the user.
-        self.sequential = None
-        if self.settings.sequential.enabled:
-            from reasoning.sequential import SequentialRoute
-            from training.sequential import cached_model
-
-            self.sequential = SequentialRoute(cached_model(split.train, self.settings.cache_dir,
-                                                           split.validation or None, label="intent",
-                                                           progress=self.progress))
         self.results: dict[str, object] = {}
         self.popular_items: dict[str, list[dict]] = {}
         """The served mode's intent items with each tag's items ranked by popularity instead (the
@@ -163,6 +168,7 @@ class IntentMethod:
             "trained_in_this_run": bool(trained),
             "merge_weights": dict(zip(("recent", "behavioural", "intent"), self.weights)),
             "merge_validation": engine.model.meta.get("merge", {}).get("validation"),
+            "intent_weight_validation": engine.model.meta.get("merge", {}).get("intent_validation"),
             "parameters": engine.model.meta.get("parameters"), "tags": len(engine.model.vocab),
             "personas": len(engine.model.vocab.personas), "k_m_n": [cfg.personas, cfg.tags_per_persona, cfg.final_tags],
             "hybrid": hybrid, "text": text,
@@ -199,29 +205,11 @@ class IntentMethod:
         }
         self._exclusive = {"hits": 0, "intent_only": 0, "intent_route_hits": 0}
 
-    def lists(self, case: UserCase, n: int) -> tuple[list[dict], list[dict], list[dict], bool]:
-        """(recent, behavioural, intent, fused) as the worker merges them: with a sequential model
-        the behavioural list is the served fusion of the recent, co-visitation and sequential
-        routes (`fused`: the recent route is in it already)."""
-        user = self.inputs[case.user_id]
-        recent = recent_route(user.recent, set(case.bought), n)
-        behavioural = [rec_item(i, s, "covisit" if a else "popular", "")
-                       for i, s, a in self.behavioural.reasoner.score(user.recent, case.bought, n)]
-        fused = self.sequential is not None
-        if fused:
-            fusion = self.sequential.fusion
-            sequential = (self.sequential.route_items([case.history], [set(case.bought)], n)[0]
-                          if fusion.sequential > 0 else [])
-            behavioural = fuse(fusion, user.recent, behavioural, sequential, set(case.bought), n)
-        intent = self.results[case.user_id].items[:n]
-        return recent, behavioural, intent, fused
-
     def rank(self, case: UserCase, n: int) -> list[str]:
-        w_recent, w_behavioural, w_intent = self.weights
-        recent, behavioural, intent, fused = self.lists(case, n)
-        merged = merge([(0.0 if fused else w_recent, recent), (w_behavioural, behavioural), (w_intent, intent)],
-                       set(case.bought), n)
-        ranked = [e["item_id"] for e in merged]
+        lists = route_lists(self.behavioural, self.sequential, case, self.inputs[case.user_id].recent, n)
+        recent, behavioural = lists.recent, lists.behavioural
+        intent = self.results[case.user_id].items[:n]
+        ranked = [e["item_id"] for e in served_merge(self.weights, lists, intent, set(case.bought), n)]
         top = [i for i in ranked if i not in case.bought][:K_EVAL]
         hits = [i for i in top if i in case.targets]
         # A route "finds" an item when it is in the route's own top K (what it would show alone).

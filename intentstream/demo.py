@@ -112,17 +112,7 @@ def run_demo(settings: Settings, dataset: str, rate: float, console: Console) ->
     ensure_topics(demo.kafka, [demo.kafka.events_topic, demo.kafka.dead_letter_topic, demo.kafka.feedback_topic,
                                demo.kafka.intent_topic])
 
-    model_dir = settings.intent.resolved_model_dir(settings.cache_dir)
-    if settings.intent.enabled:
-        console.rule("intent model")
-        if (model_dir / "intent.json").exists():
-            console.print(f"using the intent model at {model_dir}")
-        else:
-            from training.sft import train_model
-
-            console.print(f"no intent model at {model_dir}: training one on {data.name} (a few minutes, once)")
-            train_model(data, model_dir, settings.cache_dir, progress=console.print)
-
+    served = None
     if settings.sequential.enabled:
         console.rule("sequential model")
         served = served_sequential_dir(demo, client)
@@ -141,6 +131,20 @@ def run_demo(settings: Settings, dataset: str, rate: float, console: Console) ->
         console.print(f"sequential route {meta['version']}: validation NDCG@10 {meta['best_val_ndcg@10']:.4f}, fusion "
                       f"weights recent {meta.get('weight_recent', 0.0)} / sequential {meta['merge_weight']} (fitted "
                       "on a per-user holdout of its training events)")
+
+    model_dir = settings.intent.resolved_model_dir(settings.cache_dir)
+    if settings.intent.enabled:
+        console.rule("intent model")
+        if (model_dir / "intent.json").exists():
+            console.print(f"using the intent model at {model_dir}")
+        else:  # its merge weight is fitted against the sequential route's fusion when that serves
+            from reasoning.sequential import SequentialRoute
+            from training.sft import train_model
+
+            console.print(f"no intent model at {model_dir}: training one on {data.name} (a few minutes, once)")
+            route = SequentialRoute(served) if served is not None else None
+            train_model(data, model_dir, settings.cache_dir, progress=console.print, intent=settings.intent,
+                        sequential=route)
 
     console.rule("2. worker and reasoner")
     worker = WorkerProcess(demo, demo.state_dir / "logs" / f"demo-worker-{run}.log")

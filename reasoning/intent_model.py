@@ -171,6 +171,10 @@ class IntentModel:
         self.tokenizer.save_pretrained(path)
         torch.save(self.adaptor.state_dict(), path / "adaptor.pt")
         self.vocab.save(path / "tags.json")
+        self.save_meta(path)
+
+    def save_meta(self, path: Path) -> None:
+        """Write `intent.json` (the training facts) alone, e.g. after a fit on the saved model."""
         (path / "intent.json").write_text(json.dumps({**self.meta, "atom_dim": self.adaptor.atom_dim}, indent=1))
 
     @classmethod

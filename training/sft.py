@@ -1,5 +1,8 @@
 """Supervised fine-tuning of the intent model, top to bottom (`intentstream train --sft`).
 
+0. Holdout: each user with 3+ train events holds out the last one (offline/splits.py
+   `leave_one_out`); the model learns from the rest (steps 2-5), and step 7 fits the intent
+   route's merge weight on those users, whose next event it never saw.
 1. Atoms: item vectors for the catalog (MiniLM through ONNX when items have text, learned
    category vectors otherwise), cached per catalog version.
 2. Tag vocabulary and personas from the catalog and the train events.
@@ -14,8 +17,11 @@
 5. Stage 2: the adaptor learns to put item atoms where the text was, the LM frozen (hybrid
    context), on the same episodes.
 6. The merge weights of the recent and behavioural routes, fitted on a held-out tail of the
-   train events (training/merge_weights.py).
-7. Saved as a Hugging Face model directory (reasoning/intent_model.py).
+   train events (training/merge_weights.py `fit_merge_weights`).
+7. Saved as a Hugging Face model directory (reasoning/intent_model.py); then the saved model
+   serves the held-out users of step 0 and the intent route's weight is fitted on them
+   (`fit_intent_weight`: at most `intent_weight_users`, against the sequential route's fusion
+   when one is given, else the co-visitation route) and written into its `intent.json`.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from contracts.settings import IntentSettings
 from features.catalog import Catalog
 from features.embedder import CategoryEmbedder, embedder_for, item_embeddings
 from reasoning.context import answer, messages, task_expert, task_plan, task_tags
@@ -38,7 +45,8 @@ from reasoning.intent_model import AtomTable, IntentModel, LMConfig, train_token
 from reasoning.tags import TagVocabulary, build_vocabulary
 from training.backbone import BASES, smollm2_dir
 from training.data import Episode, episodes
-from training.merge_weights import fit_merge_weights
+from offline.splits import leave_one_out
+from training.merge_weights import fit_intent_weight, fit_merge_weights
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +76,8 @@ class SFTConfig:
     weight_decay: float = 0.01
     threads: int = 0               # torch threads (0: torch's default)
     seed: int = 0
+    # the intent weight's fit (step 7)
+    intent_weight_users: int = 600  # held-out users the saved model reasons about (0: no fit)
 
     def __post_init__(self) -> None:
         for name in ("max_items", "horizon", "episodes_per_user", "lm_steps", "batch_size", "personas_k",
@@ -83,7 +93,7 @@ class SFTConfig:
         a 2-core CPU finishes in well under an hour: fewer, smaller steps at a LoRA learning
         rate (measured cost in benchmarks/REPORT.md)."""
         budget = {"smollm2": {"lm_steps": 150, "adaptor_steps": 150, "batch_size": 8, "lr": 3e-4,
-                              "adaptor_lr": 1e-3}}.get(base, {})
+                              "adaptor_lr": 1e-3, "intent_weight_users": 150}}.get(base, {})
         return cls(base=base, **{**budget, **overrides})
 
 
@@ -168,25 +178,34 @@ def build_atoms(catalog: Catalog, events: pd.DataFrame, cache_dir: Path):
 
 def train_sft(train_events: pd.DataFrame, catalog: Catalog, out_dir: Path, cache_dir: Path,
               cfg: SFTConfig | None = None, version: str | None = None,
-              progress: Callable[[str], None] | None = None) -> IntentModel:
+              progress: Callable[[str], None] | None = None, intent: IntentSettings | None = None,
+              sequential=None) -> IntentModel:
+    """The module docstring's steps. `intent`: the serving settings step 7 reasons with (batch
+    size, K/M/N, mode); `sequential`: the reasoning/sequential.py `SequentialRoute` that will
+    serve beside the model, trained on the same train events (its per-user holdout is step 0's)."""
     cfg = cfg or SFTConfig()
     say = progress or log.info
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
+    # 0. Holdout.
+    held = leave_one_out(train_events, min_events=3)
+    learn, held_out = held.inputs, held.cases
+    say(f"holdout: {len(held_out)} users' last event (the intent weight's fit), {len(learn)} events to learn from")
     embedder, atoms = build_atoms(catalog, train_events, cache_dir)
     say(f"atoms: {len(atoms.row)} items x {atoms.dim} ({embedder.name})")
-    vocab, tag_vectors = build_vocabulary(catalog, train_events, tag_embedder(catalog, embedder), cfg.max_tags)
+    vocab, tag_vectors = build_vocabulary(catalog, learn, tag_embedder(catalog, embedder), cfg.max_tags)
     say(f"tags: {len(vocab)} in {len(vocab.personas)} personas")
-    eps = episodes(train_events, catalog, vocab, cfg.max_items, cfg.horizon, cfg.episodes_per_user, seed=cfg.seed)
+    eps = episodes(learn, catalog, vocab, cfg.max_items, cfg.horizon, cfg.episodes_per_user, seed=cfg.seed)
     if not eps:
         raise ValueError("no training episodes: the events hold no user with enough history and tagged items")
     say(f"episodes: {len(eps)}")
 
     meta = {"version": version or f"sft-{time.strftime('%Y%m%d-%H%M%S')}", "embedder": embedder.name,
             "catalog_version": catalog.version, "base": cfg.base,
-            "sft": {k: v for k, v in asdict(cfg).items() if k != "lm"}, "episodes": len(eps)}
+            "sft": {k: v for k, v in asdict(cfg).items() if k != "lm"}, "episodes": len(eps),
+            "holdout": {"users": len(held_out), "learn_events": len(learn)}}
     if cfg.base == "tiny":
         corpus = []
         for ep in eps[: 4000]:
@@ -233,6 +252,20 @@ def train_sft(train_events: pd.DataFrame, catalog: Catalog, out_dir: Path, cache
         np.save(out_dir / "category_vectors.npy", np.stack([atoms.category_vectors[c] for c in cats]))
         (out_dir / "categories.txt").write_text("\n".join(cats))
     save_catalog(catalog, out_dir / "catalog.parquet")
+    # 7. The intent weight, fitted on the held-out users by the saved model as it serves.
+    if cfg.intent_weight_users:
+        from reasoning.engine import IntentEngine
+
+        t0 = time.perf_counter()
+        engine = IntentEngine(out_dir, intent or IntentSettings(), cache_dir)
+        merge = model.meta["merge"]
+        fitted = fit_intent_weight(engine, learn, held_out, (merge["weight_recent"], merge["weight_behavioural"]),
+                                   sequential, cfg.intent_weight_users, cfg.seed)
+        fitted["validation"]["seconds"] = round(time.perf_counter() - t0, 1)
+        merge.update(weight_intent=fitted["weight_intent"], intent_validation=fitted["validation"])
+        model.save_meta(out_dir)
+        say(f"intent weight {fitted['weight_intent']} (fitted on {fitted['validation']['users']} held-out users, "
+            f"{fitted['validation']['seconds']} s)")
     return model
 
 
@@ -243,16 +276,19 @@ def save_catalog(catalog: Catalog, path: Path) -> None:
 
 
 def train_model(dataset, out_dir: Path, cache_dir: Path, cfg: SFTConfig | None = None,
-                progress: Callable[[str], None] | None = None) -> IntentModel:
+                progress: Callable[[str], None] | None = None, intent: IntentSettings | None = None,
+                sequential=None) -> IntentModel:
     """Train on a whole `offline.datasets.Dataset` and write the model directory atomically (a
-    worker loading `out_dir` meanwhile never sees half a model)."""
+    worker loading `out_dir` meanwhile never sees half a model); `intent`, `sequential`: as
+    `train_sft`'s."""
     import shutil
 
     catalog = Catalog.from_frames(dataset.items, dataset.events)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model = train_sft(dataset.events, catalog, tmp, cache_dir, cfg,
-                      version=f"sft-{dataset.name}-{time.strftime('%Y%m%d-%H%M%S')}", progress=progress)
+                      version=f"sft-{dataset.name}-{time.strftime('%Y%m%d-%H%M%S')}", progress=progress,
+                      intent=intent, sequential=sequential)
     old = out_dir.with_name(out_dir.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if out_dir.exists():

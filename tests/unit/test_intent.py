@@ -3,6 +3,7 @@ pipeline's outputs, hybrid vs text contexts, explanations and their faithfulness
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -251,3 +252,27 @@ def test_merge_weights_keep_the_route_that_predicts_the_held_out_tail_on_top() -
     # Weighting the behavioural route twice as high would push every revisit out of the top 20.
     assert fitted["validation"]["recall@20_all"] == 1.0
     assert fitted["weight_behavioural"] < 2 * fitted["weight_recent"]
+
+
+def test_sft_fits_the_intent_weight_on_users_whose_last_event_it_never_learned(tiny_intent_model: Path) -> None:
+    from contracts.settings import UNFITTED_INTENT_WEIGHT, IntentSettings
+    from training.merge_weights import INTENT_GRID, INTENT_FIT_RULE
+
+    meta = json.loads((tiny_intent_model / "intent.json").read_text())
+    fitted = meta["merge"]
+    validation = fitted["intent_validation"]
+    assert validation["rule"] == INTENT_FIT_RULE and validation["users"] >= 50
+    assert validation["against"] == "co-visitation"
+    assert set(validation["grid"]) == {str(w) for w in INTENT_GRID}
+    assert fitted["weight_intent"] in INTENT_GRID
+    # The chosen weight is the grid's best (ties: the smaller): not a default that passes through.
+    score = {float(w): (s["ndcg@20_all"] + s["ndcg@20_new"]) / 2 for w, s in validation["grid"].items()}
+    assert score[fitted["weight_intent"]] == max(score.values())
+    assert all(score[w] < max(score.values()) for w in score if w < fitted["weight_intent"])
+    # Serving takes the fitted weight; a setting overrides it; a model without one gets the fallback.
+    assert IntentSettings().merge_weights(meta)[2] == fitted["weight_intent"]
+    assert IntentSettings(weight_intent=0.7).merge_weights(meta)[2] == 0.7
+    assert IntentSettings().merge_weights({"merge": {}})[2] == UNFITTED_INTENT_WEIGHT
+    # It learned from the fixture's 4,000 events minus one per held-out user.
+    assert meta["holdout"]["learn_events"] == 4000 - meta["holdout"]["users"]
+    assert meta["holdout"]["users"] >= validation["users"]
