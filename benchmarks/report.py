@@ -280,7 +280,7 @@ def _intent_section(result: dict) -> list[str]:
              f"{st['merge_weights']['recent']} / {st['merge_weights']['behavioural']} / {st['merge_weights']['intent']}; "
              f"the first two fitted on a held-out tail of the train events, "
              + (f"the intent weight on {iv['users']} users whose last train event the intent model never learned "
-                f"from, against the {iv['against']} route (grid and scores in the JSON)"
+                f"from, against the {iv['against']} list (grid and scores in the JSON)"
                 if (iv := st.get("intent_weight_validation")) and iv.get("grid")
                 else "the intent weight a setting (the model carries no fitted one)")
              + "; see training/merge_weights.py"

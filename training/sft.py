@@ -40,12 +40,12 @@ import torch
 from contracts.settings import IntentSettings
 from features.catalog import Catalog
 from features.embedder import CategoryEmbedder, embedder_for, item_embeddings
+from offline.splits import leave_one_out
 from reasoning.context import answer, messages, task_expert, task_plan, task_tags
 from reasoning.intent_model import AtomTable, IntentModel, LMConfig, train_tokenizer
 from reasoning.tags import TagVocabulary, build_vocabulary
 from training.backbone import BASES, smollm2_dir
 from training.data import Episode, episodes
-from offline.splits import leave_one_out
 from training.merge_weights import fit_intent_weight, fit_merge_weights
 
 log = logging.getLogger(__name__)
