@@ -63,7 +63,10 @@ def test_worker_sends_refreshes_to_the_reasoner_which_serves_merged_lists_and_pu
     (sequential_dir / "sequential.json").write_text(json.dumps({**meta, "merge_weight": 1.0, "weight_recent": 1.0}))
     settings = scoped.model_copy(update={
         "intent": scoped.intent.model_copy(update={"enabled": True, "model_dir": tiny_intent_model,
-                                                   "batch_size": 16}),
+                                                   "batch_size": 16,
+                                                   # the fixture's fitted weight may be 0 (a useless
+                                                   # model); this test is about the wiring
+                                                   "weight_intent": 1.0}),
         "sequential": scoped.sequential.model_copy(update={"enabled": True, "model_dir": sequential_dir})})
     prefix = settings.key_prefix  # namespaces user ids in the shared Feast project
     worker = worker_factory(settings)
