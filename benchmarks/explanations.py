@@ -26,7 +26,7 @@ def run_explanation_benchmark(settings: Settings, dataset: str, model_dir: Path,
                               per_user: int = 2) -> dict[str, Any]:
     from offline.splits import global_time
     from reasoning.engine import IntentEngine
-    from reasoning.explanations import Facts, diversity, related_item
+    from reasoning.explanations import Facts, diversity
     from reasoning.pipeline import IntentInput, reason
     from training.data import user_histories
 
@@ -70,8 +70,7 @@ def run_explanation_benchmark(settings: Settings, dataset: str, model_dir: Path,
             text = entry["explanation"]
             by_item_all.setdefault(entry["item_id"], []).append(text)
             item = engine.catalog.get(entry["item_id"])
-            facts = Facts(item, entry["tag"], persona_of_tag.get(entry["tag"]), related_item(item, history),
-                          result.context.situation)
+            facts = Facts.of(item, entry["tag"], persona_of_tag.get(entry["tag"]), history, result.context.situation)
             unfaithful += not explainer.check(text, facts)[0]
             if rank < per_user and text in written:
                 llm_served += 1

@@ -4,7 +4,8 @@
    item the user interacted with), `interest` (the intent tag and persona that retrieved it),
    `situation` (time of day and season of the user's visit), `attribute` (the item's own brand
    and category).
-2. Text in that style, realised from grounded facts only (the local path), or written by an LLM
+2. Text in that style, realised from grounded facts only (the local path: a first sentence in
+   the style, then a second one with another fact of this user, `realise`), or written by an LLM
    from reasoning/prompts/explanation.md (the openai path).
 
 `check` is the faithfulness gate: an explanation that names a brand or category word, a tag, or
@@ -14,8 +15,8 @@ situation is rejected, with the offending word.
 
 from __future__ import annotations
 
+import hashlib
 import re
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,28 +34,77 @@ TEMPLATES = {
         "You viewed {related}; this {what} is a close match.",
         "More like the {related} in your history: {what}.",
         "A pick in the spirit of your {related}: {what}.",
+        "Since the {related} caught your eye, take a look at this {what}.",
+        "Close to the {related} you checked: {a_what}.",
+        "If the {related} appealed to you, so may this {what}.",
+        "Next to the {related} you browsed sits this {what}.",
+        "After {similar} {leaf} looks, one more to compare: {a_what}.",
+        "You opened {similar} {leaf} items lately; here is {a_what}.",
     ),
     "interest": (
         "Picked for your interest in {tag}: {what}.",
         "Matches what you are exploring ({tag}): {what}.",
-        "For the {persona}: a {what}.",
         "You seem to be into {tag}; try this {what}.",
+        "Your recent visits point to {tag}, so here is {a_what}.",
+        "From the {tag} you keep coming back to: {a_what}.",
+        "In line with your taste for {tag}: this {what}.",
+        "For the {persona}: {a_what}.",
+        "Chosen with the {persona} in mind: {a_what}.",
+        "As {a_persona}, you may like this {what}.",
+        "Suggested to the {persona} in you: {a_what}.",
+        "{A_what}, picked for {a_persona}.",
     ),
     "situation": (
-        "A {what} for your {part} browsing this {season}.",
+        "{A_what} for your {part} browsing this {season}.",
         "Something for this {season} {part}: {what}.",
         "For a {day} {part}: {what}.",
+        "Your {day} {part} pick: {a_what}.",
+        "Made for your {season} {day}: this {what}.",
+        "On this {day}, {a_what} to consider.",
+        "Browsing in the {part}? Try this {what}.",
     ),
     "attribute": (
-        "A {what}, well liked by shoppers.",
+        "{A_what}, well liked by shoppers.",
         "Worth a look: {what}.",
         "Trending now: {what}.",
+        "One to consider: {a_what}.",
     ),
 }
+"""The first sentence of an explanation, in its style. A template is used only when the facts
+fill every field it names (a tag that only repeats the item's name counts as missing)."""
+
+SUPPORT = {
+    "history": (
+        "You viewed the {related} recently.",
+        "It sits close to the {related} in your history.",
+        "It pairs with the {related} you looked at.",
+        "It is a step on from the {related}.",
+        "Compare it with the {related} you saw.",
+        "You looked at {similar} other {leaf} items lately.",
+        "It is the kind of {leaf} you opened {similar} times lately.",
+        "Your history holds {similar} more of this kind.",
+    ),
+    "situation": (
+        "Handy for a {day} {part}.",
+        "A fit for this {season}.",
+        "Suited to your {part} browsing.",
+        "Good for the {season} ahead.",
+        "A {day} idea.",
+        "Ready for your next {part} visit.",
+    ),
+}
+_FIELD = re.compile(r"\{([A-Za-z_]+)\}")
 
 
 def words(text: str) -> set[str]:
     return set(_WORD.findall(text.lower()))
+
+
+def category_name(item: CatalogItem) -> str:
+    """The item's category as a shopper reads it: the leaf of its path, or 'category 123'."""
+    if item.category.isdigit():
+        return f"category {item.category}"
+    return item.category.split(".")[-1].replace("_", " ")
 
 
 def describe(item: CatalogItem) -> str:
@@ -62,7 +112,7 @@ def describe(item: CatalogItem) -> str:
     if item.category.isdigit() or not item.category:
         leaf = f"item from category {item.category}" if item.category else f"item {item.item_id}"
     else:
-        leaf = item.category.split(".")[-1].replace("_", " ")
+        leaf = category_name(item)
     return f"{item.brand} {leaf}" if item.brand else leaf
 
 
@@ -75,41 +125,109 @@ class Facts:
     """An item from the user's history sharing the item's category (or brand)."""
     situation: str
     """'evening, wednesday, autumn' (reasoning/context.situation_text)."""
+    similar: int = 0
+    """How many other items of the user's history share the item's category."""
+
+    @classmethod
+    def of(cls, item: CatalogItem, tag: str | None, persona: str | None, history: Sequence[CatalogItem],
+           situation: str) -> Facts:
+        """The facts of one recommended item, from the user's (recent) history."""
+        similar = sum(1 for other in history if other.item_id != item.item_id and other.category
+                      and other.category == item.category)
+        return cls(item, tag, persona, related_item(item, history), situation, similar)
 
 
 def related_item(item: CatalogItem, history: Sequence[CatalogItem]) -> CatalogItem | None:
-    for other in history:
-        if other.item_id != item.item_id and other.category and other.category == item.category:
+    """The newest item of the history sharing the item's category, else its brand; one that an
+    explanation would name exactly like the item ("you viewed acme phone; this acme phone") is
+    no help to the reader and is passed over."""
+    name = describe(item)
+    others = [o for o in history if o.item_id != item.item_id and describe(o) != name]
+    for other in others:
+        if other.category and other.category == item.category:
             return other
-    for other in history:
-        if other.item_id != item.item_id and other.brand and other.brand == item.brand:
+    for other in others:
+        if other.brand and other.brand == item.brand:
             return other
     return None
 
 
+def _values(facts: Facts) -> dict[str, str]:
+    """Every template field the facts fill; a missing fact is absent, not empty."""
+    what = describe(facts.item)
+    part, day, season = (facts.situation.split(", ") + ["", "", ""])[:3]
+
+    def a(phrase: str) -> str:
+        return f"{'an' if phrase[:1].lower() in 'aeiou' else 'a'} {phrase}"
+
+    values = {"what": what, "a_what": a(what), "A_what": a(what).capitalize(),
+              "part": part, "day": day, "season": season,
+              "persona": facts.persona or "", "a_persona": a(facts.persona) if facts.persona else "",
+              "related": describe(facts.related) if facts.related else "",
+              "similar": str(facts.similar) if facts.similar >= 2 else "",
+              "leaf": category_name(facts.item) if facts.item.category else ""}
+    # A tag that only repeats the item's own name ("acme phone: acme phone") says nothing.
+    if facts.tag and not words(facts.tag) <= words(what):
+        values["tag"] = facts.tag
+    return {k: v for k, v in values.items() if v}
+
+
+def _usable(templates: Sequence[str], values: dict[str, str]) -> list[str]:
+    return [t for t in templates if set(_FIELD.findall(t)) <= values.keys()]
+
+
+def supported_styles(facts: Facts) -> list[str]:
+    """The styles whose templates the facts can fill, strongest first (`attribute` always)."""
+    values = _values(facts)
+    return [s for s in STYLES if _usable(TEMPLATES[s], values)]
+
+
+def template_words() -> set[str]:
+    """The words the templates themselves use ("a", "for", "the", ...): not claims about an item."""
+    out: set[str] = set()
+    for table in (TEMPLATES, SUPPORT):
+        for texts in table.values():
+            for text in texts:
+                out |= words(_FIELD.sub(" ", text))
+    return out
+
+
 def choose_style(facts: Facts, salt: str) -> str:
-    """Styles the facts support, strongest first; a stable hash picks among the two strongest,
-    so the same item reads differently for different users."""
-    options = []
-    if facts.related is not None:
-        options.append("history")
-    if facts.tag:
-        options.append("interest")
-    if facts.situation:
-        options.append("situation")
-    options.append("attribute")
-    pick = zlib.crc32(salt.encode()) % min(2, len(options))
-    return options[pick]
+    """Styles the facts support, strongest first; a stable hash picks among the three strongest,
+    so the same item reads differently for different users. `attribute` (which says nothing of
+    the user) only when no other style is supported."""
+    options = [s for s in supported_styles(facts) if s != "attribute"] or ["attribute"]
+    return _pick(options[:3], "style", salt)
+
+
+def _pick(options: Sequence[str], slot: str, salt: str) -> str:
+    """A stable choice per (slot, salt), independent between slots (crc32 of "t" + salt and of
+    salt are linearly related; a cryptographic hash is not)."""
+    digest = hashlib.blake2b(f"{slot}/{salt}".encode(), digest_size=8).digest()
+    return options[int.from_bytes(digest, "little") % len(options)]
 
 
 def realise(style: str, facts: Facts, salt: str) -> str:
-    part, day, season = (facts.situation.split(", ") + ["", "", ""])[:3]
-    values = {
-        "what": describe(facts.item), "related": describe(facts.related) if facts.related else "",
-        "tag": facts.tag or "", "persona": facts.persona or "", "part": part, "day": day, "season": season,
-    }
-    choices = TEMPLATES[style]
-    return choices[zlib.crc32(("t" + salt).encode()) % len(choices)].format(**values)
+    """The style's first sentence (a template the facts fill, picked by a stable hash of `salt`),
+    then a second sentence from another style the facts support, while it fits.
+
+    >>> from features.catalog import CatalogItem
+    >>> phone, case = CatalogItem("1", "phone", "acme", "acme phone"), CatalogItem("2", "phone", "zeta", "zeta phone")
+    >>> realise("history", Facts(phone, "phones", None, case, "evening, friday, autumn", 3), "u1")
+    'You viewed zeta phone; this acme phone is a close match. A friday idea.'
+    >>> realise("interest", Facts(phone, "acme phone", None, None, ""), "u1")  # the tag only repeats the name
+    'One to consider: an acme phone.'
+    """
+    values = _values(facts)
+    choices = _usable(TEMPLATES[style], values) or _usable(TEMPLATES["attribute"], values)
+    text = _pick(choices, "first", salt).format(**values)
+    seconds = [t for other in supported_styles(facts) if other != style
+               for t in _usable(SUPPORT.get(other, ()), values)]
+    if seconds:
+        more = f"{text} {_pick(seconds, 'second', salt).format(**values)}"
+        if len(more) <= MAX_EXPLANATION_CHARS:
+            text = more
+    return text
 
 
 class Explainer:
@@ -122,11 +240,7 @@ class Explainer:
             vocabulary |= words(phrase)
         # Words the templates themselves use ("a", "for", "the", ...) are not claims, even when
         # some brand is spelled that way.
-        template_words = set()
-        for texts in TEMPLATES.values():
-            for text in texts:
-                template_words |= words(re.sub(r"\{[a-z]+\}", " ", text))
-        self.entity_words = vocabulary - template_words - {"item", "from", "category", "shopper"}
+        self.entity_words = vocabulary - template_words() - {"item", "from", "category", "shopper"}
         self.llm_attempts = 0
         self.llm_rejected = 0
         """LLM-written explanations that failed the check (the grounded text served instead)."""

@@ -18,7 +18,7 @@ import numpy as np
 
 from contracts.recs import rec_item
 from reasoning.context import UserContext, build_context
-from reasoning.explanations import Facts, related_item
+from reasoning.explanations import Facts
 from reasoning.retrieval import PersonalScores
 
 
@@ -146,8 +146,7 @@ def reason(engine, users: Sequence[IntentInput], popularity: Mapping[str, float]
         history = [engine.catalog.get(str(e[0])) for e in user.recent[: cfg.max_items]]
         entries, rejected = [], 0
         for rank, (item_id, score, tag) in enumerate(items):
-            facts = Facts(engine.catalog.get(item_id), tag, persona_of_tag.get(tag),
-                          related_item(engine.catalog.get(item_id), history), ctx.situation)
+            facts = Facts.of(engine.catalog.get(item_id), tag, persona_of_tag.get(tag), history, ctx.situation)
             _, text, ok = engine.explainer.explain(facts, f"{user.user_id}/{item_id}",
                                                    writer if rank < cfg.llm_explanations else None)
             if not ok:

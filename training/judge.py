@@ -31,7 +31,7 @@ import numpy as np
 
 from features.catalog import Catalog
 from reasoning.context import UserContext
-from reasoning.explanations import Explainer, Facts, describe
+from reasoning.explanations import Explainer, Facts, describe, template_words
 from reasoning.tags import TagVocabulary
 from training.rewards import r_grounding, r_idf_diversity
 
@@ -179,7 +179,7 @@ class ExplanationJudge:
         if facts.related is not None:
             named += [describe(facts.related), facts.related.text]
         ok, why = self.explainer.check(text, facts)
-        grounding = r_grounding(text, named, _template_words())
+        grounding = r_grounding(text, named, template_words())
         faithfulness = Verdict("faithfulness", -1 if not ok else (1 if grounding >= 0.99 else 0),
                                why or f"grounded share {grounding:.2f}")
         words = text.split()
@@ -199,18 +199,6 @@ class ExplanationJudge:
         self.recent.append(text)
         verdicts = (faithfulness, clarity, informativeness, diversity)
         return Judgement(review(verdicts, cfg.superior_share), verdicts)
-
-
-def _template_words() -> set[str]:
-    import re
-
-    from reasoning.explanations import TEMPLATES, words
-
-    out: set[str] = set()
-    for texts in TEMPLATES.values():
-        for text in texts:
-            out |= words(re.sub(r"\{[a-z]+\}", " ", text))
-    return out
 
 
 @dataclass

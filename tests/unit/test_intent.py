@@ -12,7 +12,7 @@ import pytest
 
 from features.catalog import Catalog, CatalogItem
 from reasoning.context import build_context, messages, task_tags
-from reasoning.explanations import Explainer, Facts, diversity
+from reasoning.explanations import Explainer, Facts, diversity, words
 from reasoning.tags import build_vocabulary
 
 
@@ -106,6 +106,34 @@ def test_explanations_are_grounded_and_the_gate_rejects_invented_facts() -> None
     ok, reason = explainer.check("A cold fridge for your morning", facts)
     assert not ok and "is not in the item" in reason
     assert diversity({"0": texts}) > 0.3
+
+
+def test_one_item_reads_differently_for_different_users_and_says_only_what_is_theirs() -> None:
+    catalog, _ = _toy_catalog()
+    explainer = Explainer(catalog, ["electronics smartphone"], ["smartphone shopper"])
+    item = catalog.get("0")  # acme smartphone
+    situations = [f"{p}, {d}, {s}" for p in ("morning", "evening") for d in ("monday", "friday")
+                  for s in ("winter", "summer")]
+    texts = []
+    for u in range(40):
+        history = [catalog.get(i) for i in ["1", "2", "3"][: u % 4] + ["5", "6"]]
+        facts = Facts.of(item, "electronics smartphone", "smartphone shopper", history, situations[u % 8])
+        # "1" is an acme smartphone too: named like the item, it is no related item to cite.
+        assert facts.related == (catalog.get("2") if u % 4 >= 2 else None)
+        assert facts.similar == min(u % 4, 3)
+        style, text, ok = explainer.explain(facts, f"user{u}/0")
+        assert ok and explainer.check(text, facts)[0], text
+        first, _, second = text.partition(". ")
+        if second:  # the second sentence is a fact of this user: their history or their situation
+            user_words = words(situations[u % 8]) | {str(facts.similar)} | (words("zed") if facts.related else set())
+            assert words(second) & user_words, text
+        texts.append(text)
+    assert len(set(texts)) >= 30
+    # One sentence from two styles' fixed phrasings (the realiser before this) scored 0.64 here.
+    assert diversity({"0": texts}) > 0.7
+    # A tag that only repeats the item's name is not offered as the reason.
+    facts = Facts.of(item, "acme smartphone", None, [], "")
+    assert all(explainer.explain(facts, f"u{u}/0")[1].count("acme smartphone") == 1 for u in range(20))
 
 
 def test_a_catalog_without_text_gets_learned_category_atoms() -> None:
