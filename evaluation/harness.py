@@ -28,9 +28,12 @@ from offline.methods import (
 from offline.splits import Split, UserCase, make_split
 
 METHODS = ("popularity", "popularity_global", "recent_history", "itemknn", "sasrec", "replay", "oracle", "random")
-OPTIONAL_METHODS = ("intent", "intent_smollm2", "replay2")
-"""Not in the default run: `intent` trains the intent model on the tiny base (minutes),
-`intent_smollm2` on SmolLM2-135M-Instruct (tens of minutes on a CPU); `replay2` is the replay
+OPTIONAL_METHODS = ("intent", "intent_served", "intent_smollm2", "replay2")
+"""Not in the default run: `intent` trains the intent model on the tiny base (minutes) and also
+reasons with the full-text context and the multi-route baseline for their figures;
+`intent_served` is the same model and list in the served context mode only (a third of the
+reasoning: for test sets of tens of thousands of users, such as Beauty's); `intent_smollm2` on
+SmolLM2-135M-Instruct (tens of minutes on a CPU, served mode only); `replay2` is the replay
 method with two workers on one group (it should score what `replay` scores)."""
 MIN_CANDIDATES = 100
 
@@ -58,15 +61,16 @@ def build_method(name: str, settings=None, dataset: Dataset | None = None, progr
         if settings is None:
             raise ValueError("the replay method needs settings (Kafka, Redis, Feast)")
         return ReplayMethod(settings, workers=2 if name == "replay2" else 1)
-    if name in ("intent", "intent_smollm2"):
+    if name in ("intent", "intent_served", "intent_smollm2"):
         from evaluation.intent_method import IntentMethod
         from training.sft import SFTConfig
 
         if settings is None or dataset is None:
             raise ValueError("the intent method needs settings and the dataset (item text)")
         base = "smollm2" if name == "intent_smollm2" else "tiny"
+        # SmolLM2 reasons ~300x slower here: the served mode only.
         return IntentMethod(settings, dataset, sft=SFTConfig.for_base(base), progress=progress, name=name,
-                            served_only=base != "tiny")  # SmolLM2 reasons ~300x slower here: the served mode only
+                            served_only=name != "intent")
     raise ValueError(f"unknown method {name!r}; choose from {METHODS + OPTIONAL_METHODS}")
 
 

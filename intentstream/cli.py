@@ -366,7 +366,8 @@ def eval_(
     k: str = typer.Option("10,20", help="Cut-offs, comma-separated (leave-one-out adds 5 and 10)"),
     methods: str = typer.Option("", help="Methods to run, comma-separated (default: popularity, popularity_global, "
                                          "recent_history, itemknn, sasrec, replay, oracle, random); also: intent "
-                                         "(trains the intent model), replay2 (the replay method with two workers "
+                                         "(trains the intent model), intent_served (the same, served context "
+                                         "mode only), replay2 (the replay method with two workers "
                                          "on one group)"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object"),
     out: Optional[Path] = typer.Option(None, help="Also write the JSON here"),

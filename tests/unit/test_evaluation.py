@@ -102,3 +102,17 @@ def test_leave_one_out_split_follows_row_order_and_scores_by_hand(tmp_path):
     table = evaluate(data, "leave-one-out", (20,), ["oracle"])
     assert {"recall@5", "ndcg@5", "recall@10", "ndcg@10", "recall@20"} <= set(table["methods"]["oracle"]["all"])
     assert table["methods"]["oracle"]["all"]["ndcg@10"] == 1.0
+
+
+def test_the_intent_rows_differ_only_in_backbone_and_what_else_they_reason_about():
+    from contracts.settings import Settings
+    from evaluation.harness import build_method
+
+    data = Dataset("toy", pd.DataFrame({"user_id": ["u"], "item_id": ["i"], "ts": [0], "event_type": ["view"]}),
+                   pd.DataFrame({"item_id": ["i"], "category": ["c"]}))
+    built = {n: build_method(n, Settings(), data) for n in ("intent", "intent_served", "intent_smollm2")}
+    assert {n: (m.name, m.served_only, m.sft.base) for n, m in built.items()} == {
+        "intent": ("intent", False, "tiny"), "intent_served": ("intent_served", True, "tiny"),
+        "intent_smollm2": ("intent_smollm2", True, "smollm2")}
+    # The served row is the same model: its cache key does not name the row.
+    assert built["intent"].sft == built["intent_served"].sft
