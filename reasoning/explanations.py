@@ -141,14 +141,13 @@ def related_item(item: CatalogItem, history: Sequence[CatalogItem]) -> CatalogIt
     """The newest item of the history sharing the item's category, else its brand; one that an
     explanation would name exactly like the item ("you viewed acme phone; this acme phone") is
     no help to the reader and is passed over."""
-    name = describe(item)
-    others = [o for o in history if o.item_id != item.item_id and describe(o) != name]
-    for other in others:
-        if other.category and other.category == item.category:
-            return other
-    for other in others:
-        if other.brand and other.brand == item.brand:
-            return other
+    name = None
+    for same in (lambda o: o.category and o.category == item.category, lambda o: o.brand and o.brand == item.brand):
+        for other in history:
+            if other.item_id != item.item_id and same(other):
+                name = name or describe(item)
+                if describe(other) != name:
+                    return other
     return None
 
 
@@ -172,14 +171,17 @@ def _values(facts: Facts) -> dict[str, str]:
     return {k: v for k, v in values.items() if v}
 
 
+_FIELDS = {t: frozenset(_FIELD.findall(t)) for table in (TEMPLATES, SUPPORT) for texts in table.values() for t in texts}
+
+
 def _usable(templates: Sequence[str], values: dict[str, str]) -> list[str]:
-    return [t for t in templates if set(_FIELD.findall(t)) <= values.keys()]
+    return [t for t in templates if _FIELDS[t] <= values.keys()]
 
 
-def supported_styles(facts: Facts) -> list[str]:
+def supported_styles(facts: Facts, values: dict[str, str] | None = None) -> list[str]:
     """The styles whose templates the facts can fill, strongest first (`attribute` always)."""
-    values = _values(facts)
-    return [s for s in STYLES if _usable(TEMPLATES[s], values)]
+    keys = (_values(facts) if values is None else values).keys()
+    return [s for s in STYLES if any(_FIELDS[t] <= keys for t in TEMPLATES[s])]
 
 
 def template_words() -> set[str]:
@@ -192,11 +194,11 @@ def template_words() -> set[str]:
     return out
 
 
-def choose_style(facts: Facts, salt: str) -> str:
+def choose_style(facts: Facts, salt: str, values: dict[str, str] | None = None) -> str:
     """Styles the facts support, strongest first; a stable hash picks among the three strongest,
     so the same item reads differently for different users. `attribute` (which says nothing of
     the user) only when no other style is supported."""
-    options = [s for s in supported_styles(facts) if s != "attribute"] or ["attribute"]
+    options = [s for s in supported_styles(facts, values) if s != "attribute"] or ["attribute"]
     return _pick(options[:3], "style", salt)
 
 
@@ -207,7 +209,7 @@ def _pick(options: Sequence[str], slot: str, salt: str) -> str:
     return options[int.from_bytes(digest, "little") % len(options)]
 
 
-def realise(style: str, facts: Facts, salt: str) -> str:
+def realise(style: str, facts: Facts, salt: str, values: dict[str, str] | None = None) -> str:
     """The style's first sentence (a template the facts fill, picked by a stable hash of `salt`),
     then a second sentence from another style the facts support, while it fits.
 
@@ -218,10 +220,10 @@ def realise(style: str, facts: Facts, salt: str) -> str:
     >>> realise("interest", Facts(phone, "acme phone", None, None, ""), "u1")  # the tag only repeats the name
     'One to consider: an acme phone.'
     """
-    values = _values(facts)
+    values = _values(facts) if values is None else values
     choices = _usable(TEMPLATES[style], values) or _usable(TEMPLATES["attribute"], values)
     text = _pick(choices, "first", salt).format(**values)
-    seconds = [t for other in supported_styles(facts) if other != style
+    seconds = [t for other in supported_styles(facts, values) if other != style
                for t in _usable(SUPPORT.get(other, ()), values)]
     if seconds:
         more = f"{text} {_pick(seconds, 'second', salt).format(**values)}"
@@ -263,7 +265,8 @@ class Explainer:
         """(style, text, faithful). `writer(style, facts) -> str | None` is an LLM path; its text
         is used only when it is plain text (contracts/text.py) and passes the check, otherwise
         the grounded realisation is (cut to `MAX_EXPLANATION_CHARS`)."""
-        style = choose_style(facts, salt)
+        values = _values(facts)
+        style = choose_style(facts, salt, values)
         if writer is not None:
             self.llm_attempts += 1
             text = writer(style, facts)
@@ -271,7 +274,7 @@ class Explainer:
             if text and is_plain(text, MAX_EXPLANATION_CHARS) and self.check(text, facts)[0]:
                 return style, text, True
             self.llm_rejected += 1
-        text = plain_text(realise(style, facts, salt), MAX_EXPLANATION_CHARS)
+        text = plain_text(realise(style, facts, salt, values), MAX_EXPLANATION_CHARS)
         return style, text, self.check(text, facts)[0]
 
 
