@@ -93,6 +93,11 @@ SUPPORT = {
         "Ready for your next {part} visit.",
     ),
 }
+"""The second sentence: a fact of this user (history, situation; not the tag or persona, which
+the item shares with every user it was retrieved for), from a style other than the first's, so
+that one item reads differently for different users. Added only while the text stays within
+`MAX_EXPLANATION_CHARS`."""
+
 _FIELD = re.compile(r"\{([A-Za-z_]+)\}")
 
 
