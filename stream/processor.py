@@ -135,7 +135,8 @@ class BatchProcessor:
         """How many events wait for the next batch (the ingest loop's inbox): debounced refreshes
         run between batches only while fewer than batch_max wait."""
         self.recovering = recovering
-        """Whether the table is being restored (a rebalance): idle users are not forgotten then."""
+        """Whether the table is being restored (a rebalance): idle users are not forgotten and no
+        debounced refresh runs then (`flush_pending`)."""
         self.idle = IdleIndex()
         """This worker's users by the time of their newest event (`forget_idle`)."""
         self.stream_ms: dict[int, int] = {}
@@ -312,7 +313,12 @@ class BatchProcessor:
         first, in chunks of PENDING_CHUNK for at most PENDING_BUDGET_S per call (the ingest loop
         waits meanwhile), not again for as long as the last call ran them, only while a full
         batch of events does not wait, and none while the worker is behind and busy (a batch that
-        was behind ended within the last second);
+        was behind ended within the last second), and none while the table is being restored
+        (a rebalance), not even when stopping: the restore replays the changelog over the table,
+        so a state read meanwhile can be older than the newest one, and writing it back would put
+        that older state last in the changelog, where the partition's next owner restores it and
+        never counts the events between it and the committed offset (the refresh is derived
+        data: the user's next event triggers it again);
         `everything` (stopping): all that are due. Returns tokens safe to acknowledge."""
         item_rows = self._take_item_rows()
         if item_rows:
@@ -325,6 +331,8 @@ class BatchProcessor:
         if self.metrics.samples or self.metrics.counters or self.metrics.marks or len(pipe):
             self.metrics.queue(pipe)
             pipe.execute()
+        if self.pending and self.recovering():
+            return acked  # the table is being restored: its states may be older than the changelog's newest
         now = now_ms()
         busy = self.behind and now - self._last_batch_end < 1000
         if not self.pending or (busy and not everything):

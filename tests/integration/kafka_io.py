@@ -104,3 +104,27 @@ def group_assignment(settings: Settings) -> list[frozenset[int]]:
         out.append(frozenset(p for topic, partitions in assignment if topic == settings.kafka.events_topic
                              for p in partitions))
     return out
+
+
+def changelog_states(settings: Settings, users: list[str], timeout_s: float = 10) -> dict[str, list[tuple]]:
+    """For a failure message: each of `users`' records on the user-state changelog, in order, as
+    (changelog partition, changelog offset, event_count, events partition, last_offset), or None
+    for a tombstone."""
+    topic = f"{settings.worker.app_id}-user_state-changelog"
+    wanted = {u.encode() for u in users}
+    consumer = KafkaConsumer(topic, **settings.kafka.client_options(), auto_offset_reset="earliest",
+                             enable_auto_commit=False, consumer_timeout_ms=2000)
+    out: dict[str, list[tuple]] = {u: [] for u in users}
+    deadline = time.monotonic() + timeout_s
+    try:
+        for message in consumer:
+            if message.key in wanted:
+                record = orjson.loads(message.value) if message.value else None
+                out[message.key.decode()].append(None if record is None else (
+                    message.partition, message.offset, record.get("event_count"),
+                    record.get("partition"), record.get("last_offset")))
+            if time.monotonic() > deadline:
+                break
+    finally:
+        consumer.close()
+    return out

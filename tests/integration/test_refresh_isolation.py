@@ -94,3 +94,49 @@ def test_a_debounced_refresh_of_a_revoked_partition_is_not_written(scoped):
     served = {u: Recommendations.model_validate_json(client.get(keys.recs(u))) for u in (revoked, kept)}
     assert served[revoked].state_version == 1 and served[kept].state_version == 2
     assert read_metrics(client, keys)["refreshes_revoked"] == 1 and not proc.pending
+
+
+def test_no_debounced_refresh_runs_while_the_table_is_restored(scoped):
+    """During a rebalance faust replays the changelog over the table, also for the partitions a
+    worker keeps (from its last restored offset: its own writes since then, oldest first), so a
+    state read meanwhile can be older than the newest. A debounced refresh run then would write
+    that older state back, last in the changelog, where the partition's next owner restores it
+    and never counts the events between it and the committed offset. It waits for the restore to
+    end, and then builds from the restored state."""
+    client = redis.Redis(host=scoped.redis.host, port=scoped.redis.port, db=scoped.redis.db)
+    keys = RedisKeys(scoped.key_prefix)
+
+    async def send_dead_letters(records) -> None:
+        raise AssertionError(f"no dead letters expected: {records}")
+
+    table: dict[bytes, dict] = {}
+    recovering = {"on": False}
+    proc = BatchProcessor(scoped, table, MemoryPusher(), client, send_dead_letters, owned=lambda: {0},
+                          recovering=lambda: recovering["on"])
+    user = f"{scoped.key_prefix}kept"
+
+    def batch(offset: int, kind: str) -> list[RawMessage]:
+        now = int(time.time() * 1000)
+        return [RawMessage(user.encode(), orjson.dumps({"event_id": f"e{offset}", "user_id": user,
+                                                        "item_id": f"i{offset}", "type": kind, "ts": now}),
+                           "events", 0, offset, now)]
+
+    asyncio.run(proc.process(batch(0, "view")))  # first event: refreshed at once
+    asyncio.run(proc.process(batch(1, "purchase")))  # within min_interval_s: debounced
+    newest = table[user.encode()]
+    assert set(proc.pending) == {user} and newest["event_count"] == 2
+
+    recovering["on"] = True  # the replay has reached an older record of the user
+    older = {**newest, "event_count": 1, "state_version": 1}  # an older changelog record
+    table[user.encode()] = older
+    time.sleep(scoped.trigger.min_interval_s + 0.2)
+    asyncio.run(proc.flush_pending())
+    asyncio.run(proc.drain())  # not even a stop writes it
+    assert table[user.encode()] is older and set(proc.pending) == {user}
+    assert Recommendations.model_validate_json(client.get(keys.recs(user))).state_version == 1
+
+    recovering["on"] = False  # the replay ended at the newest record
+    table[user.encode()] = newest
+    asyncio.run(proc.flush_pending())
+    assert not proc.pending and table[user.encode()]["event_count"] == 2
+    assert Recommendations.model_validate_json(client.get(keys.recs(user))).state_version == 2

@@ -9,8 +9,8 @@ from __future__ import annotations
 import threading
 import time
 
-from tests.integration.kafka_io import (committed_and_end, group_assignment, users_by_partition,
-                                        wait_committed_to_end, wait_for)
+from tests.integration.kafka_io import (changelog_states, committed_and_end, group_assignment,
+                                        users_by_partition, wait_committed_to_end, wait_for)
 from tests.integration.traffic import Traffic
 
 A_SESSION_S = 40.0
@@ -25,7 +25,9 @@ def _worker(scoped, instance_id: str, session_s: float):
 
 
 def test_two_workers_split_the_stream_and_take_over_from_each_other(scoped, worker_factory):
-    users = [u for us in users_by_partition(scoped.key_prefix, scoped.kafka.partitions, 10).values() for u in us]
+    by_partition = users_by_partition(scoped.key_prefix, scoped.kafka.partitions, 10)
+    users = [u for us in by_partition.values() for u in us]
+    partition_of = {u: p for p, us in by_partition.items() for u in us}
     traffic = Traffic(scoped)
     a_settings, b_settings = _worker(scoped, "worker-a", A_SESSION_S), _worker(scoped, "worker-b", B_SESSION_S)
 
@@ -33,8 +35,14 @@ def test_two_workers_split_the_stream_and_take_over_from_each_other(scoped, work
         committed, end = committed_and_end(scoped, scoped.kafka.events_topic)
         views, purchases = traffic.item_counts()
         items_off = {i: (views.get(i), n) for i, n in traffic.views.items() if views.get(i) != n}
+        got = traffic.user_counts()
+        users_off = sorted(u for u, n in traffic.users.items() if got.get(u) != n)[:4]
+        states = changelog_states(scoped, users_off)
         return "\n".join([traffic.user_diff(), f"{len(items_off)} items' views off (got, sent): "
                           f"{sorted(items_off.items())[:12]}", f"committed {committed}, end {end}",
+                          *(f"{u} (events partition {partition_of[u]}): last changelog records (changelog "
+                            f"partition, offset, event_count, partition, last_offset) {states[u][-4:]} of "
+                            f"{len(states[u])}" for u in users_off),
                           f"processed a {a.processed()}",
                           *(f"--- {w.log_path.name}\n{w.log_tail(15)}" for w in (a, b))])
 
