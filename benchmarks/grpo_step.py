@@ -32,18 +32,19 @@ def export(out: Path, dataset: str = "rees46", episodes_n: int = 256, model: Pat
     """The bundle: the evaluation's intent model of `dataset` (or `model`, e.g. the demo's at
     intent.model_dir), its item atoms and `episodes_n` train episodes."""
     from contracts.settings import Settings
-    from evaluation.intent_method import IntentMethod
+    from evaluation.intent_method import split_intent_model
     from features.catalog import Catalog
     from offline import datasets
     from offline.splits import make_split
     from training.data import episodes
     from training.rl import engine_for
+    from training.sft import SFTConfig
 
     settings = Settings()
     data = datasets.load(dataset, settings.data_dir)
     split = make_split(data.events, "global-time")
     catalog = Catalog.from_frames(data.items, data.events)
-    model_dir = model or IntentMethod(settings, data)._model_dir(split, catalog)
+    model_dir = model or split_intent_model(settings, data, split, SFTConfig(), catalog=catalog)[0]
     engine = engine_for(model_dir, settings.cache_dir, settings.intent)
     eps = episodes(split.train, catalog, engine.model.vocab, settings.intent.max_items, 5, 12, seed=1)
     eps = random.Random(0).sample(eps, min(episodes_n, len(eps)))

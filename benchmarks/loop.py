@@ -21,13 +21,13 @@ from typing import Any
 from benchmarks.ingest import commit, machine
 from contracts.settings import Settings
 from evaluation.harness import score_method
-from evaluation.intent_method import IntentMethod
+from evaluation.intent_method import split_intent_model
 from evaluation.replay_method import ReplayMethod
 from features.catalog import Catalog
 from offline import datasets
 from offline.methods import category_lookup
 from offline.splits import make_split
-from training.sft import train_sft
+from training.sft import SFTConfig
 from training.trainer import run_once
 
 
@@ -36,10 +36,7 @@ def run_loop_benchmark(settings: Settings, dataset: str, progress=None) -> dict[
     data = datasets.load(dataset, settings.data_dir)
     split = make_split(data.events, "global-time")
     catalog = Catalog.from_frames(data.items, data.events)
-    model_dir = IntentMethod(settings, data)._model_dir(split, catalog)
-    if not (model_dir / "intent.json").exists():
-        train_sft(split.train, catalog, model_dir, settings.cache_dir, IntentMethod(settings, data).sft,
-                  version=f"eval-{model_dir.name}", progress=say)
+    model_dir, _ = split_intent_model(settings, data, split, SFTConfig(), progress=say, catalog=catalog)
     run = time.strftime("%Y%m%d-%H%M%S")
     base = settings.model_copy(update={
         "intent": settings.intent.model_copy(update={"enabled": True, "model_dir": model_dir, "max_wait_s": 3600.0}),
@@ -52,7 +49,7 @@ def run_loop_benchmark(settings: Settings, dataset: str, progress=None) -> dict[
     ids = data.items.item_id.astype(str).tolist()
     category_of = category_lookup(data.items, data.events)
     started = time.perf_counter()
-    before = ReplayMethod(base, timeout_s=3600, feedback=True)
+    before = ReplayMethod(base, timeout_s=3600, feedback=True, intent_model=model_dir)
     before_scores = score_method(before, split, ids, (20,), category_of)
     say(f"before: {before_scores['all']}")
     before_seconds = time.perf_counter() - started
@@ -73,7 +70,7 @@ def run_loop_benchmark(settings: Settings, dataset: str, progress=None) -> dict[
         after_settings = base.model_copy(update={"intent": base.intent.model_copy(
             update={"model_dir": Path(report["path"])})})
         started = time.perf_counter()
-        after = ReplayMethod(after_settings, timeout_s=3600, wait_intent=True)
+        after = ReplayMethod(after_settings, timeout_s=3600, wait_intent=True, intent_model=Path(report["path"]))
         after_scores = score_method(after, split, ids, (20,), category_of)
         result["after"] = {"model": report["candidate"], "promoted": report["status"] == "promoted",
                            "all": after_scores["all"], "new": after_scores["new"],

@@ -26,7 +26,7 @@ import numpy as np
 
 from benchmarks.ingest import commit, machine
 from contracts.settings import Settings
-from evaluation.intent_method import IntentMethod
+from evaluation.intent_method import split_intent_model
 from features.catalog import Catalog
 from offline import datasets
 from offline.splits import Split, make_split
@@ -36,7 +36,7 @@ from training.data import episodes, user_histories
 from training.grpo import GRPOConfig
 from training.judge import JudgeLog
 from training.rl import RLConfig, build_reward_model, engine_for, run_grpo
-from training.sft import train_sft
+from training.sft import SFTConfig
 
 RUNS = (("grpo_sum", "sum", "listwise"), ("grpo_crs", "crs", "listwise"), ("grpo_crs_pointwise_rm", "crs", "pointwise"))
 
@@ -55,7 +55,6 @@ def run_rl_benchmark(settings: Settings, dataset: str, steps: int | None = None,
     data = datasets.load(dataset, settings.data_dir)
     split = make_split(data.events, "global-time")
     catalog = Catalog.from_frames(data.items, data.events)
-    method = IntentMethod(settings, data, progress=say)
     fresh_from = None
     sft_split = split
     if fresh_share > 0:
@@ -63,10 +62,7 @@ def run_rl_benchmark(settings: Settings, dataset: str, steps: int | None = None,
         fresh_from = int(split.train.ts.quantile(1 - fresh_share))
         sft_split = Split(split.name, split.train[split.train.ts < fresh_from], split.test, split.cases,
                           {**split.protocol, "sft_before_ts": fresh_from})
-    model_dir = method._model_dir(sft_split, catalog)
-    if not (model_dir / "intent.json").exists():
-        train_sft(sft_split.train, catalog, model_dir, settings.cache_dir, method.sft,
-                  version=f"eval-{model_dir.name}", progress=say)
+    model_dir, _ = split_intent_model(settings, data, sft_split, SFTConfig(), progress=say, catalog=catalog)
     sft = engine_for(model_dir, settings.cache_dir, settings.intent)
     histories = user_histories(split.train)
     contexts = [build_context(c.user_id, list(reversed(histories.get(c.user_id, []))), catalog, settings.intent.max_items)

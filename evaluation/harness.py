@@ -60,7 +60,7 @@ def build_method(name: str, settings=None, dataset: Dataset | None = None, progr
 
         if settings is None:
             raise ValueError("the replay method needs settings (Kafka, Redis, Feast)")
-        return ReplayMethod(settings, workers=2 if name == "replay2" else 1)
+        return ReplayMethod(settings, workers=2 if name == "replay2" else 1, dataset=dataset, progress=progress)
     if name in ("intent", "intent_served", "intent_smollm2"):
         from evaluation.intent_method import IntentMethod
         from training.sft import SFTConfig

@@ -42,6 +42,31 @@ from training.sft import SFTConfig, train_sft
 K_EVAL = 20
 
 
+def split_intent_model(settings, dataset: Dataset, split: Split, sft: SFTConfig, sequential=None, progress=None,
+                       catalog: Catalog | None = None) -> tuple[Path, bool]:
+    """(the intent model trained by SFT on `split`'s train events only, whether this call trained
+    it): reused from `<cache_dir>/models/eval-<dataset>-<split>-<key>` when the same catalog, split,
+    SFT config and sequential model (`sequential`, a SequentialRoute: the intent weight is fitted
+    against its fusion) trained one before. The one rule by which the `intent` methods, the replay
+    method and `bench loop` get the model they evaluate, so none serves a model that learned from
+    another dataset or from test events."""
+    catalog = catalog or Catalog.from_frames(dataset.items, dataset.events)
+    # format 2: SFT holds out each user's last train event and fits the intent weight on them
+    # (against the sequential model named here, when one serves).
+    key = json.dumps({"catalog": catalog.version, "split": split.protocol, "train": len(split.train),
+                      "sft": asdict(sft), "format": 2, "sequential": sequential.version if sequential else None},
+                     sort_keys=True, default=str)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    model_dir = settings.cache_dir / "models" / f"eval-{dataset.name}-{split.name}-{digest}"
+    if (model_dir / "intent.json").exists():
+        if progress:
+            progress(f"intent model {model_dir.name} reused (trained on this split's train events)")
+        return model_dir, False
+    train_sft(split.train, catalog, model_dir, settings.cache_dir, sft, version=f"eval-{model_dir.name}",
+              progress=progress, intent=settings.intent, sequential=sequential)
+    return model_dir, True
+
+
 class IntentMethod:
     name = "intent"
 
@@ -58,18 +83,6 @@ class IntentMethod:
         self.progress = progress or (lambda message: None)
         self.stats: dict = {}
 
-    def _model_dir(self, split: Split, catalog: Catalog) -> Path:
-        if self.model_dir is not None:
-            return self.model_dir
-        # format 2: SFT holds out each user's last train event and fits the intent weight on them
-        # (against the sequential model named here, when one serves).
-        key = json.dumps({"catalog": catalog.version, "split": split.protocol, "train": len(split.train),
-                          "sft": asdict(self.sft), "format": 2,
-                          "sequential": self.sequential.version if self.sequential else None},
-                         sort_keys=True, default=str)
-        digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-        return self.settings.cache_dir / "models" / f"eval-{self.dataset.name}-{split.name}-{digest}"
-
     def fit(self, split: Split, catalog_ids: Sequence[str]) -> None:
         cfg = self.settings.intent
         catalog = Catalog.from_frames(self.dataset.items, self.dataset.events)
@@ -84,14 +97,10 @@ class IntentMethod:
             self.sequential = SequentialRoute(cached_model(split.train, self.settings.cache_dir,
                                                            split.validation or None, label="intent",
                                                            progress=self.progress))
-        model_dir = self._model_dir(split, catalog)
-        trained = 0.0
-        if not (model_dir / "intent.json").exists():
-            started = time.perf_counter()
-            train_sft(split.train, catalog, model_dir, self.settings.cache_dir, self.sft,
-                      version=f"eval-{model_dir.name}", progress=self.progress, intent=cfg,
-                      sequential=self.sequential)
-            trained = time.perf_counter() - started
+        started = time.perf_counter()
+        model_dir, fresh = (self.model_dir, False) if self.model_dir else split_intent_model(
+            self.settings, self.dataset, split, self.sft, self.sequential, self.progress, catalog)
+        trained = time.perf_counter() - started if fresh else 0.0
         self.engine = engine = IntentEngine(model_dir, cfg, self.settings.cache_dir)
         self.weights = cfg.merge_weights(engine.model.meta)
         self.behavioural = ItemKNN()

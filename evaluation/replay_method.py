@@ -2,13 +2,18 @@
 → Feast/Redis), and what Redis serves at the end of the train period is scored.
 
 It runs on fresh topics, a fresh consumer group and a fresh Redis/Feast namespace, with the
-same worker code and settings that serve users (only the names differ). With the sequential
-route on, its SASRec is trained on the split's train events (training/sequential.py
-`cached_model`: reused when the same events, validation cases and config trained one before,
-e.g. by the `sasrec` baseline of the same run) and served by the workers. `replay2` runs two
-workers on the group (static members), which must serve what one worker serves (the shared
-item model, features/item_model.py). With `wait_intent` it
-also waits for the intent route to drain before scoring. With `feedback` the first half of the
+same worker code and settings that serve users (only the names differ). Every model it serves
+is trained on the split's train events only, never taken from the cache's serving model (which
+may have learned another dataset, or this one's test events): with the sequential route on, its
+SASRec (training/sequential.py `cached_model`: reused when the same events, validation cases and
+config trained one before, e.g. by the `sasrec` baseline of the same run), served by the
+workers; with the intent route on, the intent model (evaluation/intent_method.py
+`split_intent_model`, the `intent` method's rule and cache), served by a reasoner beside them,
+and the replay waits for the intent route to drain before scoring. `stats` names the models
+that served (`sequential_model`, `intent_model`). `intent_model` overrides the intent model
+(`bench loop`'s trained candidate). `replay2` runs two workers on the group (static members),
+which must serve what one worker serves (the shared item model, features/item_model.py). With
+`wait_intent` it also waits for the intent route to drain before scoring. With `feedback` the first half of the
 train events is replayed, the intent route drained, and the second half replayed with simulated
 feedback (offline/replay.py `FeedbackSimulator`), which the worker logs under this run's feedback
 topic (`self.settings.feedback_dir`): what the periodic trainer then learns from.
@@ -19,12 +24,14 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 
 
 from contracts.keys import RedisKeys
 from contracts.recs import FallbackReason
 from contracts.settings import Settings
 from contracts.topics import worker_topics
+from evaluation.intent_method import split_intent_model
 from features.redis_client import connect, delete_matching
 from infra.worker_process import ReasonerProcess, WorkerProcess
 from offline.datasets import Dataset
@@ -34,13 +41,17 @@ from reasoning.registry import served_model_dir
 from stream.metrics import intent_backlog
 from stream.producer import EventProducer, delete_topics, ensure_topics
 from stream.reader import RecommendationReader
+from training.sft import SFTConfig
 
 
 class ReplayMethod:
     name = "replay"
 
     def __init__(self, settings: Settings, timeout_s: float = 1800, wait_intent: bool = False,
-                 feedback: bool = False, workers: int = 1) -> None:
+                 feedback: bool = False, workers: int = 1, *, dataset: Dataset | None = None,
+                 intent_model: Path | None = None, sft: SFTConfig | None = None, progress=None) -> None:
+        """`dataset` (its items' text) is what the intent model is trained from when the intent
+        route is on and no `intent_model` is given; `sft` its training config (default SFTConfig())."""
         run = uuid.uuid4().hex[:8]
         self.prefix = f"eval-{run}:"
         self.settings = settings.isolated(f"intentstream.eval.{run}", key_prefix=self.prefix)
@@ -48,16 +59,39 @@ class ReplayMethod:
         self.wait_intent = wait_intent or feedback
         self.feedback = feedback
         self.workers = workers
+        self.dataset = dataset
+        self.intent_model = intent_model
+        self.sft = sft or SFTConfig()
+        self.progress = progress
         self.stats: dict = {}
 
-    def fit(self, split: Split, catalog: Sequence[str]) -> None:
-        if self.settings.sequential.enabled:  # the sequential route as deployed, trained on this split's train part
+    def _models(self, split: Split) -> None:
+        """Point the settings at models trained on `split`'s train events (module docstring)."""
+        s = self.settings
+        if s.intent.enabled and self.intent_model is None and self.dataset is None:
+            raise ValueError("the replay method trains the intent model it serves on the split's train events: "
+                             "give it the dataset (or an intent_model, or turn the intent route off)")
+        sequential_dir = None
+        if s.sequential.enabled:  # the sequential route as deployed, trained on this split's train part
             from training.sequential import cached_model
 
-            model_dir = cached_model(split.train, self.settings.cache_dir, split.validation or None, label="replay")
-            self.settings = self.settings.model_copy(update={"sequential": self.settings.sequential.model_copy(
-                update={"model_dir": model_dir})})
-            self.stats["sequential_model"] = model_dir.name
+            sequential_dir = cached_model(split.train, s.cache_dir, split.validation or None, label="replay",
+                                          progress=self.progress)
+            s = s.model_copy(update={"sequential": s.sequential.model_copy(update={"model_dir": sequential_dir})})
+            self.stats["sequential_model"] = sequential_dir.name
+        if s.intent.enabled:
+            intent_dir = self.intent_model
+            if intent_dir is None:  # as the `intent` method trains it: against the sequential route's fusion
+                from reasoning.sequential import SequentialRoute
+
+                route = SequentialRoute(sequential_dir) if sequential_dir else None
+                intent_dir, _ = split_intent_model(s, self.dataset, split, self.sft, route, self.progress)
+            s = s.model_copy(update={"intent": s.intent.model_copy(update={"model_dir": intent_dir})})
+            self.stats["intent_model"] = intent_dir.name
+        self.settings = s
+
+    def fit(self, split: Split, catalog: Sequence[str]) -> None:
+        self._models(split)
         s = self.settings
         k = s.kafka
         ensure_topics(k, [k.events_topic, k.dead_letter_topic, k.feedback_topic, k.intent_topic])
@@ -66,6 +100,7 @@ class ReplayMethod:
         # With an intent model the system reasons as deployed: a reasoner beside the workers.
         if served_model_dir(s) is not None:
             workers.append(ReasonerProcess(s, s.state_dir / "logs" / f"{s.worker.app_id}-reasoner.log"))
+            self.wait_intent = True  # score what the system serves once reasoning has caught up
         for w in workers:
             w.start()
         worker = workers[0]  # metrics are shared by the group: any member reads them all

@@ -3,6 +3,10 @@ Redis serves is scored like any offline method (same protocol, same users)."""
 
 from __future__ import annotations
 
+import json
+
+import pytest
+
 from evaluation.harness import evaluate
 from offline import datasets
 
@@ -19,3 +23,41 @@ def test_replay_method_scores_what_the_pipeline_serves(scoped, data_dir):
     # by trigger timing and the stream's popularity window, not by an order of magnitude.
     assert replay["all"]["recall@20"] > methods["popularity"]["all"]["recall@20"]
     assert replay["all"]["recall@20"] >= 0.5 * methods["itemknn"]["all"]["recall@20"] > 0
+
+
+def test_replay_serves_an_intent_model_trained_on_the_split_alone(scoped, data_dir):
+    """With the intent route on, the replay method is the deployed system evaluated as deployed:
+    it trains the intent model on the split's train events (never the model the cache serves,
+    which may have learned another dataset or these test events), serves it with a reasoner
+    beside the worker, scores once reasoning has drained, and names the model; the same split
+    and config reuse it. Without the dataset to train from it refuses before starting anything."""
+    from evaluation.intent_method import split_intent_model
+    from evaluation.replay_method import ReplayMethod
+    from offline.splits import make_split
+    from reasoning.intent_model import LMConfig
+    from training.sft import SFTConfig
+
+    data = datasets.load("rees46", data_dir).head(2500)
+    split = make_split(data.events, "global-time")
+    ids = data.items.item_id.astype(str).tolist()
+    # The cache's serving model must not be what serves: point intent.model_dir at nothing.
+    settings = scoped.model_copy(update={"intent": scoped.intent.model_copy(update={
+        "enabled": True, "model_dir": scoped.state_dir / "no-model-here"})})
+    sft = SFTConfig(lm=LMConfig(hidden=48, layers=2, heads=2, intermediate=96, vocab_size=600),
+                    lm_steps=100, adaptor_steps=10, episodes_per_user=2, batch_size=16, intent_weight_users=100)
+    with pytest.raises(ValueError, match="give it the dataset"):
+        ReplayMethod(settings, sft=sft).fit(split, ids)
+
+    method = ReplayMethod(settings, timeout_s=600, dataset=data, sft=sft)
+    method.fit(split, ids)
+    try:
+        model_dir, trained_now = split_intent_model(method.settings, data, split, sft)
+        assert not trained_now and method.stats["intent_model"] == model_dir.name  # reused, and named
+        meta = json.loads((model_dir / "intent.json").read_text())
+        # It learned from this split's train events alone (less each held-out user's last one).
+        assert meta["holdout"]["learn_events"] + meta["holdout"]["users"] == len(split.train)
+        assert method.stats["intent_handled"] > 0 and not method.stats.get("intent_errors")
+        served = [method.reader.get_recommendations(method.prefix + c.user_id) for c in split.cases]
+        assert sum(1 for r in served if r and r.model_version.endswith(f"+{meta['version']}")) > 0
+    finally:
+        method.close()
