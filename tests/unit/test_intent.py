@@ -304,3 +304,52 @@ def test_sft_fits_the_intent_weight_on_users_whose_last_event_it_never_learned(t
     # It learned from the fixture's 4,000 events minus one per held-out user.
     assert meta["holdout"]["learn_events"] == 4000 - meta["holdout"]["users"]
     assert meta["holdout"]["users"] >= validation["users"]
+
+
+def test_sft_loss_reads_the_answer_tokens_only_and_equals_the_models_own_loss(engine) -> None:
+    """training/sft.py `_batch_loss` runs the LM head only where an answer token is predicted; its
+    loss is the model's own `labels=` loss on the same right-padded batch (answers and contexts
+    of different lengths)."""
+    import torch
+
+    from training.sft import Example, _batch_loss
+
+    model = engine.model
+    batch = [Example(model.ids("electronics smartphone shopper"), model.ids(" tags:"),
+                     model.ids("acme smartphone") + [model.end_id], None),
+             Example(model.ids("kitchen"), model.ids(" plan personas for this user:"),
+                     model.ids("cold fridge; zed phone; acme") + [model.end_id], None)]
+    seqs = [e.context + e.suffix + e.answer for e in batch]
+    embeds, mask, positions = model.inputs(seqs, [None, None], pad_left=False)
+    labels = torch.full(mask.shape, -100, dtype=torch.long)
+    for b, e in enumerate(batch):
+        start = len(e.context) + len(e.suffix)
+        labels[b, start: start + len(e.answer)] = torch.tensor(e.answer)
+    with torch.no_grad():
+        expected = model.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, labels=labels).loss
+        got = _batch_loss(model, batch)
+    assert torch.allclose(got, expected, atol=1e-5), (float(got), float(expected))
+
+
+def test_sft_backward_in_chunks_of_similar_length_gives_the_batchs_gradient(engine) -> None:
+    """training/sft.py `_backward`: a batch cut into length-sorted chunks, each padded to its own
+    longest, accumulates the gradient of the whole batch's mean answer loss."""
+    import copy
+
+    import torch
+
+    from training.sft import Example, _backward, _batch_loss
+
+    model = copy.deepcopy(engine.model)
+    words = ["acme smartphone", "cold fridge", "zed phone case", "kitchen", "electronics tv and sound"]
+    batch = [Example(model.ids(" ".join(words[: 1 + i % 5]) * (1 + i)), model.ids(" tags:"),
+                     model.ids(words[i % 5]) + [model.end_id], None) for i in range(7)]
+    params = [p for p in model.lm.parameters()]
+    model.lm.zero_grad(set_to_none=True)
+    _batch_loss(model, batch).backward()
+    whole = [p.grad.clone() for p in params]
+    model.lm.zero_grad(set_to_none=True)
+    loss = _backward(model, batch, chunk=3)
+    assert abs(loss - float(_batch_loss(model, batch))) < 1e-5
+    for p, g in zip(params, whole):
+        assert torch.allclose(p.grad, g, atol=1e-6), "chunked gradient differs"
