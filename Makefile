@@ -36,6 +36,7 @@ bench: setup
 	$(BIN)/intentstream eval --dataset rees46 --json --out benchmarks/results/eval-rees46.json > /dev/null
 	$(BIN)/intentstream bench intent --dataset taobao --out benchmarks/results/intent-taobao.json > /dev/null
 	$(BIN)/intentstream bench intent --dataset rees46 --out benchmarks/results/intent-rees46.json > /dev/null
+	$(BIN)/python -m benchmarks.sft_step --out benchmarks/results/sft-step.json > /dev/null
 	$(BIN)/intentstream bench rl --dataset rees46 --out benchmarks/results/rl-rees46.json > /dev/null
 	$(BIN)/intentstream bench loop --dataset rees46 --out benchmarks/results/loop-rees46.json > /dev/null
 	$(BIN)/intentstream bench reasoner --dataset rees46 --out benchmarks/results/reasoner-rees46.json > /dev/null

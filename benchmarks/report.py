@@ -393,6 +393,22 @@ def _rl_section(result: dict) -> list[str]:
     return lines
 
 
+def _sft_step_section(result: dict) -> list[str]:
+    lines = ["## SFT: one stage-1 step before and after", "",
+             f"Command: `{result['command']}` (commit `{result['commit']}`, {result['torch_threads']} torch thread). "
+             "The same batches of full-text examples, forward and backward, timed three ways: `labels` the "
+             "model's own loss over every position of the right-padded batch (before), `answer_only` the LM head "
+             "at the answer positions only, `chunked` that loss in length-sorted chunks (what trains; same "
+             "gradient, unit test). Median seconds per step.", "",
+             "| dataset | tokens per example p50 / p90 / max | labels s | answer_only s | chunked s | speed-up |",
+             "|---|---|---|---|---|---|"]
+    for r in result["results"]:
+        m = r["median_step_s"]
+        lines.append(f"| {r['dataset']} | {' / '.join(str(n) for n in r['tokens_per_example_p50_p90_max'])} | "
+                     f"{m['labels']} | {m['answer_only']} | {m['chunked']} | {r['speedup_vs_labels']['chunked']}x |")
+    return lines + [""]
+
+
 def _loop_section(result: dict) -> list[str]:
     t = result["trainer"]
     before = result["before"]
@@ -646,6 +662,9 @@ def render() -> Path:
         result = _load(f"explanations-{name}-smollm2.json")
         if result:
             lines += _explanations_section(result)
+    sft_step = _load("sft-step.json")
+    if sft_step:
+        lines += _sft_step_section(sft_step)
     for name in ("rees46", "taobao"):
         for variant in (f"rl-{name}.json", f"rl-{name}-fresh.json"):
             result = _load(variant)

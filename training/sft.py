@@ -15,7 +15,8 @@
    afterwards (the saved model is a plain Llama: serving, `transformers serve` and vLLM need no
    peft), so the pretrained weights move little on a small log. A step's batch is run in
    length-sorted chunks, the LM head at the answer positions only (`_backward`: the batch's
-   gradient; stage-1 steps 3.3x faster on Beauty's long titles, benchmarks/sft_step.py).
+   gradient; a stage-1 step 3.1x faster on Beauty's long titles, 2.1x on REES46, 1.3x on Taobao:
+   benchmarks/sft_step.py).
 5. Stage 2: the adaptor learns to put item atoms where the text was, the LM frozen (hybrid
    context), on the same episodes.
 6. The merge weights of the recent and behavioural routes, fitted on a held-out tail of the
@@ -139,8 +140,8 @@ def _answer_nll(model: IntentModel, batch: list[Example]) -> torch.Tensor:
     """Summed cross-entropy of the batch's answer tokens, the LM head run only at the positions
     that predict one (the position before each answer token). The model's own `labels=` path
     computes the logits of every position of the right-padded batch and their softmax: on Beauty
-    (contexts of long titles, 244 / 509 / 636 tokens p50 / p90 / max, answers a few dozen) that is
-    32 x 636 x 4,096 floats a step for a loss that reads a tenth of them."""
+    (full-text contexts of long titles, 209 / 479 / 1,376 tokens p50 / p90 / max, answers a few
+    dozen) that is 32 x ~600 x 4,096 floats a step for a loss that reads a tenth of them."""
     seqs = [e.context + e.suffix + e.answer for e in batch]
     embeds, mask, positions = model.inputs(seqs, [e.atoms for e in batch], pad_left=False)
     rows, cols, targets = [], [], []
