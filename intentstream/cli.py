@@ -365,7 +365,9 @@ def eval_(
     split: str = typer.Option("global-time", help="global-time, per-user-last or leave-one-out"),
     k: str = typer.Option("10,20", help="Cut-offs, comma-separated (leave-one-out adds 5 and 10)"),
     methods: str = typer.Option("", help="Methods to run, comma-separated (default: popularity, popularity_global, "
-                                         "recent_history, itemknn, sasrec, replay, oracle, random); also: intent "
+                                         "recent_history, itemknn, sasrec, replay (the system; trains the "
+                                         "models it serves on the split, the intent model too when the intent "
+                                         "route is on), oracle, random); also: intent "
                                          "(trains the intent model), intent_served (the same, served context "
                                          "mode only), replay2 (the replay method with two workers "
                                          "on one group)"),
