@@ -13,10 +13,10 @@ and the replay waits for the intent route to drain before scoring. `stats` names
 that served (`sequential_model`, `intent_model`). `intent_model` overrides the intent model
 (`bench loop`'s trained candidate). `replay2` runs two workers on the group (static members),
 which must serve what one worker serves (the shared item model, features/item_model.py). With
-`wait_intent` it also waits for the intent route to drain before scoring. With `feedback` the first half of the
-train events is replayed, the intent route drained, and the second half replayed with simulated
-feedback (offline/replay.py `FeedbackSimulator`), which the worker logs under this run's feedback
-topic (`self.settings.feedback_dir`): what the periodic trainer then learns from.
+`feedback` the first half of the train events is replayed, the intent route drained, and the
+second half replayed with simulated feedback (offline/replay.py `FeedbackSimulator`), which the
+worker logs under this run's feedback topic (`self.settings.feedback_dir`): what the periodic
+trainer then learns from.
 """
 
 from __future__ import annotations
