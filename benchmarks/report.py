@@ -558,8 +558,9 @@ def _beauty_section(result: dict, replay: dict | None = None, intent: dict | Non
                       + f". Intent route alone R@20 {st.get('intent_route_alone_recall@20_all', 0):.4f}; exclusive "
                       f"recall {100 * st.get('exclusive_recall', 0):.1f}% ({ex.get('intent_only', 0)} of "
                       f"{ex.get('hits', 0)} hits in the top 20 found by the intent route alone); explanation diversity "
-                      f"{expl.get('diversity_1_minus_rouge_l', 0):.3f}, faithful "
-                      f"{100 * (expl.get('faithful_share') or 0):.1f}%."]
+                      f"{expl.get('diversity_1_minus_rouge_l', 0):.3f} (served explanations: each passed the "
+                      f"faithfulness gate, which passed {100 * (expl.get('faithful_share') or 0):.1f}% of those "
+                      "written)."]
     sasrec = result["methods"].get("sasrec")
     if sasrec and sasrec.get("log"):
         log = sasrec["log"]
