@@ -312,6 +312,7 @@ def test_sft_loss_reads_the_answer_tokens_only_and_equals_the_models_own_loss(en
     of different lengths)."""
     import torch
 
+    from benchmarks.sft_step import _labels_loss  # the loss as SFT computed it before
     from training.sft import Example, _batch_loss
 
     model = engine.model
@@ -319,14 +320,8 @@ def test_sft_loss_reads_the_answer_tokens_only_and_equals_the_models_own_loss(en
                      model.ids("acme smartphone") + [model.end_id], None),
              Example(model.ids("kitchen"), model.ids(" plan personas for this user:"),
                      model.ids("cold fridge; zed phone; acme") + [model.end_id], None)]
-    seqs = [e.context + e.suffix + e.answer for e in batch]
-    embeds, mask, positions = model.inputs(seqs, [None, None], pad_left=False)
-    labels = torch.full(mask.shape, -100, dtype=torch.long)
-    for b, e in enumerate(batch):
-        start = len(e.context) + len(e.suffix)
-        labels[b, start: start + len(e.answer)] = torch.tensor(e.answer)
     with torch.no_grad():
-        expected = model.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, labels=labels).loss
+        expected = _labels_loss(model, batch)
         got = _batch_loss(model, batch)
     assert torch.allclose(got, expected, atol=1e-5), (float(got), float(expected))
 
