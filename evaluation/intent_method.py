@@ -51,10 +51,11 @@ def split_intent_model(settings, dataset: Dataset, split: Split, sft: SFTConfig,
     method and `bench loop` get the model they evaluate, so none serves a model that learned from
     another dataset or from test events."""
     catalog = catalog or Catalog.from_frames(dataset.items, dataset.events)
-    # format 2: SFT holds out each user's last train event and fits the intent weight on them
-    # (against the sequential model named here, when one serves).
+    # format 3: SFT holds out what the sequential model holds out (the split's validation cases,
+    # else each user's last train event) and fits the intent weight on them (against the
+    # sequential model named here, when one serves).
     key = json.dumps({"catalog": catalog.version, "split": split.protocol, "train": len(split.train),
-                      "sft": asdict(sft), "format": 2, "sequential": sequential.version if sequential else None},
+                      "sft": asdict(sft), "format": 3, "sequential": sequential.version if sequential else None},
                      sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     model_dir = settings.cache_dir / "models" / f"eval-{dataset.name}-{split.name}-{digest}"
@@ -63,7 +64,7 @@ def split_intent_model(settings, dataset: Dataset, split: Split, sft: SFTConfig,
             progress(f"intent model {model_dir.name} reused (trained on this split's train events)")
         return model_dir, False
     train_sft(split.train, catalog, model_dir, settings.cache_dir, sft, version=f"eval-{model_dir.name}",
-              progress=progress, intent=settings.intent, sequential=sequential)
+              progress=progress, intent=settings.intent, sequential=sequential, validation=split.validation or None)
     return model_dir, True
 
 

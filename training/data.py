@@ -10,13 +10,35 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
 
 from features.catalog import Catalog
+from offline.splits import UserCase, leave_one_out
 from reasoning.context import UserContext, build_context
 from reasoning.tags import TagVocabulary
+
+
+def holdout(train: pd.DataFrame, validation: Sequence[UserCase] | None) -> tuple[pd.DataFrame, list[UserCase]]:
+    """(the events to learn from, the held-out cases) of every model trained beside another: the
+    split's own validation cases (leave-one-out: each user's second-to-last item) with all of
+    `train`, else each user's last event of `train` held out (users with 3+ events). The
+    sequential model and the intent model cut the same one, so a weight fitted on it scores
+    items neither model learned.
+
+    >>> log = pd.DataFrame({"user_id": list("aaab"), "item_id": list("xyzx"), "type": ["view"] * 4, "ts": [1, 2, 3, 4]})
+    >>> learn, cases = holdout(log, None)
+    >>> learn.item_id.tolist(), [(c.user_id, c.history, sorted(c.targets)) for c in cases]
+    (['x', 'y', 'x'], [('a', ['x', 'y'], ['z'])])
+    >>> holdout(log, cases)[0] is log
+    True
+    """
+    if validation:
+        return train, list(validation)
+    inner = leave_one_out(train, min_events=3)
+    return inner.inputs, inner.cases
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ last 10% of the train span, fits the behavioural model on the rest, and picks th
 maximises mean Recall@20 of the `all` and `new` lists on the held-out users.
 
 The intent route's weight needs users whose next event the intent model never learned from:
-SFT holds out each user's last train event (training/sft.py step 0) and `fit_intent_weight`
+SFT holds them out (training/sft.py step 0) and `fit_intent_weight`
 scores the served merge on those users (steps in its docstring). `route_lists` and
 `served_merge` build the lists as the worker and the reasoner do; the evaluation scores through
 them too (evaluation/intent_method.py), so the fit and the figures rank the same lists.
@@ -154,8 +154,7 @@ def fit_intent_weight(engine, learn: pd.DataFrame, cases: Sequence[UserCase], we
        setting's fallback serves, contracts/settings.py `IntentSettings.weight_intent`).
     2. The behavioural model (item-kNN, the worker's model code) fitted on `learn`; each user's
        lists as the worker builds them (`route_lists`; with `sequential`, its served fusion, whose
-       model must not have learned the cases either: training/sequential.py cuts the same
-       per-user holdout).
+       model must not have learned the cases either: both models cut training/data.py `holdout`).
     3. The pipeline (reasoning/pipeline.py `reason`) in the engine's batches; with `sequential`
        a tag's items are ranked for the user by it, as in serving.
     4. `pick_intent_weight` at the fitted recent and behavioural `weights`.

@@ -47,8 +47,9 @@ import pandas as pd
 
 from contracts.recs import rec_item
 from offline.metrics import ndcg_at
-from offline.splits import Split, UserCase, leave_one_out
+from offline.splits import Split, UserCase
 from reasoning.sequential import Fusion, SequentialShape, build_model, export, fuse, pad
+from training.data import holdout
 
 log = logging.getLogger(__name__)
 
@@ -144,15 +145,6 @@ def validation_ndcg(model, index: dict[str, int], items: np.ndarray, cases: Sequ
         top = logits.topk(k, dim=1).indices.numpy()
         values += [ndcg_at(items[row].tolist(), c.targets, k) for row, c in zip(top, chunk)]
     return float(np.mean(values))
-
-
-def holdout(train: pd.DataFrame, validation: Sequence[UserCase] | None) -> tuple[pd.DataFrame, list[UserCase]]:
-    """(the events to learn from, the validation cases): the given cases with all of `train`,
-    else each user's last event of `train` held out (users with 3+ events)."""
-    if validation:
-        return train, list(validation)
-    inner = leave_one_out(train, min_events=3)
-    return inner.inputs, inner.cases
 
 
 def train_sequential(train: pd.DataFrame, validation: Sequence[UserCase] | None = None,

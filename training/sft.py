@@ -1,8 +1,10 @@
 """Supervised fine-tuning of the intent model, top to bottom (`intentstream train --sft`).
 
-0. Holdout: each user with 3+ train events holds out the last one (offline/splits.py
-   `leave_one_out`); the model learns from the rest (steps 2-5), and step 7 fits the intent
-   route's merge weight on those users, whose next event it never saw.
+0. Holdout (training/data.py `holdout`, the sequential model's too): the split's validation
+   cases when it has them (leave-one-out: each user's second-to-last item; the model learns from
+   all the train events), else each user with 3+ train events holds out the last one and the
+   model learns from the rest (steps 2-5); step 7 fits the intent route's merge weight on those
+   users, whose next event neither it nor the sequential model learned.
 1. Atoms: item vectors for the catalog (MiniLM through ONNX when items have text, learned
    category vectors otherwise), cached per catalog version.
 2. Tag vocabulary and personas from the catalog and the train events.
@@ -32,7 +34,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,12 +45,12 @@ import torch
 from contracts.settings import IntentSettings
 from features.catalog import Catalog
 from features.embedder import CategoryEmbedder, embedder_for, item_embeddings
-from offline.splits import leave_one_out
+from offline.splits import UserCase
 from reasoning.context import answer, messages, task_expert, task_plan, task_tags
 from reasoning.intent_model import AtomTable, IntentModel, LMConfig, train_tokenizer
 from reasoning.tags import TagVocabulary, build_vocabulary
 from training.backbone import BASES, smollm2_dir
-from training.data import Episode, episodes
+from training.data import Episode, episodes, holdout
 from training.merge_weights import fit_intent_weight, fit_merge_weights
 
 log = logging.getLogger(__name__)
@@ -211,10 +213,11 @@ def build_atoms(catalog: Catalog, events: pd.DataFrame, cache_dir: Path):
 def train_sft(train_events: pd.DataFrame, catalog: Catalog, out_dir: Path, cache_dir: Path,
               cfg: SFTConfig | None = None, version: str | None = None,
               progress: Callable[[str], None] | None = None, intent: IntentSettings | None = None,
-              sequential=None) -> IntentModel:
+              sequential=None, validation: Sequence[UserCase] | None = None) -> IntentModel:
     """The module docstring's steps. `intent`: the serving settings step 7 reasons with (batch
     size, K/M/N, mode); `sequential`: the reasoning/sequential.py `SequentialRoute` that will
-    serve beside the model, trained on the same train events (its per-user holdout is step 0's)."""
+    serve beside the model, trained on the same train events and `validation` (the split's
+    held-out cases, if it has them: step 0 holds out the same as the sequential model)."""
     cfg = cfg or SFTConfig()
     say = progress or log.info
     if cfg.threads:
@@ -222,9 +225,9 @@ def train_sft(train_events: pd.DataFrame, catalog: Catalog, out_dir: Path, cache
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
     # 0. Holdout.
-    held = leave_one_out(train_events, min_events=3)
-    learn, held_out = held.inputs, held.cases
-    say(f"holdout: {len(held_out)} users' last event (the intent weight's fit), {len(learn)} events to learn from")
+    learn, held_out = holdout(train_events, validation)
+    say(f"holdout: {len(held_out)} users' {'validation item' if validation else 'last event'} (the intent weight's "
+        f"fit), {len(learn)} events to learn from")
     embedder, atoms = build_atoms(catalog, train_events, cache_dir)
     say(f"atoms: {len(atoms.row)} items x {atoms.dim} ({embedder.name})")
     vocab, tag_vectors = build_vocabulary(catalog, learn, tag_embedder(catalog, embedder), cfg.max_tags)

@@ -348,3 +348,27 @@ def test_sft_backward_in_chunks_of_similar_length_gives_the_batchs_gradient(engi
     assert abs(loss - float(_batch_loss(model, batch))) < 1e-5
     for p, g in zip(params, whole):
         assert torch.allclose(p.grad, g, atol=1e-6), "chunked gradient differs"
+
+
+def test_sft_on_a_leave_one_out_split_fits_the_intent_weight_on_its_validation_items(base_settings, data_dir,
+                                                                                    tmp_path) -> None:
+    """Under leave-one-out the sequential model learns every train event and stops on the
+    split's validation items; the intent weight must be fitted on those too, not on each user's
+    last train event, which that model learned (its fusion would look perfect there)."""
+    from features.catalog import Catalog
+    from offline import datasets
+    from offline.splits import leave_one_out
+    from reasoning.intent_model import LMConfig
+    from training.sft import SFTConfig, train_sft
+
+    data = datasets.load("rees46", data_dir).head(6000)
+    split = leave_one_out(data.events)
+    assert len(split.validation) >= 50
+    cfg = SFTConfig(lm=LMConfig(hidden=32, layers=1, heads=2, intermediate=64, vocab_size=400),
+                    lm_steps=5, adaptor_steps=2, episodes_per_user=2, batch_size=8, intent_weight_users=60)
+    train_sft(split.train, Catalog.from_frames(data.items, data.events), tmp_path, base_settings.cache_dir, cfg,
+              validation=split.validation)
+    meta = json.loads((tmp_path / "intent.json").read_text())
+    # It learned from every train event and held out the split's validation users, the weight's fit among them.
+    assert meta["holdout"] == {"users": len(split.validation), "learn_events": len(split.train)}
+    assert meta["merge"]["intent_validation"]["users"] == 60
