@@ -87,6 +87,48 @@ def _scale_plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+ITEM_STEPS = {"mixture": "mixture: the tags' relevance x the sequential model's softmax within each tag",
+              "round_robin": "round robin: each tag's trail, then the sequential model's ranking, tags interleaved",
+              "popularity_within_tags": "round robin with each tag's items by popularity (no sequential model)"}
+
+
+def _route_alone_table(st: dict, served: str) -> list[str]:
+    """The intent route alone (R@20 all / new of its own list) under each item step the run
+    scored: the served one (`intent_route_alone_*`) and the variants (`intent_route_alone_<step>_*`)."""
+    lines = ["| item step | R@20 all | R@20 new |", "|---|---|---|"]
+    for step, text in ITEM_STEPS.items():
+        key = "intent_route_alone" + ("" if step == served else f"_{step}")
+        if f"{key}_recall@20_all" in st:
+            lines.append(f"| {text}{' (served)' if step == served else ''} | {st[f'{key}_recall@20_all']:.3f} | "
+                         f"{st.get(f'{key}_recall@20_new', 0):.3f} |")
+    return lines
+
+
+def _item_step_section(results: list[dict]) -> list[str]:
+    """The item steps on held-out train users (benchmarks/item_step.py): how the default was chosen."""
+    lines = ["## The intent route's item step, chosen on held-out train users", "",
+             "`python -m benchmarks.item_step --dataset D --split S`: the users the intent weight is fitted on "
+             "(a sample of the split's train part held out: leave-one-out's validation items, else each user's "
+             "last train event; no test case), the same model and tags, each item step of "
+             "reasoning/retrieval.py. Route alone: Recall@20 of the intent route's own list; exclusive: its "
+             "top-20 hits in neither the recent nor the behavioural (sequential fusion) top 20; weight: what "
+             "the intent-weight fit would choose with that step (NDCG@20 at 0 and at the chosen weight).", "",
+             "| dataset (cases) | item step | route alone R@20 all / new | route top-20 hits (in no other top 20) | "
+             "fitted intent weight | NDCG@20 all / new at 0 | s | commit |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        for step, f in r["steps"].items():
+            at0 = f["grid"].get("0.0", {})
+            new = f.get("intent_route_alone_recall@20_new")
+            lines.append(
+                f"| {r['dataset']} ({r['users']} {r['cases']}) | {step}{' (default)' if step == r['served_default'] else ''} | "
+                f"{f['intent_route_alone_recall@20_all']:.3f} / {'-' if new is None else f'{new:.3f}'} | "
+                f"{f['intent_top20_hits']} ({f['intent_top20_hits_in_no_other_top20']}) | {f['weight_intent']} | "
+                f"{at0.get('ndcg@20_all', 0):.4f} / {at0.get('ndcg@20_new', 0):.4f} | {f['seconds']} | `{r['commit']}` |")
+    notes = [r["note"] for r in results if r.get("note")]
+    return lines + [""] + [n + "\n" for n in notes]
+
+
 def _backbone_section(result: dict) -> list[str]:
     """The ablation of the intent model's backbone (`bench intent --bases tiny,smollm2`)."""
     rows = [(name, r) for name, r in result["methods"].items() if name.startswith("intent")]
@@ -315,14 +357,9 @@ def _intent_section(result: dict) -> list[str]:
               f"Exclusive recall (hits in the merged top 20 found by the intent route's own top 20 and by neither the "
               f"recent nor the behavioural route's top 20): "
               f"{100 * st.get('exclusive_recall', 0):.2f}% ({st.get('exclusive_counts', {}).get('intent_only', 0)} of "
-              f"{st.get('exclusive_counts', {}).get('hits', 0)}); the intent route alone: R@20 all "
-              f"{st.get('intent_route_alone_recall@20_all', 0):.3f}"
-              + (f", new {st['intent_route_alone_recall@20_new']:.3f}" if "intent_route_alone_recall@20_new" in st else "")
-              + (f" (each tag's items ranked by popularity instead of the sequential model: all "
-                 f"{st['intent_route_alone_popularity_within_tags_recall@20_all']:.3f}, new "
-                 f"{st.get('intent_route_alone_popularity_within_tags_recall@20_new', 0):.3f}; sequential model "
-                 f"{st.get('sequential_model')})" if "intent_route_alone_popularity_within_tags_recall@20_all" in st
-                 else "") + ".", ""]
+              f"{st.get('exclusive_counts', {}).get('hits', 0)}); the intent route alone, by item step "
+              f"(reasoning/retrieval.py; the same tags; sequential model {st.get('sequential_model')}):", "",
+              *_route_alone_table(st, result.get("intent_settings", {}).get("item_step", "round_robin")), ""]
     ex = st["explanations"]
     if ex.get("diversity_1_minus_rouge_l") is not None:
         lines += [f"Explanations: diversity (1 − mean pairwise ROUGE-L among explanations of the same item, "
@@ -679,6 +716,9 @@ def render() -> Path:
         result = _load(f"intent-{name}.json")
         if result:
             lines += _intent_section(result)
+    steps = sorted(RESULTS.glob("item-step-*.json"))
+    if steps:
+        lines += _item_step_section([json.loads(path.read_text()) for path in steps])
     for name in ("rees46", "taobao", "beauty"):
         result = _load(f"intent-{name}-backbones.json")
         if result:

@@ -8,6 +8,7 @@ a group and its field, e.g. `INTENTSTREAM_KAFKA__PORT=9092` or `INTENTSTREAM_TRI
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
@@ -278,6 +279,16 @@ when the weight was a setting (at 1.0 its category-level picks displaced stronge
 items on REES46's test lists: benchmarks/REPORT.md)."""
 
 
+class ItemStep(StrEnum):
+    """How the intent route turns a user's final tags into items (reasoning/retrieval.py)."""
+
+    MIXTURE = "mixture"
+    """P(item) = sum over tags of P(tag) * P(item | tag, user): the arbiter's relevance, the
+    sequential model's softmax within the tag (round robin without a sequential model)."""
+    ROUND_ROBIN = "round_robin"
+    """Each tag's items (co-visitation trail, sequential ranking, popularity), tags interleaved."""
+
+
 class IntentSettings(BaseModel):
     """The intent route: LM reasoning (planner -> experts -> arbiter), retrieval and merge."""
 
@@ -317,6 +328,9 @@ class IntentSettings(BaseModel):
     """Weight of the arbiter's redundancy penalty (max cosine to a kept tag)."""
     items_per_tag: int = Field(default=8, ge=1)
     """Items retrieved per tag by category match (plus half as many by faiss for text catalogs)."""
+    item_step: ItemStep = ItemStep.MIXTURE
+    """How tags become items: mixture (the tags' relevance times the sequential model's ranking
+    within each tag) or round_robin (tags interleaved by rank); see reasoning/retrieval.py."""
     weight_recent: float | None = Field(default=None, ge=0)
     """Merge weight of the user's recent unbought items (reciprocal-rank fusion); unset: the
     weight fitted with the model on held-out train events (training/merge_weights.py)."""

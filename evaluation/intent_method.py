@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from contracts.recs import rec_item
+from contracts.settings import ItemStep
 from features.catalog import Catalog
 from offline.datasets import Dataset
 from offline.metrics import recall_at
@@ -46,16 +47,18 @@ def split_intent_model(settings, dataset: Dataset, split: Split, sft: SFTConfig,
                        catalog: Catalog | None = None) -> tuple[Path, bool]:
     """(the intent model trained by SFT on `split`'s train events only, whether this call trained
     it): reused from `<cache_dir>/models/eval-<dataset>-<split>-<key>` when the same catalog, split,
-    SFT config and sequential model (`sequential`, a SequentialRoute: the intent weight is fitted
-    against its fusion) trained one before. The one rule by which the `intent` methods, the replay
+    SFT config, sequential model (`sequential`, a SequentialRoute: the intent weight is fitted
+    against its fusion) and item step (`intent.item_step`: the weight is fitted on the items it
+    gives) trained one before. The one rule by which the `intent` methods, the replay
     method and `bench loop` get the model they evaluate, so none serves a model that learned from
     another dataset or from test events."""
     catalog = catalog or Catalog.from_frames(dataset.items, dataset.events)
     # format 3: SFT holds out what the sequential model holds out (the split's validation cases,
     # else each user's last train event) and fits the intent weight on them (against the
-    # sequential model named here, when one serves).
+    # sequential model named here, when one serves, with the item step that serves).
     key = json.dumps({"catalog": catalog.version, "split": split.protocol, "train": len(split.train),
-                      "sft": asdict(sft), "format": 3, "sequential": sequential.version if sequential else None},
+                      "sft": asdict(sft), "format": 3, "sequential": sequential.version if sequential else None,
+                      "item_step": settings.intent.item_step.value},
                      sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     model_dir = settings.cache_dir / "models" / f"eval-{dataset.name}-{split.name}-{digest}"
@@ -115,9 +118,11 @@ class IntentMethod:
             self.inputs[c.user_id] = IntentInput(c.user_id, recent, frozenset(c.bought),
                                                  {i: s for i, s, anchor in scored if anchor})
         self.results: dict[str, object] = {}
-        self.popular_items: dict[str, list[dict]] = {}
-        """The served mode's intent items with each tag's items ranked by popularity instead (the
-        retrieval step before the sequential model ranked them), for the before/after figure."""
+        self.variants: dict[str, dict[str, list[dict]]] = {}
+        """Per user, the served mode's intent items by other item steps from the same tags, for
+        the before/after figures: `_popularity_within_tags` (round robin, each tag's items by
+        popularity: before the sequential model ranked them) and the other of mixture and
+        round robin (reasoning/retrieval.py)."""
         n = 100
         per_mode: dict[str, dict] = {}
         for mode in (cfg.mode,) if self.served_only else ("hybrid", "text"):
@@ -132,11 +137,18 @@ class IntentMethod:
                                      personal=personal)
                 seconds += time.perf_counter() - t0
                 if mode == cfg.mode and personal is not None:
-                    plain = engine.retriever.retrieve([r.tags for r in results], popularity,
-                                                      [set(c.bought) for c in cases], n,
-                                                      [self.inputs[c.user_id].affinity for c in cases])
-                    for case, items in zip(cases, plain):
-                        self.popular_items[case.user_id] = [rec_item(i, sc, "intent", "", tag) for i, sc, tag in items]
+                    # The same tags through the other item steps, for the route-alone figures.
+                    args = ([r.tags for r in results], popularity, [set(c.bought) for c in cases], n,
+                            [self.inputs[c.user_id].affinity for c in cases])
+                    other = (ItemStep.ROUND_ROBIN if engine.retriever.item_step is ItemStep.MIXTURE
+                             else ItemStep.MIXTURE)
+                    for variant, items_of in (
+                            ("_popularity_within_tags", engine.retriever.retrieve(*args)),
+                            (f"_{other.value}", engine.retriever.retrieve(*args, personal, [r.relevance for r in results],
+                                                                          item_step=other))):
+                        for case, items in zip(cases, items_of):
+                            self.variants.setdefault(case.user_id, {})[variant] = [
+                                rec_item(i, sc, "intent", "", tag) for i, sc, tag in items]
                 tokens += st.tokens
                 context_tokens += st.context_tokens
                 candidates += st.candidates
@@ -230,9 +242,7 @@ class IntentMethod:
         ex["intent_only"] += sum(1 for i in hits if i not in others and i in found_by_intent)
         ex["intent_route_hits"] += sum(1 for e in intent[:K_EVAL] if e["item_id"] in case.targets)
         ex["users"] = ex.get("users", 0) + 1
-        variants = {"": intent}
-        if case.user_id in self.popular_items:
-            variants["_popularity_within_tags"] = self.popular_items[case.user_id]
+        variants = {"": intent, **self.variants.get(case.user_id, {})}
         for suffix, items in variants.items():  # the intent route alone, as the harness scores a method
             ids = [e["item_id"] for e in items]
             key = f"intent_route_alone{suffix}"

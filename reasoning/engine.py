@@ -62,7 +62,8 @@ class IntentEngine:
             index = ItemIndex(ids, self.atoms.vectors[[self.atoms.row[i] for i in ids]])
         self.index = index
         self.retriever = TagRetriever(self.model.vocab, self.catalog, self.tag_vectors, index,
-                                      per_tag=config.items_per_tag, ann_per_tag=config.items_per_tag // 2)
+                                      per_tag=config.items_per_tag, ann_per_tag=config.items_per_tag // 2,
+                                      item_step=config.item_step)
         self.explainer = Explainer(self.catalog, self.model.vocab.tags, self.model.vocab.personas)
         if config.backend == "local":
             self.backend = LocalBackend(self.model, self.atoms, self.catalog)

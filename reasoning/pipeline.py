@@ -42,6 +42,8 @@ class IntentResult:
     """The arbiter's final tags, best first."""
     items: list[dict]
     explanations_rejected: int = 0
+    relevance: list[float] = field(default_factory=list)
+    """The arbiter's relevance of each final tag (the weights of the mixture item step)."""
 
 
 @dataclass
@@ -138,7 +140,8 @@ def reason(engine, users: Sequence[IntentInput], popularity: Mapping[str, float]
     personas, proposals, final, session = propose(engine, contexts, mode, stats, lap)
     exclude = [set(u.bought) for u in users]
     retrieved = engine.retriever.retrieve([[t for t, _ in tags] for tags in final], popularity, exclude, k,
-                                          [u.affinity for u in users], personal)
+                                          [u.affinity for u in users], personal,
+                                          [[relevance for _, relevance in tags] for tags in final])
     lap("retrieval")
     results = []
     for user, ctx, names, lists, tags, items in zip(users, contexts, personas, proposals, final, retrieved):
@@ -154,7 +157,7 @@ def reason(engine, users: Sequence[IntentInput], popularity: Mapping[str, float]
                 continue  # never serve an explanation that cites what is not there
             entries.append(rec_item(item_id, score, "intent", text, tag))
         results.append(IntentResult(user.user_id, ctx, [{"persona": n, "tags": ts} for n, ts in zip(names, lists)],
-                                    [t for t, _ in tags], entries, rejected))
+                                    [t for t, _ in tags], entries, rejected, [r for _, r in tags]))
     lap("explanations")
     stats.explanations_rejected = sum(r.explanations_rejected for r in results)
     stats.tokens = session.tokens

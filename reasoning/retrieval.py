@@ -1,10 +1,18 @@
 """Tags -> items, and the merge of the routes into the final list.
 
-Each final tag retrieves the most popular items of its category match (the catalog items the
-tag maps to) and, for catalogs with text, its nearest items in the faiss index of item atoms
-(the tag's MiniLM vector against item vectors: a "smartwatch" tag finds items whose text is near
-it even under another category path). Tags are interleaved by rank, so the list covers every
-tag before it goes deep into one.
+A final tag's items are its category match (the catalog items the tag maps to) and, for catalogs
+with text, its nearest items in the faiss index of item atoms (the tag's MiniLM vector against
+item vectors: a "smartwatch" tag finds items whose text is near it even under another category
+path). Two item steps (`ItemStep`) turn a user's tags into one list:
+
+- `mixture` (with a sequential model): the intent route says *what kind* of item, the sequence
+  model *which one*. P(item) = sum over tags of P(tag) * P(item | tag, user): P(tag) the
+  arbiter's relevance of the tag normalised over the user's final tags, P(item | tag, user) the
+  sequential model's softmax over the tag's items it knows. A confident tag goes deep, an
+  unlikely one contributes its single best item or none.
+- `round_robin`: each tag's items (the user's co-visitation trail in it, then the sequential
+  model's ranking of the tag's items, then popularity), tags interleaved by rank, so the list
+  covers every tag before it goes deep into one (also the fallback without a sequential model).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from contracts.recs import RecsPayload, rec_item
+from contracts.settings import ItemStep
 from features.catalog import Catalog
 from reasoning.index import ItemIndex
 from reasoning.tags import TagVocabulary
@@ -60,9 +69,47 @@ class PersonalScores:
         return out
 
 
+def tag_mixture(logits: np.ndarray, tag_rows: Sequence[np.ndarray], tag_weights: Sequence[float],
+                excluded_rows: np.ndarray, k: int) -> list[tuple[int, float, int]]:
+    """Up to k (row, P(row), tag position) of the mixture, best first: P(row) = sum over tags j of
+    w_j / sum(w) * softmax(logits[tag_rows[j]])[row]; the tag position is the tag that gave the
+    row most. Rows in `excluded_rows` never appear; a tag with no rows gives nothing.
+
+    A sure tag goes deep; an unlikely tag brings only an item the model is sure of:
+    >>> logits = np.log(np.array([0.5, 0.3, 0.2, 0.9, 0.1]))
+    >>> tags = [np.array([0, 1, 2]), np.array([3, 4])]
+    >>> [(r, round(p, 3), j) for r, p, j in tag_mixture(logits, tags, [0.8, 0.2], np.array([], int), 4)]
+    [(0, 0.4, 0), (1, 0.24, 0), (3, 0.18, 1), (2, 0.16, 0)]
+    >>> [r for r, _, _ in tag_mixture(logits, tags, [0.8, 0.2], np.array([0]), 2)]  # row 0 bought
+    [1, 3]
+    """
+    total = float(sum(tag_weights))
+    if not total or k <= 0:
+        return []
+    score = np.zeros(len(logits))
+    best = np.zeros(len(logits))
+    best_tag = np.full(len(logits), -1)
+    for j, (rows, w) in enumerate(zip(tag_rows, tag_weights)):
+        if not len(rows) or w <= 0:
+            continue
+        z = logits[rows] - logits[rows].max()
+        p = np.exp(z)
+        c = (w / total) * p / p.sum()
+        score[rows] += c
+        better = c > best[rows]
+        best[rows[better]] = c[better]
+        best_tag[rows[better]] = j
+    score[excluded_rows] = 0.0
+    candidates = np.flatnonzero(score > 0)
+    top = candidates[np.argsort(-score[candidates], kind="stable")[:k]]
+    return [(int(r), float(score[r]), int(best_tag[r])) for r in top]
+
+
 class TagRetriever:
     def __init__(self, vocab: TagVocabulary, catalog: Catalog, tag_vectors: np.ndarray,
-                 index: ItemIndex | None, per_tag: int = 8, ann_per_tag: int = 4) -> None:
+                 index: ItemIndex | None, per_tag: int = 8, ann_per_tag: int = 4,
+                 item_step: ItemStep = ItemStep.MIXTURE) -> None:
+        self.item_step = ItemStep(item_step)
         self.vocab = vocab
         self.tag_items = vocab.items_of(catalog)
         self.tag_sets = [set(items) for items in self.tag_items]
@@ -74,14 +121,18 @@ class TagRetriever:
     def retrieve(self, ranked_tags: Sequence[Sequence[str]], popularity: Mapping[str, float],
                  exclude: Sequence[set[str]], k: int,
                  affinity: Sequence[Mapping[str, float]] | None = None,
-                 personal: PersonalScores | None = None) -> list[list[tuple[str, float, str]]]:
+                 personal: PersonalScores | None = None,
+                 tag_weights: Sequence[Sequence[float]] | None = None,
+                 item_step: ItemStep | None = None) -> list[list[tuple[str, float, str]]]:
         """Per user: up to k (item, score, tag), best first; items in `exclude[u]` never appear.
 
-        Within a tag, items the user's behaviour points at (`affinity[u]`: the behavioural
-        route's co-visitation scores) come first, then, with `personal`, the tag's items ranked by
-        the sequential model for this user (all of the tag's items, not only popular ones), then
-        the tag's most popular items: the intent route picks what kind of item, the user's own
-        trail and sequence pick which one."""
+        With `personal` and the `mixture` step (`item_step`, default the retriever's): `tag_mixture` of the user's tags weighted by
+        `tag_weights[u]` (the arbiter's relevance; equal without it) over the items the
+        sequential model knows, then, if that gives fewer than k, the round-robin list.
+        Round robin: within a tag, items the user's behaviour points at (`affinity[u]`: the
+        behavioural route's co-visitation scores) come first, then, with `personal`, the tag's
+        items ranked by the sequential model for this user (all of the tag's items, not only
+        popular ones), then the tag's most popular items."""
         wanted = {t for tags in ranked_tags for t in tags}
         top: dict[str, list[str]] = {}
         for tag in wanted:
@@ -92,8 +143,14 @@ class TagRetriever:
             order = sorted(wanted)
             found = self.index.search(self.tag_vectors[[self.vocab.index[t] for t in order]], self.ann_per_tag * 3)
             near = {t: [i for i, _ in hits] for t, hits in zip(order, found)}
+        mixed = None
+        if personal is not None and (item_step or self.item_step) is ItemStep.MIXTURE:
+            mixed = self._mixture(ranked_tags, exclude, k, personal, near, tag_weights)
         out = []
         for u, (tags, excluded) in enumerate(zip(ranked_tags, exclude)):
+            if mixed is not None and len(mixed[u]) >= k:
+                out.append(mixed[u])
+                continue
             near_user = affinity[u] if affinity is not None else {}
             lists = []
             for tag in tags:
@@ -116,7 +173,31 @@ class TagRetriever:
                         ranked.append((items[j], 1.0 / (1 + len(ranked)), tag))
                 if len(ranked) >= k:
                     break
+            if mixed is not None:  # the mixture first, the round robin after it
+                first = {i for i, _, _ in mixed[u]}
+                ranked = mixed[u] + [(i, 0.0, t) for i, _, t in ranked if i not in first]
             out.append(ranked[:k])
+        return out
+
+    def _mixture(self, ranked_tags, exclude, k, personal: PersonalScores, near: Mapping[str, list[str]],
+                 tag_weights) -> list[list[tuple[str, float, str]]]:
+        """`tag_mixture` per user: a tag's items are its category match and its faiss neighbours,
+        those the sequential model knows (rows of `personal.item_vectors`)."""
+        ids = [None] * len(personal.item_vectors)
+        for item, row in personal.row_of.items():
+            ids[row] = item
+        rows_of: dict[str, np.ndarray] = {}
+        out = []
+        for u, (tags, excluded) in enumerate(zip(ranked_tags, exclude)):
+            for tag in tags:
+                if tag not in rows_of:
+                    members = dict.fromkeys(self.tag_items[self.vocab.index[tag]] + near.get(tag, []))
+                    rows_of[tag] = np.asarray([personal.row_of[i] for i in members if i in personal.row_of], np.int64)
+            logits = personal.item_vectors @ personal.user_vectors[u]
+            weights = tag_weights[u] if tag_weights is not None else [1.0] * len(tags)
+            gone = np.asarray([personal.row_of[i] for i in excluded if i in personal.row_of], np.int64)
+            picks = tag_mixture(logits, [rows_of[t] for t in tags], weights, gone, k)
+            out.append([(ids[r], p, tags[j]) for r, p, j in picks])
         return out
 
 

@@ -1,0 +1,125 @@
+"""The intent route's item steps (reasoning/retrieval.py `ItemStep`) compared on held-out train
+users only, the figures `intent.item_step`'s default was chosen by, as one JSON object:
+
+    python -m benchmarks.item_step --dataset rees46 --out benchmarks/results/item-step-rees46.json
+    python -m benchmarks.item_step --dataset beauty --split leave-one-out --out ...
+
+The cases are the ones the intent weight is fitted on (training/data.py `holdout` of the split's
+train part: the leave-one-out split's validation items, else each user's last train event), a
+seeded sample of 600 as in `fit_intent_weight`, with the lists built as it builds them (the
+behavioural route fitted on the events before, the sequential route of the split). For each
+item step, from the same model: the intent route alone (Recall@20 of its own list, `all` and
+`new`), its top-20 hits that neither the recent nor the behavioural top 20 holds, and the intent
+weight `pick_intent_weight` would choose, with its grid. No test case is read.
+
+The model: `--model DIR`, else the split's intent model as the evaluation gets it
+(evaluation/intent_method.py `split_intent_model`, trained on the split's train part if the
+cache has none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.ingest import commit, machine
+
+USERS = 600
+K = 20
+
+
+def run(dataset: str, model_dir: Path | None = None, split_name: str = "global-time") -> dict:
+    from contracts.settings import ItemStep, Settings
+    from evaluation.intent_method import split_intent_model
+    from offline import datasets, metrics
+    from offline.methods import ItemKNN
+    from offline.splits import Split, make_split
+    from reasoning.engine import IntentEngine
+    from reasoning.pipeline import IntentInput, reason
+    from reasoning.sequential import SequentialRoute
+    from training.data import holdout, user_histories
+    from training.merge_weights import pick_intent_weight, route_lists
+    from training.sequential import cached_model
+    from training.sft import SFTConfig
+
+    started = time.perf_counter()
+    settings = Settings()
+    data = datasets.load(dataset, settings.data_dir)
+    split = make_split(data.events, split_name)
+    sequential = SequentialRoute(cached_model(split.train, settings.cache_dir, split.validation or None,
+                                              label="intent"))
+    given = model_dir
+    if model_dir is None:
+        model_dir, _ = split_intent_model(settings, data, split, SFTConfig(), sequential)
+    learn, cases = holdout(split.train, split.validation or None)
+    rng = np.random.default_rng(0)
+    sample = [cases[i] for i in sorted(rng.choice(len(cases), min(USERS, len(cases)), replace=False).tolist())]
+    knn = ItemKNN()
+    knn.fit(Split("holdout", learn, learn.iloc[:0], list(sample)), [])
+    histories = user_histories(learn)
+    recents = [list(reversed(histories.get(c.user_id, []))) for c in sample]
+    n = 100
+    lists = [route_lists(knn, sequential, c, r, n) for c, r in zip(sample, recents)]
+    popularity = knn.reasoner.model.popularity.scores
+    engine = IntentEngine(model_dir, settings.intent, settings.cache_dir)
+    merge = engine.model.meta["merge"]
+    steps = {}
+    for step in ItemStep:
+        engine.retriever.item_step = step
+        intents: list[list[dict]] = []
+        t0 = time.perf_counter()
+        for start in range(0, len(sample), settings.intent.batch_size):
+            batch = list(zip(sample, recents))[start:start + settings.intent.batch_size]
+            inputs = [IntentInput(c.user_id, r, frozenset(c.bought),
+                                  {i: s for i, s, anchor in knn.reasoner.score(r, c.bought, n) if anchor})
+                      for c, r in batch]
+            results, _ = reason(engine, inputs, popularity, n, personal=sequential.personal([c.history for c, _ in batch]))
+            intents += [r.items[:n] for r in results]
+        seconds = time.perf_counter() - t0
+        weight, grid = pick_intent_weight(sample, lists, intents, (merge["weight_recent"], merge["weight_behavioural"]))
+        alone_all, alone_new, only_intent, route_hits = [], [], 0, 0
+        for case, routes, items in zip(sample, lists, intents):
+            ids = [e["item_id"] for e in items]
+            alone_all.append(metrics.recall_at([i for i in ids if i not in case.bought], case.targets, K))
+            if case.new_targets:
+                alone_new.append(metrics.recall_at([i for i in ids if i not in case.seen], case.new_targets, K))
+            others = {e["item_id"] for e in routes.recent[:K]} | {e["item_id"] for e in routes.behavioural[:K]}
+            found = [i for i in ids[:K] if i in case.targets]
+            route_hits += len(found)
+            only_intent += sum(1 for i in found if i not in others)
+        steps[step.value] = {
+            f"intent_route_alone_recall@{K}_all": float(np.mean(alone_all)),
+            f"intent_route_alone_recall@{K}_new": float(np.mean(alone_new)) if alone_new else None,
+            f"intent_top{K}_hits": route_hits, f"intent_top{K}_hits_in_no_other_top{K}": only_intent,
+            "weight_intent": weight, "grid": grid, "seconds": round(seconds, 1)}
+    return {
+        "command": f"python -m benchmarks.item_step --dataset {dataset} --split {split_name}"
+                   + (f" --model {given}" if given else ""),
+        "machine": machine(), "commit": commit(), "dataset": data.name, "split": split_name,
+        "cases": "validation items" if split.validation else "each user's last train event",
+        "users": len(sample), "users_new": sum(1 for c in sample if c.new_targets), "model": engine.version,
+        "sequential_model": sequential.version, "served_default": ItemStep(settings.intent.item_step).value,
+        "steps": steps, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="rees46")
+    parser.add_argument("--model", type=Path, default=None, help="an intent model directory (default: the split's)")
+    parser.add_argument("--split", default="global-time", help="global-time, per-user-last or leave-one-out")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    result = run(args.dataset, args.model, args.split)
+    text = json.dumps(result, indent=2)
+    if args.out:
+        args.out.write_text(text + "\n")
+    sys.stdout.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
