@@ -36,6 +36,8 @@ bench: setup
 	$(BIN)/intentstream eval --dataset rees46 --json --out benchmarks/results/eval-rees46.json > /dev/null
 	$(BIN)/intentstream bench intent --dataset taobao --out benchmarks/results/intent-taobao.json > /dev/null
 	$(BIN)/intentstream bench intent --dataset rees46 --out benchmarks/results/intent-rees46.json > /dev/null
+	$(BIN)/python -m benchmarks.item_step --dataset taobao --out benchmarks/results/item-step-taobao.json > /dev/null
+	$(BIN)/python -m benchmarks.item_step --dataset rees46 --out benchmarks/results/item-step-rees46.json > /dev/null
 	$(BIN)/python -m benchmarks.sft_step --out benchmarks/results/sft-step.json > /dev/null
 	$(BIN)/intentstream bench rl --dataset rees46 --out benchmarks/results/rl-rees46.json > /dev/null
 	$(BIN)/intentstream bench loop --dataset rees46 --out benchmarks/results/loop-rees46.json > /dev/null
@@ -53,6 +55,7 @@ bench-beauty: setup
 	$(BIN)/intentstream up
 	$(BIN)/intentstream eval --dataset beauty --split leave-one-out --methods popularity,popularity_global,recent_history,itemknn,sasrec,oracle,random --json --out benchmarks/results/eval-beauty-loo.json > /dev/null
 	$(BIN)/intentstream eval --dataset beauty --split leave-one-out --methods intent_served --json --out benchmarks/results/eval-beauty-loo-intent.json > /dev/null
+	$(BIN)/python -m benchmarks.item_step --dataset beauty --split leave-one-out --out benchmarks/results/item-step-beauty.json > /dev/null
 	INTENTSTREAM_INTENT__ENABLED=false $(BIN)/intentstream eval --dataset beauty --split leave-one-out --methods replay --json --out benchmarks/results/eval-beauty-loo-replay.json > /dev/null
 	$(BIN)/python -m benchmarks.report
 

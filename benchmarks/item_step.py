@@ -9,8 +9,10 @@ train part: the leave-one-out split's validation items, else each user's last tr
 seeded sample of 600 as in `fit_intent_weight`, with the lists built as it builds them (the
 behavioural route fitted on the events before, the sequential route of the split). For each
 item step, from the same model: the intent route alone (Recall@20 of its own list, `all` and
-`new`), its top-20 hits that neither the recent nor the behavioural top 20 holds, and the intent
-weight `pick_intent_weight` would choose, with its grid. No test case is read.
+`new`), its top-20 hits that none of the recent, co-visitation and sequential routes' own top 20
+holds (and their share of the hits any of the four top 20s holds: exclusive recall at the
+routes, evaluation/intent_method.py), and the intent weight `pick_intent_weight` would choose,
+with its grid. No test case is read.
 
 The model: `--model DIR`, else the split's intent model as the evaluation gets it
 (evaluation/intent_method.py `split_intent_model`, trained on the split's train part if the
@@ -65,6 +67,13 @@ def run(dataset: str, model_dir: Path | None = None, split_name: str = "global-t
     recents = [list(reversed(histories.get(c.user_id, []))) for c in sample]
     n = 100
     lists = [route_lists(knn, sequential, c, r, n) for c, r in zip(sample, recents)]
+    # The other channels' own top K (recent, co-visitation, sequential), for exclusive recall at the routes.
+    others = []
+    for case, recent, routes in zip(sample, recents, lists):
+        found = {e["item_id"] for e in routes.recent[:K]}
+        found |= {i for i, _, _ in knn.reasoner.score(recent, case.bought, K)}
+        found |= {e["item_id"] for e in sequential.route_items([case.history], [set(case.bought)], K)[0]}
+        others.append(found - set(case.bought))
     popularity = knn.reasoner.model.popularity.scores
     engine = IntentEngine(model_dir, settings.intent, settings.cache_dir)
     merge = engine.model.meta["merge"]
@@ -82,20 +91,21 @@ def run(dataset: str, model_dir: Path | None = None, split_name: str = "global-t
             intents += [r.items[:n] for r in results]
         seconds = time.perf_counter() - t0
         weight, grid = pick_intent_weight(sample, lists, intents, (merge["weight_recent"], merge["weight_behavioural"]))
-        alone_all, alone_new, only_intent, route_hits = [], [], 0, 0
-        for case, routes, items in zip(sample, lists, intents):
+        alone_all, alone_new, only_intent, route_hits, any_hits = [], [], 0, 0, 0
+        for case, routes, items, channels in zip(sample, lists, intents, others):
             ids = [e["item_id"] for e in items]
             alone_all.append(metrics.recall_at([i for i in ids if i not in case.bought], case.targets, K))
             if case.new_targets:
                 alone_new.append(metrics.recall_at([i for i in ids if i not in case.seen], case.new_targets, K))
-            others = {e["item_id"] for e in routes.recent[:K]} | {e["item_id"] for e in routes.behavioural[:K]}
-            found = [i for i in ids[:K] if i in case.targets]
+            found = {i for i in ids[:K] if i in case.targets}
             route_hits += len(found)
-            only_intent += sum(1 for i in found if i not in others)
+            only_intent += len(found - channels)
+            any_hits += len((found | channels) & case.targets)
         steps[step.value] = {
             f"intent_route_alone_recall@{K}_all": float(np.mean(alone_all)),
             f"intent_route_alone_recall@{K}_new": float(np.mean(alone_new)) if alone_new else None,
             f"intent_top{K}_hits": route_hits, f"intent_top{K}_hits_in_no_other_top{K}": only_intent,
+            f"routes_top{K}_hits": any_hits, "exclusive_recall_routes": only_intent / any_hits if any_hits else 0.0,
             "weight_intent": weight, "grid": grid, "seconds": round(seconds, 1)}
     return {
         "command": f"python -m benchmarks.item_step --dataset {dataset} --split {split_name}"

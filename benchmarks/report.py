@@ -110,12 +110,13 @@ def _item_step_section(results: list[dict]) -> list[str]:
              "`python -m benchmarks.item_step --dataset D --split S`: the users the intent weight is fitted on "
              "(a sample of the split's train part held out: leave-one-out's validation items, else each user's "
              "last train event; no test case), the same model and tags, each item step of "
-             "reasoning/retrieval.py. Route alone: Recall@20 of the intent route's own list; exclusive: its "
-             "top-20 hits in neither the recent nor the behavioural (sequential fusion) top 20; weight: what "
-             "the intent-weight fit would choose with that step (NDCG@20 at 0 and at the chosen weight).", "",
+             "reasoning/retrieval.py. Route alone: Recall@20 of the intent route's own list; its top-20 hits, "
+             "and in brackets those in none of the recent, co-visitation and sequential routes' own top 20; "
+             "exclusive recall at the routes: those over the hits of the four top 20s together; weight: what "
+             "the intent-weight fit would choose with that step (the served merge's NDCG@20 at weight 0).", "",
              "| dataset (cases) | item step | route alone R@20 all / new | route top-20 hits (in no other top 20) | "
-             "fitted intent weight | NDCG@20 all / new at 0 | s | commit |",
-             "|---|---|---|---|---|---|---|---|"]
+             "exclusive recall at the routes | fitted intent weight | NDCG@20 all / new at 0 | s | commit |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         for step, f in r["steps"].items():
             at0 = f["grid"].get("0.0", {})
@@ -123,7 +124,8 @@ def _item_step_section(results: list[dict]) -> list[str]:
             lines.append(
                 f"| {r['dataset']} ({r['users']} {r['cases']}) | {step}{' (default)' if step == r['served_default'] else ''} | "
                 f"{f['intent_route_alone_recall@20_all']:.3f} / {'-' if new is None else f'{new:.3f}'} | "
-                f"{f['intent_top20_hits']} ({f['intent_top20_hits_in_no_other_top20']}) | {f['weight_intent']} | "
+                f"{f['intent_top20_hits']} ({f['intent_top20_hits_in_no_other_top20']}) | "
+                f"{100 * f.get('exclusive_recall_routes', 0):.1f}% | {f['weight_intent']} | "
                 f"{at0.get('ndcg@20_all', 0):.4f} / {at0.get('ndcg@20_new', 0):.4f} | {f['seconds']} | `{r['commit']}` |")
     notes = [r["note"] for r in results if r.get("note")]
     return lines + [""] + [n + "\n" for n in notes]
@@ -357,7 +359,12 @@ def _intent_section(result: dict) -> list[str]:
               f"Exclusive recall (hits in the merged top 20 found by the intent route's own top 20 and by neither the "
               f"recent nor the behavioural route's top 20): "
               f"{100 * st.get('exclusive_recall', 0):.2f}% ({st.get('exclusive_counts', {}).get('intent_only', 0)} of "
-              f"{st.get('exclusive_counts', {}).get('hits', 0)}); the intent route alone, by item step "
+              f"{st.get('exclusive_counts', {}).get('hits', 0)})"
+              + (f"; at the routes, before the merge (targets in the intent route's top 20 and in none of the "
+                 f"recent, co-visitation and sequential routes' own top 20, over the targets any of them holds): "
+                 f"{100 * st['exclusive_recall_routes']:.2f}% ({st['exclusive_counts']['routes_intent_only']} of "
+                 f"{st['exclusive_counts']['routes_hits']})" if "exclusive_recall_routes" in st else "")
+              + "; the intent route alone, by item step "
               f"(reasoning/retrieval.py; the same tags; sequential model {st.get('sequential_model')}):", "",
               *_route_alone_table(st, result.get("intent_settings", {}).get("item_step", "round_robin")), ""]
     ex = st["explanations"]
@@ -597,7 +604,7 @@ def _beauty_section(result: dict, replay: dict | None = None, intent: dict | Non
                       f"{ex.get('hits', 0)} hits in the top 20 found by the intent route alone); explanation diversity "
                       f"{expl.get('diversity_1_minus_rouge_l', 0):.3f} (served explanations: each passed the "
                       f"faithfulness gate, which passed {100 * (expl.get('faithful_share') or 0):.1f}% of those "
-                      "written)."]
+                      "written)." + (f" {intent['note']}" if intent.get("note") else "")]
     sasrec = result["methods"].get("sasrec")
     if sasrec and sasrec.get("log"):
         log = sasrec["log"]

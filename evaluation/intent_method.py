@@ -8,9 +8,13 @@ behavioural route and the intent route merged by reciprocal-rank fusion, the wor
 
 `stats` reports what issue 4 asks for: category HR@30 of the arbiter's tags (hybrid vs text),
 tokens per refresh, latency, duplication (hierarchy vs multi-route), exclusive recall of the
-intent route (hits in the merged top 20 that the intent route's own top 20 holds and neither the
-recent nor the behavioural route's top 20 does), explanation diversity and the faithfulness pass
-rate.
+intent route, explanation diversity and the faithfulness pass rate. Exclusive recall, two ways:
+`exclusive_recall`, of the served list (hits in the merged top 20 that the intent route's own
+top 20 holds and neither the recent nor the behavioural route's top 20 does, over the merged top
+20's hits: 0 when the fitted intent weight is 0) and `exclusive_recall_routes`, at the routes
+before the merge (targets in the intent route's top 20 and in none of the recent, co-visitation
+and sequential routes' own top 20, over the targets any of those top 20s holds: the paper's
+"recalled only by the LLM channel").
 """
 
 from __future__ import annotations
@@ -241,6 +245,16 @@ class IntentMethod:
         found_by_intent = {e["item_id"] for e in intent[:K_EVAL]}
         ex["intent_only"] += sum(1 for i in hits if i not in others and i in found_by_intent)
         ex["intent_route_hits"] += sum(1 for e in intent[:K_EVAL] if e["item_id"] in case.targets)
+        # At the routes, before any merge (the paper's channels): each channel's own top K, the
+        # recent, co-visitation and sequential routes apart rather than the fused behavioural list.
+        recent_ids = self.inputs[case.user_id].recent
+        channels = {e["item_id"] for e in recent[:K_EVAL]}
+        channels |= {i for i, _, _ in self.behavioural.reasoner.score(recent_ids, case.bought, K_EVAL)}
+        if self.sequential is not None:
+            channels |= {e["item_id"] for e in self.sequential.route_items([case.history], [set(case.bought)], K_EVAL)[0]}
+        routes_found = (channels | found_by_intent) - set(case.bought)
+        ex["routes_hits"] = ex.get("routes_hits", 0) + len(routes_found & case.targets)
+        ex["routes_intent_only"] = ex.get("routes_intent_only", 0) + len((found_by_intent - channels) & case.targets)
         ex["users"] = ex.get("users", 0) + 1
         variants = {"": intent, **self.variants.get(case.user_id, {})}
         for suffix, items in variants.items():  # the intent route alone, as the harness scores a method
@@ -256,6 +270,7 @@ class IntentMethod:
             if ex.get("users_new"):
                 self.stats[f"{key}_recall@20_new"] = ex.get(f"{key}_new", 0.0) / ex["users_new"]
         self.stats["exclusive_recall"] = ex["intent_only"] / ex["hits"] if ex["hits"] else 0.0
+        self.stats["exclusive_recall_routes"] = ex["routes_intent_only"] / ex["routes_hits"] if ex["routes_hits"] else 0.0
         self.stats["exclusive_counts"] = dict(ex)
         self.stats["sequential_model"] = self.sequential.version if self.sequential else None
         return ranked

@@ -116,3 +116,35 @@ def test_the_intent_rows_differ_only_in_backbone_and_what_else_they_reason_about
         "intent_smollm2": ("intent_smollm2", True, "smollm2")}
     # The served row is the same model: its cache key does not name the row.
     assert built["intent"].sft == built["intent_served"].sft
+
+
+def test_exclusive_recall_counts_at_the_served_list_and_at_the_routes():
+    """Served: hits in the merged top 20 that only the intent route's top 20 holds. At the
+    routes: targets in the intent route's top 20 and in no other route's own top 20, over the
+    targets any route's top 20 holds (before the merge, whatever the intent weight)."""
+    from contracts.recs import rec_item
+    from evaluation.intent_method import IntentMethod
+    from offline.methods import ItemKNN
+    from offline.splits import Split, UserCase
+    from reasoning.pipeline import IntentInput, IntentResult
+
+    train = pd.DataFrame({"user_id": ["x", "x", "y", "y"], "item_id": ["a", "b", "a", "c"],
+                          "type": ["view"] * 4, "ts": [1, 2, 3, 4], "category": ["k"] * 4})
+    # u's target t: only the intent route has it; v's target b: co-visitation (a -> b) has it too.
+    cases = [UserCase("u", ["a"], {"a"}, set(), {"t"}, {"t"}), UserCase("v", ["a"], {"a"}, set(), {"b"}, {"b"})]
+    method = IntentMethod.__new__(IntentMethod)
+    method.behavioural = ItemKNN()
+    method.behavioural.fit(Split("toy", train, train.iloc[:0], cases), ["a", "b", "c", "t"])
+    method.sequential, method.variants, method.stats = None, {}, {}
+    method._exclusive = {"hits": 0, "intent_only": 0, "intent_route_hits": 0}
+    method.inputs = {c.user_id: IntentInput(c.user_id, [["a", "view", 10]], frozenset()) for c in cases}
+    method.results = {c.user_id: IntentResult(c.user_id, None, [], ["tag"], [rec_item(t, 1.0, "intent", "", "tag")])
+                      for c, t in zip(cases, ("t", "b"))}
+    for weights, served in (((1.0, 1.0, 1.0), 0.5), ((1.0, 1.0, 0.0), None)):
+        method.weights, method._exclusive, method.stats = weights, {"hits": 0, "intent_only": 0, "intent_route_hits": 0}, {}
+        ranked = [method.rank(c, 20) for c in cases]
+        assert "b" in ranked[1]
+        assert method.stats["exclusive_recall_routes"] == 0.5  # t of {t, b}: the same at any weight
+        assert method.stats["exclusive_counts"]["routes_hits"] == 2
+        if served is not None:
+            assert method.stats["exclusive_recall"] == served  # t and b in the merged top 20, t only by intent
