@@ -87,7 +87,8 @@ def _scale_plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-ITEM_STEPS = {"mixture": "mixture: the tags' relevance x the sequential model's softmax within each tag",
+ITEM_STEPS = {"product": "product: the sequential model's probability x the relevance of the item's tags",
+              "mixture": "mixture: the tags' relevance x the sequential model's softmax within each tag",
               "round_robin": "round robin: each tag's trail, then the sequential model's ranking, tags interleaved",
               "popularity_within_tags": "round robin with each tag's items by popularity (no sequential model)"}
 

@@ -285,6 +285,9 @@ class ItemStep(StrEnum):
     MIXTURE = "mixture"
     """P(item) = sum over tags of P(tag) * P(item | tag, user): the arbiter's relevance, the
     sequential model's softmax within the tag (round robin without a sequential model)."""
+    PRODUCT = "product"
+    """score(item) = the sequential model's probability of the item (over the whole catalog) times
+    the summed relevance of the user's tags that hold it (round robin without a sequential model)."""
     ROUND_ROBIN = "round_robin"
     """Each tag's items (co-visitation trail, sequential ranking, popularity), tags interleaved."""
 
@@ -328,9 +331,10 @@ class IntentSettings(BaseModel):
     """Weight of the arbiter's redundancy penalty (max cosine to a kept tag)."""
     items_per_tag: int = Field(default=8, ge=1)
     """Items retrieved per tag by category match (plus half as many by faiss for text catalogs)."""
-    item_step: ItemStep = ItemStep.MIXTURE
-    """How tags become items: mixture (the tags' relevance times the sequential model's ranking
-    within each tag) or round_robin (tags interleaved by rank); see reasoning/retrieval.py."""
+    item_step: ItemStep = ItemStep.PRODUCT
+    """How tags become items: product (the sequential model's probability of the item times its
+    tags' relevance), mixture (the tags' relevance times that model's softmax within each tag) or
+    round_robin (tags interleaved by rank); see reasoning/retrieval.py."""
     weight_recent: float | None = Field(default=None, ge=0)
     """Merge weight of the user's recent unbought items (reciprocal-rank fusion); unset: the
     weight fitted with the model on held-out train events (training/merge_weights.py)."""

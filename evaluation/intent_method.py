@@ -125,8 +125,8 @@ class IntentMethod:
         self.variants: dict[str, dict[str, list[dict]]] = {}
         """Per user, the served mode's intent items by other item steps from the same tags, for
         the before/after figures: `_popularity_within_tags` (round robin, each tag's items by
-        popularity: before the sequential model ranked them) and the other of mixture and
-        round robin (reasoning/retrieval.py)."""
+        popularity: before the sequential model ranked them) and each item step that does not
+        serve (reasoning/retrieval.py)."""
         n = 100
         per_mode: dict[str, dict] = {}
         for mode in (cfg.mode,) if self.served_only else ("hybrid", "text"):
@@ -144,12 +144,11 @@ class IntentMethod:
                     # The same tags through the other item steps, for the route-alone figures.
                     args = ([r.tags for r in results], popularity, [set(c.bought) for c in cases], n,
                             [self.inputs[c.user_id].affinity for c in cases])
-                    other = (ItemStep.ROUND_ROBIN if engine.retriever.item_step is ItemStep.MIXTURE
-                             else ItemStep.MIXTURE)
-                    for variant, items_of in (
-                            ("_popularity_within_tags", engine.retriever.retrieve(*args)),
-                            (f"_{other.value}", engine.retriever.retrieve(*args, personal, [r.relevance for r in results],
-                                                                          item_step=other))):
+                    others = [("_popularity_within_tags", engine.retriever.retrieve(*args))]
+                    others += [(f"_{step.value}", engine.retriever.retrieve(*args, personal, [r.relevance for r in results],
+                                                                            item_step=step))
+                               for step in ItemStep if step is not engine.retriever.item_step]
+                    for variant, items_of in others:
                         for case, items in zip(cases, items_of):
                             self.variants.setdefault(case.user_id, {})[variant] = [
                                 rec_item(i, sc, "intent", "", tag) for i, sc, tag in items]

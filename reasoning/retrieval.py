@@ -3,13 +3,17 @@
 A final tag's items are its category match (the catalog items the tag maps to) and, for catalogs
 with text, its nearest items in the faiss index of item atoms (the tag's MiniLM vector against
 item vectors: a "smartwatch" tag finds items whose text is near it even under another category
-path). Two item steps (`ItemStep`) turn a user's tags into one list:
+path). Three item steps (`ItemStep`) turn a user's tags into one list:
 
-- `mixture` (with a sequential model): the intent route says *what kind* of item, the sequence
-  model *which one*. P(item) = sum over tags of P(tag) * P(item | tag, user): P(tag) the
-  arbiter's relevance of the tag normalised over the user's final tags, P(item | tag, user) the
-  sequential model's softmax over the tag's items it knows. A confident tag goes deep, an
-  unlikely one contributes its single best item or none.
+- `product` (with a sequential model; the default): the intent route says *what kind* of item,
+  the sequence model *which one*: score(item) = P_seq(item | user) * sum of P(tag) over the
+  user's final tags that hold the item, P_seq the sequential model's softmax over the whole
+  catalog, P(tag) the arbiter's relevance of the tag normalised over the user's final tags.
+  The model's confidence carries across tags; items in none of the tags are not served.
+- `mixture` (with a sequential model): P(item) = sum over tags of P(tag) * P(item | tag, user),
+  P(item | tag, user) the sequential model's softmax over the tag's items it knows. A confident
+  tag goes deep, an unlikely one contributes its single best item; but a small tag's items get
+  a high share for being few.
 - `round_robin`: each tag's items (the user's co-visitation trail in it, then the sequential
   model's ranking of the tag's items, then popularity), tags interleaved by rank, so the list
   covers every tag before it goes deep into one (also the fallback without a sequential model).
@@ -70,18 +74,28 @@ class PersonalScores:
 
 
 def tag_mixture(logits: np.ndarray, tag_rows: Sequence[np.ndarray], tag_weights: Sequence[float],
-                excluded_rows: np.ndarray, k: int) -> list[tuple[int, float, int]]:
-    """Up to k (row, P(row), tag position) of the mixture, best first: P(row) = sum over tags j of
-    w_j / sum(w) * softmax(logits[tag_rows[j]])[row]; the tag position is the tag that gave the
+                excluded_rows: np.ndarray, k: int, within_tag: bool = True) -> list[tuple[int, float, int]]:
+    """Up to k (row, score, tag position), best first. `within_tag` (the `mixture` step): score =
+    sum over tags j of w_j / sum(w) * softmax(logits[tag_rows[j]])[row]; else (the `product`
+    step): softmax(logits)[row] * sum over the tags j holding the row of w_j / sum(w), the model's
+    own probability of the item, weighted by its tags. The tag position is the tag that gave the
     row most. Rows in `excluded_rows` never appear; a tag with no rows gives nothing.
 
-    A sure tag goes deep; an unlikely tag brings only an item the model is sure of:
+    The mixture goes deep into a sure tag; an unlikely tag brings only an item the model is sure
+    of within it:
     >>> logits = np.log(np.array([0.5, 0.3, 0.2, 0.9, 0.1]))
     >>> tags = [np.array([0, 1, 2]), np.array([3, 4])]
     >>> [(r, round(p, 3), j) for r, p, j in tag_mixture(logits, tags, [0.8, 0.2], np.array([], int), 4)]
     [(0, 0.4, 0), (1, 0.24, 0), (3, 0.18, 1), (2, 0.16, 0)]
     >>> [r for r, _, _ in tag_mixture(logits, tags, [0.8, 0.2], np.array([0]), 2)]  # row 0 bought
     [1, 3]
+
+    The product keeps the model's confidence across tags (a small tag's items are not lifted by
+    being few); with equal weights it is the model's ranking of the tags' items:
+    >>> [(r, round(p, 3), j) for r, p, j in tag_mixture(logits, tags, [0.8, 0.2], np.array([], int), 3, False)]
+    [(0, 0.2, 0), (1, 0.12, 0), (3, 0.09, 1)]
+    >>> [r for r, _, _ in tag_mixture(logits, tags, [1.0, 1.0], np.array([], int), 5, False)]
+    [3, 0, 1, 2, 4]
     """
     total = float(sum(tag_weights))
     if not total or k <= 0:
@@ -89,12 +103,17 @@ def tag_mixture(logits: np.ndarray, tag_rows: Sequence[np.ndarray], tag_weights:
     score = np.zeros(len(logits))
     best = np.zeros(len(logits))
     best_tag = np.full(len(logits), -1)
+    if not within_tag:
+        everywhere = np.exp(logits - logits.max())
+        everywhere /= everywhere.sum()
     for j, (rows, w) in enumerate(zip(tag_rows, tag_weights)):
         if not len(rows) or w <= 0:
             continue
-        z = logits[rows] - logits[rows].max()
-        p = np.exp(z)
-        c = (w / total) * p / p.sum()
+        if within_tag:
+            p = np.exp(logits[rows] - logits[rows].max())
+            c = (w / total) * p / p.sum()
+        else:
+            c = (w / total) * everywhere[rows]
         score[rows] += c
         better = c > best[rows]
         best[rows[better]] = c[better]
@@ -108,7 +127,7 @@ def tag_mixture(logits: np.ndarray, tag_rows: Sequence[np.ndarray], tag_weights:
 class TagRetriever:
     def __init__(self, vocab: TagVocabulary, catalog: Catalog, tag_vectors: np.ndarray,
                  index: ItemIndex | None, per_tag: int = 8, ann_per_tag: int = 4,
-                 item_step: ItemStep = ItemStep.MIXTURE) -> None:
+                 item_step: ItemStep = ItemStep.PRODUCT) -> None:
         self.item_step = ItemStep(item_step)
         self.vocab = vocab
         self.tag_items = vocab.items_of(catalog)
@@ -126,9 +145,10 @@ class TagRetriever:
                  item_step: ItemStep | None = None) -> list[list[tuple[str, float, str]]]:
         """Per user: up to k (item, score, tag), best first; items in `exclude[u]` never appear.
 
-        With `personal` and the `mixture` step (`item_step`, default the retriever's): `tag_mixture` of the user's tags weighted by
-        `tag_weights[u]` (the arbiter's relevance; equal without it) over the items the
-        sequential model knows, then, if that gives fewer than k, the round-robin list.
+        With `personal` and the `product` or `mixture` step (`item_step`, default the
+        retriever's): `tag_mixture` of the user's tags weighted by `tag_weights[u]` (the
+        arbiter's relevance; equal without it) over the items the sequential model knows, then,
+        if that gives fewer than k, the round-robin list.
         Round robin: within a tag, items the user's behaviour points at (`affinity[u]`: the
         behavioural route's co-visitation scores) come first, then, with `personal`, the tag's
         items ranked by the sequential model for this user (all of the tag's items, not only
@@ -144,8 +164,9 @@ class TagRetriever:
             found = self.index.search(self.tag_vectors[[self.vocab.index[t] for t in order]], self.ann_per_tag * 3)
             near = {t: [i for i, _ in hits] for t, hits in zip(order, found)}
         mixed = None
-        if personal is not None and (item_step or self.item_step) is ItemStep.MIXTURE:
-            mixed = self._mixture(ranked_tags, exclude, k, personal, near, tag_weights)
+        step = item_step or self.item_step
+        if personal is not None and step in (ItemStep.MIXTURE, ItemStep.PRODUCT):
+            mixed = self._mixture(ranked_tags, exclude, k, personal, near, tag_weights, step is ItemStep.MIXTURE)
         out = []
         for u, (tags, excluded) in enumerate(zip(ranked_tags, exclude)):
             if mixed is not None and len(mixed[u]) >= k:
@@ -180,7 +201,7 @@ class TagRetriever:
         return out
 
     def _mixture(self, ranked_tags, exclude, k, personal: PersonalScores, near: Mapping[str, list[str]],
-                 tag_weights) -> list[list[tuple[str, float, str]]]:
+                 tag_weights, within_tag: bool) -> list[list[tuple[str, float, str]]]:
         """`tag_mixture` per user: a tag's items are its category match and its faiss neighbours,
         those the sequential model knows (rows of `personal.item_vectors`)."""
         ids = [None] * len(personal.item_vectors)
@@ -196,7 +217,7 @@ class TagRetriever:
             logits = personal.item_vectors @ personal.user_vectors[u]
             weights = tag_weights[u] if tag_weights is not None else [1.0] * len(tags)
             gone = np.asarray([personal.row_of[i] for i in excluded if i in personal.row_of], np.int64)
-            picks = tag_mixture(logits, [rows_of[t] for t in tags], weights, gone, k)
+            picks = tag_mixture(logits, [rows_of[t] for t in tags], weights, gone, k, within_tag)
             out.append([(ids[r], p, tags[j]) for r, p, j in picks])
         return out
 

@@ -36,8 +36,7 @@ def test_a_tags_items_follow_the_user_not_global_popularity():
 
 def test_the_mixture_goes_deep_into_the_sure_tag_and_names_each_items_tag():
     catalog, vocab = shoes_and_bags()
-    retriever = TagRetriever(vocab, catalog, np.zeros((2, 2)), None, per_tag=3)
-    assert retriever.item_step is ItemStep.MIXTURE  # the default
+    retriever = TagRetriever(vocab, catalog, np.zeros((2, 2)), None, per_tag=3, item_step=ItemStep.MIXTURE)
     ids = [f"s{n}" for n in range(1, 7)] + ["b1", "b2"]  # b3: an item the sequential model never saw
     rows = {i: r for r, i in enumerate(ids)}
     logits = np.log([0.05, 0.05, 0.1, 0.1, 0.2, 0.5, 0.7, 0.3])
@@ -53,3 +52,25 @@ def test_the_mixture_goes_deep_into_the_sure_tag_and_names_each_items_tag():
     # without a sequential model the round robin serves
     [plain] = retriever.retrieve([["bags"]], popularity, [set()], 2)
     assert [i for i, _, _ in plain] == ["b3", "b1"]
+
+
+def test_the_product_keeps_the_models_confidence_across_tags():
+    catalog, vocab = shoes_and_bags()
+    retriever = TagRetriever(vocab, catalog, np.zeros((2, 2)), None, per_tag=3)
+    assert retriever.item_step is ItemStep.PRODUCT  # the default
+    ids = [f"s{n}" for n in range(1, 7)] + ["b1", "b2"]
+    rows = {i: r for r, i in enumerate(ids)}
+    # The model: s6 0.4, b1 0.2, s5 0.15, b2 0.1, the other shoes 0.05 / 0.05 / 0.025 / 0.025.
+    probs = np.array([0.025, 0.025, 0.05, 0.05, 0.15, 0.4, 0.2, 0.1])
+    personal = PersonalScores(np.array([[1.0]]), np.log(probs)[:, None], rows)
+    # Equal relevance: the model's own order within the tags' items (bags would win the
+    # mixture: two items share a whole tag's mass there).
+    [ranked] = retriever.retrieve([["shoes", "bags"]], {}, [set()], 4, None, personal, [[1.0, 1.0]])
+    assert [i for i, _, _ in ranked] == ["s6", "b1", "s5", "b2"]
+    assert np.allclose([p for _, p, _ in ranked], [0.2, 0.1, 0.075, 0.05])
+    [mixed] = retriever.retrieve([["shoes", "bags"]], {}, [set()], 2, None, personal, [[1.0, 1.0]],
+                                 item_step=ItemStep.MIXTURE)
+    assert [i for i, _, _ in mixed] == ["b1", "s6"]
+    # Relevance moves a tag's items up: shoes at a quarter of the weight, s5 falls behind b2.
+    [ranked] = retriever.retrieve([["shoes", "bags"]], {}, [{"b1"}], 3, None, personal, [[0.25, 0.75]])
+    assert [(i, tag) for i, _, tag in ranked] == [("s6", "shoes"), ("b2", "bags"), ("s5", "shoes")]
