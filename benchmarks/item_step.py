@@ -39,13 +39,11 @@ def run(dataset: str, model_dir: Path | None = None, split_name: str = "global-t
     from contracts.settings import ItemStep, Settings
     from evaluation.intent_method import split_intent_model
     from offline import datasets, metrics
-    from offline.methods import ItemKNN
-    from offline.splits import Split, make_split
+    from offline.splits import make_split
     from reasoning.engine import IntentEngine
-    from reasoning.pipeline import IntentInput, reason
     from reasoning.sequential import SequentialRoute
-    from training.data import holdout, user_histories
-    from training.merge_weights import pick_intent_weight, route_lists
+    from training.data import holdout
+    from training.merge_weights import held_out, intent_lists, other_routes_top, pick_intent_weight
     from training.sequential import cached_model
     from training.sft import SFTConfig
 
@@ -59,40 +57,20 @@ def run(dataset: str, model_dir: Path | None = None, split_name: str = "global-t
     if model_dir is None:
         model_dir, _ = split_intent_model(settings, data, split, SFTConfig(), sequential)
     learn, cases = holdout(split.train, split.validation or None)
-    rng = np.random.default_rng(0)
-    sample = [cases[i] for i in sorted(rng.choice(len(cases), min(USERS, len(cases)), replace=False).tolist())]
-    knn = ItemKNN()
-    knn.fit(Split("holdout", learn, learn.iloc[:0], list(sample)), [])
-    histories = user_histories(learn)
-    recents = [list(reversed(histories.get(c.user_id, []))) for c in sample]
-    n = 100
-    lists = [route_lists(knn, sequential, c, r, n) for c, r in zip(sample, recents)]
-    # The other channels' own top K (recent, co-visitation, sequential), for exclusive recall at the routes.
-    others = []
-    for case, recent, routes in zip(sample, recents, lists):
-        found = {e["item_id"] for e in routes.recent[:K]}
-        found |= {i for i, _, _ in knn.reasoner.score(recent, case.bought, K)}
-        found |= {e["item_id"] for e in sequential.route_items([case.history], [set(case.bought)], K)[0]}
-        others.append(found - set(case.bought))
-    popularity = knn.reasoner.model.popularity.scores
+    held = held_out(learn, cases, sequential, USERS)
+    sample, lists = held.cases, held.lists
+    others = [other_routes_top(held.knn, sequential, c, r, K) for c, r in zip(sample, held.recents)]
     engine = IntentEngine(model_dir, settings.intent, settings.cache_dir)
     merge = engine.model.meta["merge"]
     steps = {}
     for step in ItemStep:
         engine.retriever.item_step = step
-        intents: list[list[dict]] = []
         t0 = time.perf_counter()
-        for start in range(0, len(sample), settings.intent.batch_size):
-            batch = list(zip(sample, recents))[start:start + settings.intent.batch_size]
-            inputs = [IntentInput(c.user_id, r, frozenset(c.bought),
-                                  {i: s for i, s, anchor in knn.reasoner.score(r, c.bought, n) if anchor})
-                      for c, r in batch]
-            results, _ = reason(engine, inputs, popularity, n, personal=sequential.personal([c.history for c, _ in batch]))
-            intents += [r.items[:n] for r in results]
+        intents = intent_lists(engine, held, sequential)
         seconds = time.perf_counter() - t0
         weight, grid = pick_intent_weight(sample, lists, intents, (merge["weight_recent"], merge["weight_behavioural"]))
         alone_all, alone_new, only_intent, route_hits, any_hits = [], [], 0, 0, 0
-        for case, routes, items, channels in zip(sample, lists, intents, others):
+        for case, items, channels in zip(sample, intents, others):
             ids = [e["item_id"] for e in items]
             alone_all.append(metrics.recall_at([i for i in ids if i not in case.bought], case.targets, K))
             if case.new_targets:

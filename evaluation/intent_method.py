@@ -41,7 +41,7 @@ from reasoning.engine import IntentEngine
 from reasoning.explanations import diversity
 from reasoning.pipeline import IntentInput, reason
 from training.data import user_histories
-from training.merge_weights import route_lists, served_merge
+from training.merge_weights import other_routes_top, route_lists, served_merge
 from training.sft import SFTConfig, train_sft
 
 K_EVAL = 20
@@ -246,11 +246,7 @@ class IntentMethod:
         ex["intent_route_hits"] += sum(1 for e in intent[:K_EVAL] if e["item_id"] in case.targets)
         # At the routes, before any merge (the paper's channels): each channel's own top K, the
         # recent, co-visitation and sequential routes apart rather than the fused behavioural list.
-        recent_ids = self.inputs[case.user_id].recent
-        channels = {e["item_id"] for e in recent[:K_EVAL]}
-        channels |= {i for i, _, _ in self.behavioural.reasoner.score(recent_ids, case.bought, K_EVAL)}
-        if self.sequential is not None:
-            channels |= {e["item_id"] for e in self.sequential.route_items([case.history], [set(case.bought)], K_EVAL)[0]}
+        channels = other_routes_top(self.behavioural, self.sequential, case, self.inputs[case.user_id].recent, K_EVAL)
         routes_found = (channels | found_by_intent) - set(case.bought)
         ex["routes_hits"] = ex.get("routes_hits", 0) + len(routes_found & case.targets)
         ex["routes_intent_only"] = ex.get("routes_intent_only", 0) + len((found_by_intent - channels) & case.targets)

@@ -95,6 +95,17 @@ def route_lists(knn: ItemKNN, sequential, case: UserCase, recent: Sequence[Seque
     return RouteLists(recent_items, fuse(fusion, recent, behavioural, items, set(case.bought), n), True)
 
 
+def other_routes_top(knn: ItemKNN, sequential, case: UserCase, recent: Sequence[Sequence], k: int) -> set[str]:
+    """The items the recent, co-visitation and sequential routes each hold in their own top k for
+    `case` (apart, before any merge: what each would recall alone), less what the user bought:
+    what the intent route's exclusive recall at the routes is counted against."""
+    found = {e["item_id"] for e in recent_route(recent, set(case.bought), k)}
+    found |= {i for i, _, _ in knn.reasoner.score(recent, case.bought, k)}
+    if sequential is not None:
+        found |= {e["item_id"] for e in sequential.route_items([case.history], [set(case.bought)], k)[0]}
+    return found - set(case.bought)
+
+
 def served_merge(weights: tuple[float, float, float], lists: RouteLists, intent: list[dict], bought: set[str],
                  n: int) -> list[dict]:
     """The served list: (recent, behavioural, intent) `weights` over `lists` and the intent items,
@@ -145,6 +156,55 @@ def pick_intent_weight(cases: Sequence[UserCase], lists: Sequence[RouteLists], i
     return (best[1] if best else 0.0), scores
 
 
+class HeldOut(NamedTuple):
+    """The held-out users an intent weight is fitted on, with what the worker would have served them."""
+
+    cases: list[UserCase]
+    """A seeded sample of the held-out cases."""
+    recents: list[list]
+    """Each case's recent items (the worker's state: newest first) from the events before it."""
+    knn: ItemKNN
+    """The behavioural model fitted on those events."""
+    lists: list[RouteLists]
+    """Each case's recent and behavioural lists (`route_lists`)."""
+
+
+def held_out(learn: pd.DataFrame, cases: Sequence[UserCase], sequential=None, users: int = 600, seed: int = 0,
+             n: int = 100) -> HeldOut:
+    """`fit_intent_weight`'s steps 1-2: a seeded sample of at most `users` cases, the behavioural
+    model fitted on `learn`, each case's lists as the worker builds them (with `sequential`, its
+    served fusion, whose model must not have learned the cases either: both models cut
+    training/data.py `holdout`)."""
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(len(cases), min(users, len(cases)), replace=False).tolist()) if cases else []
+    sample = [cases[i] for i in chosen]
+    knn = ItemKNN()
+    knn.fit(Split("intent-holdout", learn, learn.iloc[:0], list(sample)), [])
+    histories = user_histories(learn)
+    recents = [list(reversed(histories.get(c.user_id, []))) for c in sample]
+    return HeldOut(sample, recents, knn, [route_lists(knn, sequential, c, r, n) for c, r in zip(sample, recents)])
+
+
+def intent_lists(engine, held: HeldOut, sequential=None, n: int = 100) -> list[list[dict]]:
+    """`fit_intent_weight`'s step 3: the intent route's items for each held-out case, the pipeline
+    (reasoning/pipeline.py `reason`) in the engine's batches; with `sequential` a tag's items are
+    ranked for the user by it, as in serving."""
+    from reasoning.pipeline import IntentInput, reason
+
+    popularity = held.knn.reasoner.model.popularity.scores
+    intents: list[list[dict]] = []
+    size = engine.config.batch_size
+    for start in range(0, len(held.cases), size):
+        batch = list(zip(held.cases, held.recents))[start:start + size]
+        inputs = [IntentInput(c.user_id, r, frozenset(c.bought),
+                              {i: s for i, s, anchor in held.knn.reasoner.score(r, c.bought, n) if anchor})
+                  for c, r in batch]
+        personal = sequential.personal([c.history for c, _ in batch]) if sequential is not None else None
+        results, _ = reason(engine, inputs, popularity, n, personal=personal)
+        intents += [r.items[:n] for r in results]
+    return intents
+
+
 def fit_intent_weight(engine, learn: pd.DataFrame, cases: Sequence[UserCase], weights: tuple[float, float],
                       sequential=None, users: int = 600, seed: int = 0) -> dict:
     """{"weight_intent", "validation": {...}}: the intent route's merge weight, fitted on held-out
@@ -155,40 +215,20 @@ def fit_intent_weight(engine, learn: pd.DataFrame, cases: Sequence[UserCase], we
     2. The behavioural model (item-kNN, the worker's model code) fitted on `learn`; each user's
        lists as the worker builds them (`route_lists`; with `sequential`, its served fusion, whose
        model must not have learned the cases either: both models cut training/data.py `holdout`).
+       Steps 1-2: `held_out`.
     3. The pipeline (reasoning/pipeline.py `reason`) in the engine's batches; with `sequential`
-       a tag's items are ranked for the user by it, as in serving.
+       a tag's items are ranked for the user by it, as in serving (`intent_lists`).
     4. `pick_intent_weight` at the fitted recent and behavioural `weights`.
     """
-    from reasoning.pipeline import IntentInput, reason
-
-    # 1. The sample.
-    rng = np.random.default_rng(seed)
-    chosen = sorted(rng.choice(len(cases), min(users, len(cases)), replace=False).tolist()) if cases else []
-    sample = [cases[i] for i in chosen]
-    if len(sample) < MIN_USERS:
-        return {"weight_intent": None, "validation": {"users": len(sample), "rule": INTENT_FIT_RULE}}
-    # 2. The lists.
-    knn = ItemKNN()
-    knn.fit(Split("intent-holdout", learn, learn.iloc[:0], list(sample)), [])
-    histories = user_histories(learn)
-    recents = [list(reversed(histories.get(c.user_id, []))) for c in sample]
-    n = 100
-    lists = [route_lists(knn, sequential, c, r, n) for c, r in zip(sample, recents)]
+    # 1-2. The sample and its lists.
+    held = held_out(learn, cases, sequential, users, seed)
+    if len(held.cases) < MIN_USERS:
+        return {"weight_intent": None, "validation": {"users": len(held.cases), "rule": INTENT_FIT_RULE}}
     # 3. The intent route.
-    popularity = knn.reasoner.model.popularity.scores
-    intents: list[list[dict]] = []
-    size = engine.config.batch_size
-    for start in range(0, len(sample), size):
-        batch = list(zip(sample, recents))[start:start + size]
-        inputs = [IntentInput(c.user_id, r, frozenset(c.bought),
-                              {i: s for i, s, anchor in knn.reasoner.score(r, c.bought, n) if anchor})
-                  for c, r in batch]
-        personal = sequential.personal([c.history for c, _ in batch]) if sequential is not None else None
-        results, _ = reason(engine, inputs, popularity, n, personal=personal)
-        intents += [r.items[:n] for r in results]
+    intents = intent_lists(engine, held, sequential)
     # 4. The weight.
-    weight, scores = pick_intent_weight(sample, lists, intents, weights)
+    weight, scores = pick_intent_weight(held.cases, held.lists, intents, weights)
     return {"weight_intent": weight, "validation": {
-        "users": len(sample), "rule": INTENT_FIT_RULE, "grid": scores,
+        "users": len(held.cases), "rule": INTENT_FIT_RULE, "grid": scores,
         "against": "sequential fusion" if sequential is not None else "co-visitation",
         "sequential_model": getattr(sequential, "version", None)}}
