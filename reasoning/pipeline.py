@@ -43,7 +43,7 @@ class IntentResult:
     items: list[dict]
     explanations_rejected: int = 0
     relevance: list[float] = field(default_factory=list)
-    """The arbiter's relevance of each final tag (the weights of the mixture item step)."""
+    """The arbiter's relevance of each final tag (the tag weights of the product and mixture item steps)."""
 
 
 @dataclass
