@@ -50,7 +50,8 @@ bench: setup
 # Amazon Beauty under the papers' leave-one-out protocol, next to the published table (~40 minutes
 # measured here, 35 of them SASRec's training: too long for `make bench`). The intent row adds the
 # intent model's training on the train part (30 minutes measured here) and reasoning for the 22,363
-# test users (43 minutes at 8.7 users/s); 103 minutes in all with its SASRec.
+# test users (43 minutes at 8.7 users/s); 103 minutes in all with its SASRec. The item-step
+# comparison on the validation items reuses that model (~5 minutes).
 bench-beauty: setup
 	$(BIN)/intentstream up
 	$(BIN)/intentstream eval --dataset beauty --split leave-one-out --methods popularity,popularity_global,recent_history,itemknn,sasrec,oracle,random --json --out benchmarks/results/eval-beauty-loo.json > /dev/null
