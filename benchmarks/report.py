@@ -410,15 +410,18 @@ def _rl_section(result: dict) -> list[str]:
     for name, run in result["runs"].items():
         first, last = run["violation_rate_first_tenth"], run["violation_rate_last_tenth"]
         viol = " / ".join(f"{first[k]:.2f} -> {last[k]:.2f}" for k in ("align", "div", "len"))
-        lines.append(f"| {name} ({run['reward']}, {run['rm_loss']} RM) | {run['category_hr@30']:.4f} | "
+        plan = f", plan R_acc over {run['plan_accuracy']}" if "plan_accuracy" in run else ""
+        lines.append(f"| {name} ({run['reward']}, {run['rm_loss']} RM{plan}) | {run['category_hr@30']:.4f} | "
                      f"{100 * rel[name]:+.1f}% | {viol} | {run['zero_advantage_groups']} / {run['groups']} | "
                      f"{run['seconds_per_step']:.1f} |")
     lines += ["", f"Reward models distilled from {rm['judged_tags']:,} judged tags in {rm['groups']} groups "
               f"(judge grades B/A/S {rm['grades'].get('B', 0):.2f}/{rm['grades'].get('A', 0):.2f}/{rm['grades'].get('S', 0):.2f}): "
               + "; ".join(f"{loss}: pairwise agreement with the judge {rm[loss]['pairwise_agreement']:.3f}, Bad-vs-rest "
                           f"balanced accuracy {rm[loss]['bad_vs_rest_accuracy']:.3f}" for loss in ("listwise", "pointwise")
-                          if loss in rm) + " (held-out judged groups).", "",
-              "s/step is wall time on the machine that ran the command. A GRPO update only reads the samples "
+                          if loss in rm) + " (held-out judged groups).", ""]
+    if result.get("note"):
+        lines += [result["note"], ""]
+    lines += ["s/step is wall time on the machine that ran the command. A GRPO update only reads the samples "
               "of groups with some advantage: under CRS most groups have none, so its steps are cheaper than "
               "the summed reward's (few zero-advantage groups, every sample trained on).", ""]
     here = _load("grpo-step-cpu.json")

@@ -8,8 +8,9 @@ their contexts the train events, their targets the categories of their test even
    reward model distilled with the listwise and the pointwise loss; their agreement with the
    judge on held-out judged groups.
 3. GRPO from the SFT model on train episodes (context + categories of the next 5 events: what a
-   feedback episode holds, training/trainer.py::episodes_from_log), three runs with the same
-   seed and steps: summed rewards (listwise RM), CRS (listwise RM), CRS (pointwise RM). With
+   feedback episode holds, training/trainer.py::episodes_from_log), four runs with the same
+   seed and steps: summed rewards (listwise RM), CRS (listwise RM), CRS (pointwise RM), and CRS
+   (listwise RM) with a plan's R_acc counted over its personas' whole tag sets (`RUNS`). With
    `--fresh-share`, SFT sees only the earlier train events and GRPO's episodes come from the rest.
 4. Category HR@30 of the arbiter's tags on the held-out users for SFT and each run; per-step
    violation rates (first vs last tenth of the steps), zero-advantage groups, seconds per step
@@ -33,12 +34,16 @@ from offline.splits import Split, make_split
 from offline.tags import category_hit_rate
 from reasoning.context import build_context
 from training.data import episodes, user_histories
-from training.grpo import GRPOConfig
+from training.grpo import GRPOConfig, PlanAccuracy
 from training.judge import JudgeLog
 from training.rl import RLConfig, build_reward_model, engine_for, run_grpo
 from training.sft import SFTConfig
 
-RUNS = (("grpo_sum", "sum", "listwise"), ("grpo_crs", "crs", "listwise"), ("grpo_crs_pointwise_rm", "crs", "pointwise"))
+RUNS = (("grpo_sum", "sum", "listwise", PlanAccuracy.EXPERTS), ("grpo_crs", "crs", "listwise", PlanAccuracy.EXPERTS),
+        ("grpo_crs_pointwise_rm", "crs", "pointwise", PlanAccuracy.EXPERTS),
+        ("grpo_crs_persona_acc", "crs", "listwise", PlanAccuracy.PERSONAS))
+"""(name, reward, reward-model loss, what a plan's R_acc counts): the last is the CRS run with the
+first plan accuracy (every category of the chosen personas), the ablation of `PlanAccuracy`."""
 
 
 def _phase(history: list[dict], key: str, part: slice) -> float:
@@ -89,8 +94,9 @@ def run_rl_benchmark(settings: Settings, dataset: str, steps: int | None = None,
     }
     say(f"SFT HR@30 {result['category_hr@30']['sft']:.4f}")
     runs = {}
-    for name, reward, loss in RUNS:
-        run_cfg = RLConfig(grpo=GRPOConfig(**{**grpo.as_dict(), "reward": reward}), rm_loss=loss)
+    for name, reward, loss, plan_accuracy in RUNS:
+        run_cfg = RLConfig(grpo=GRPOConfig(**{**grpo.as_dict(), "reward": reward, "plan_accuracy": plan_accuracy}),
+                           rm_loss=loss)
         suffix = f"-fresh{fresh_share}" if fresh_share else ""
         out = settings.cache_dir / "bench" / f"rl-{dataset}-{name}{suffix}"
         shutil.rmtree(out, ignore_errors=True)
@@ -101,7 +107,7 @@ def run_rl_benchmark(settings: Settings, dataset: str, steps: int | None = None,
         tenth = max(1, len(history) // 10)
         first, last = slice(0, tenth), slice(len(history) - tenth, len(history))
         runs[name] = {
-            "reward": reward, "rm_loss": loss, "category_hr@30": hr, "seconds": round(trained["seconds"], 1),
+            "reward": reward, "rm_loss": loss, "plan_accuracy": str(plan_accuracy), "category_hr@30": hr, "seconds": round(trained["seconds"], 1),
             "seconds_per_step": float(np.mean([h["seconds"] for h in history])),
             "contexts_per_s": float(np.mean([h["contexts_per_s"] for h in history])),
             "samples_per_s": float(np.mean([h["samples_per_s"] for h in history])),

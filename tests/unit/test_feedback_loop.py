@@ -154,3 +154,35 @@ def test_a_grpo_step_scores_samples_like_the_decoder_and_counts_what_the_issue_a
     assert stats["groups"] == 8 and stats["samples"] == 32
     assert stats["zero_advantage_groups"] < stats["groups"] and "kl" in stats
     assert any(not torch.equal(a, b) for a, b in zip(before, model.lm.parameters()))
+
+
+def test_a_plans_accuracy_counts_what_its_experts_emit_not_every_category_its_personas_hold(engine) -> None:
+    from reasoning.intent_model import IntentModel
+    from training.grpo import GRPOConfig, GRPOTrainer, PlanAccuracy
+    from training.rewards import r_acc
+
+    model = IntentModel.load(engine.model_dir)
+    vocab = model.vocab
+    batch = _episodes(engine, 4)
+    acc, plans = {}, {}
+    for rule in PlanAccuracy:
+        cfg = GRPOConfig(contexts_per_step=4, group_size=3, tags_per_persona=2, personas=2, tasks=("plan",),
+                         plan_accuracy=rule)
+        trainer = GRPOTrainer(model, engine.atoms, engine.catalog, engine.tag_vectors,
+                              lambda history, persona, tags: np.full(len(tags), 0.9), lambda ctx: [], cfg)
+        samples = trainer.sample(batch)
+        acc[rule], plans[rule] = [s.rewards["acc"] for s in samples], [s.tags for s in samples]
+        if rule == PlanAccuracy.EXPERTS:
+            # The same plans scored by hand: the greedy expert tags of each chosen persona, as served.
+            expected = []
+            for s in samples:
+                one = trainer.backend.open([batch[s.owner].context], cfg.mode)
+                lists = one.experts([[vocab.personas[p] for p in s.tags]], cfg.tags_per_persona)[0]
+                covered = {vocab.category[vocab.index[t]] for tags in lists for t in tags}
+                expected.append(r_acc(covered, batch[s.owner].target_categories))
+            assert np.allclose(acc[rule], expected), (acc[rule], expected)
+    # The same seed samples the same plans; an expert emits some of its persona's tags: never
+    # more covered than by the whole tag sets.
+    assert plans[PlanAccuracy.EXPERTS] == plans[PlanAccuracy.PERSONAS]
+    assert all(e <= p + 1e-9 for e, p in zip(acc[PlanAccuracy.EXPERTS], acc[PlanAccuracy.PERSONAS]))
+    assert GRPOConfig(plan_accuracy="personas").plan_accuracy is PlanAccuracy.PERSONAS
