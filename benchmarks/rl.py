@@ -10,7 +10,7 @@ their contexts the train events, their targets the categories of their test even
 3. GRPO from the SFT model on train episodes (context + categories of the next 5 events: what a
    feedback episode holds, training/trainer.py::episodes_from_log), four runs with the same
    seed and steps: summed rewards (listwise RM), CRS (listwise RM), CRS (pointwise RM), and CRS
-   (listwise RM) with a plan's R_acc counted over its personas' whole tag sets (`RUNS`). With
+   (listwise RM) with a plan's R_acc counted over the tags its experts emit (`RUNS`). With
    `--fresh-share`, SFT sees only the earlier train events and GRPO's episodes come from the rest.
 4. Category HR@30 of the arbiter's tags on the held-out users for SFT and each run; per-step
    violation rates (first vs last tenth of the steps), zero-advantage groups, seconds per step
@@ -39,11 +39,11 @@ from training.judge import JudgeLog
 from training.rl import RLConfig, build_reward_model, engine_for, run_grpo
 from training.sft import SFTConfig
 
-RUNS = (("grpo_sum", "sum", "listwise", PlanAccuracy.EXPERTS), ("grpo_crs", "crs", "listwise", PlanAccuracy.EXPERTS),
-        ("grpo_crs_pointwise_rm", "crs", "pointwise", PlanAccuracy.EXPERTS),
-        ("grpo_crs_persona_acc", "crs", "listwise", PlanAccuracy.PERSONAS))
-"""(name, reward, reward-model loss, what a plan's R_acc counts): the last is the CRS run with the
-first plan accuracy (every category of the chosen personas), the ablation of `PlanAccuracy`."""
+RUNS = (("grpo_sum", "sum", "listwise", PlanAccuracy.PERSONAS), ("grpo_crs", "crs", "listwise", PlanAccuracy.PERSONAS),
+        ("grpo_crs_pointwise_rm", "crs", "pointwise", PlanAccuracy.PERSONAS),
+        ("grpo_crs_experts_acc", "crs", "listwise", PlanAccuracy.EXPERTS))
+"""(name, reward, reward-model loss, what a plan's R_acc counts): the last is the CRS run with a
+plan's accuracy counted over what its experts emit, the ablation of `PlanAccuracy`."""
 
 
 def _phase(history: list[dict], key: str, part: slice) -> float:

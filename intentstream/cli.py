@@ -463,7 +463,7 @@ def bench_rl(
     out: Optional[Path] = typer.Option(None, help="Also write the JSON here"),
 ) -> None:
     """The RL ablation: category HR@30 after SFT, GRPO (summed rewards) and GRPO (CRS, listwise
-    and pointwise reward model; and with a plan's accuracy over its personas' whole tag sets),
+    and pointwise reward model; and with a plan's accuracy over what its experts emit),
     violation rates, reward-model agreement, throughput."""
     from benchmarks.rl import run_rl_benchmark
 
