@@ -9,8 +9,10 @@ SASRec (training/sequential.py `cached_model`: reused when the same events, vali
 config trained one before, e.g. by the `sasrec` baseline of the same run), served by the
 workers; with the intent route on, the intent model (evaluation/intent_method.py
 `split_intent_model`, the `intent` method's rule and cache), served by a reasoner beside them,
-and the replay waits for the intent route to drain before scoring. `stats` names the models
-that served (`sequential_model`, `intent_model`). `intent_model` overrides the intent model
+and the replay waits for the intent route to drain before scoring. It also waits for the
+refreshes a worker that fell behind still owes (`refreshes_pending`), and gives the workers the
+time left to the deadline to stop (stopping builds their last debounced refreshes). `stats`
+names the models that served (`sequential_model`, `intent_model`). `intent_model` overrides the intent model
 (`bench loop`'s trained candidate). `replay2` runs two workers on the group (static members),
 which must serve what one worker serves (the shared item model, features/item_model.py). With
 `feedback` the first half of the train events is replayed, the intent route drained, and the
@@ -104,6 +106,7 @@ class ReplayMethod:
         for w in workers:
             w.start()
         worker = workers[0]  # metrics are shared by the group: any member reads them all
+        settled = False
         try:
             deadline = time.monotonic() + self.timeout_s
             events = split.inputs  # train (leave-one-out: and the validation events, the test users' input)
@@ -120,15 +123,20 @@ class ReplayMethod:
                     self.stats["feedback_sent"] = simulator.impressions + simulator.actions
                 self._wait(workers, lambda: worker.processed() >= sent, deadline, "process the replay")
                 time.sleep(s.trigger.min_interval_s + 1.0)  # debounced refreshes come due
+                # A worker that fell behind served degraded lists and owes their full refreshes
+                # (stream/processor.py `_shed`): score what it serves once it has built them.
+                self._wait(workers, lambda: self._metric("refreshes_pending") == 0, deadline,
+                           "build the refreshes it owes")
                 if self.wait_intent:
                     self._wait(workers, self._intent_idle, deadline, "drain the intent route")
             if self.feedback:
                 self._wait(workers, lambda: int(self._metric("feedback_logged")) >= self.stats["feedback_sent"],
                            deadline, "log the feedback")
             self.stats = {**worker.metrics(), **self.stats, "workers": self.workers}
+            settled = True
         finally:
-            for w in workers:
-                w.stop()
+            for w in workers:  # stopping builds what is due: given the time left when all went well
+                w.stop(timeout_s=max(30.0, deadline - time.monotonic()) if settled else 30.0)
             delete_topics(k, worker_topics(s))
         self.client = connect(s.redis)
         self.reader = RecommendationReader(self.client, RedisKeys(s.key_prefix))

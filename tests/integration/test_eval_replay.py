@@ -61,3 +61,30 @@ def test_replay_serves_an_intent_model_trained_on_the_split_alone(scoped, data_d
         assert sum(1 for r in served if r and r.model_version.endswith(f"+{meta['version']}")) > 0
     finally:
         method.close()
+
+
+def test_replay_scores_the_full_refreshes_a_worker_that_fell_behind_owes(scoped, data_dir):
+    """A worker that is behind serves degraded lists (`overloaded`) and owes each user a full
+    refresh (stream/processor.py `_shed`); the replay scores once those are built, not the
+    degraded lists (a Beauty replay beside another job scored R@10 0.072 instead of 0.092 so)."""
+    from contracts.recs import FallbackReason
+    from evaluation.replay_method import ReplayMethod
+    from offline.splits import make_split
+
+    data = datasets.load("rees46", data_dir)
+    split = make_split(data.events, "global-time")
+    # Always behind: every batch's oldest event waited longer than 1 ms (0 would never shed); no
+    # debounce interval, so the replay's own pause before scoring is one second.
+    settings = scoped.model_copy(update={"worker": scoped.worker.model_copy(update={"shed_lag_s": 0.001}),
+                                         "trigger": scoped.trigger.model_copy(update={"min_interval_s": 0.0}),
+                                         "sequential": scoped.sequential.model_copy(update={"enabled": False})})
+    method = ReplayMethod(settings, timeout_s=600)
+    method.fit(split, data.items.item_id.astype(str).tolist())
+    try:
+        assert method.stats["refreshes_overloaded"] > 0  # it did fall behind
+        assert int(method.stats.get("refreshes_pending", 0)) == 0
+        served = [method.reader.get_recommendations(method.prefix + c.user_id) for c in split.cases]
+        served = [r for r in served if r is not None]
+        assert served and not [r for r in served if r.fallback_reason is FallbackReason.overloaded]
+    finally:
+        method.close()
