@@ -581,7 +581,8 @@ def _beauty_section(result: dict, replay: dict | None = None, intent: dict | Non
                   + (f"The intent route served `{stats['intent_model']}`, trained on the train part."
                      if stats.get("intent_model") else
                      "The intent route was off in this run (the replay method of that commit would have served the "
-                     "cache's intent model, trained on another dataset; it now trains one on the split).")]
+                     "cache's intent model, trained on another dataset; it now trains one on the split).")
+                  + (f" {replay['note']}" if replay.get("note") else "")]
         best_ours = next(iter(replay["methods"].values()))["all"]
         for name, _, _, r10, n10, _ in PUBLISHED_BEAUTY:
             if name in ("TIGER", "eSASRec", "SASRec with sampled softmax"):

@@ -84,10 +84,13 @@ def fuse(fusion: Fusion, recent: Sequence[Sequence], behavioural: list[dict], se
 
 @dataclass(frozen=True)
 class SequentialShape:
-    """The model's shape (what serving must know to rebuild it)."""
+    """The model's shape (what serving must know to rebuild it). The default width and depth
+    are the SASRec shape the eSASRec benchmark reports on Amazon Beauty (256 factors, one block,
+    one head); it replaced 64 / 2 blocks on validation scores only (best NDCG@10 over the
+    dropout grid, training/sequential.py): Beauty 0.0639 vs 0.0618, REES46 0.421 vs 0.409."""
 
-    hidden: int = 64      # embedding and model width
-    blocks: int = 2       # transformer blocks
+    hidden: int = 256     # embedding and model width
+    blocks: int = 1       # transformer blocks
     heads: int = 1        # attention heads
     dropout: float = 0.2  # on embeddings, attention and feed-forward (training only)
     maxlen: int = 200     # most recent items read per user
