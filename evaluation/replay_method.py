@@ -124,7 +124,8 @@ class ReplayMethod:
                 self._wait(workers, lambda: worker.processed() >= sent, deadline, "process the replay")
                 time.sleep(s.trigger.min_interval_s + 1.0)  # debounced refreshes come due
                 # A worker that fell behind served degraded lists and owes their full refreshes
-                # (stream/processor.py `_shed`): score what it serves once it has built them.
+                # (stream/processor.py `_shed`): score what it serves once it has built them. The
+                # gauge is the last writer's with several workers: the stop below covers the rest.
                 self._wait(workers, lambda: self._metric("refreshes_pending") == 0, deadline,
                            "build the refreshes it owes")
                 if self.wait_intent:
