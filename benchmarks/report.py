@@ -546,6 +546,22 @@ PUBLISHED_BEAUTY = [
 ]
 
 
+def _sasrec_loss_section(result: dict | None) -> list[str]:
+    """SASRec's objective, full vs sampled softmax, on validation only (benchmarks/sasrec_loss.py)."""
+    if not result:
+        return []
+    val = next(k for k in result if k.startswith("best_val_")).removeprefix("best_")
+    rows = [f"| {loss} | {d} | {r['epochs']} | {r['best_epoch']} | {r['best_' + val]:.4f} | {r['seconds']:.0f} | "
+            f"{res['source']} |"
+            for loss, res in result["losses"].items() for d, r in res["runs"].items()]
+    return ["SASRec's objective on the validation items (no test case read): "
+            f"`{result['command']}` (commit `{result['commit']}`, {result['seconds']:.0f} s; "
+            f"{result['config']['negatives']} uniform negatives per position for the sampled softmax, the "
+            "published setting; everything else the `sasrec` row's).", "",
+            f"| loss | dropout | epochs | best epoch | {val} | s | source |", "|---|---|---|---|---|---|---|",
+            *rows, "", f"Kept: `{result['chosen']}` (SequentialConfig.loss).", ""]
+
+
 def _beauty_section(result: dict, replay: dict | None = None, intent: dict | None = None) -> list[str]:
     """Our leave-one-out rows next to the published ones (same protocol: last item test, second
     to last validation, full ranking minus the user's history)."""
@@ -724,6 +740,7 @@ def render() -> Path:
     beauty, replay = _load("eval-beauty-loo.json"), _load("eval-beauty-loo-replay.json")
     if beauty:
         lines += _beauty_section(beauty, replay, _load("eval-beauty-loo-intent.json"))
+        lines += _sasrec_loss_section(_load("sasrec-loss-beauty.json"))
     for name in ("taobao", "rees46"):
         result = _load(f"intent-{name}.json")
         if result:

@@ -6,11 +6,12 @@ from dataclasses import replace
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from reasoning.sequential import Fusion, SequentialRoute, SequentialShape, export, pad
-from training.sequential import (FUSION_RULE, RECENT_GRID, SEQUENTIAL_GRID, SequentialConfig, fit_fusion, scores,
-                                 train_and_export, train_sequential)
+from training.sequential import (FUSION_RULE, RECENT_GRID, SEQUENTIAL_GRID, SequentialConfig, SequentialLoss,
+                                 fit_fusion, scores, train_and_export, train_sequential)
 
 
 def cyclic_log(users: int = 120, length: int = 8, items: int = 30) -> pd.DataFrame:
@@ -27,8 +28,9 @@ CFG = SequentialConfig(shape=SequentialShape(hidden=32, maxlen=10), batch_size=1
                        dropout_grid=None, threads=1)
 
 
-def test_training_learns_the_next_item():
-    trained = train_sequential(cyclic_log(), cfg=CFG)
+@pytest.mark.parametrize("loss", list(SequentialLoss))
+def test_training_learns_the_next_item(loss):
+    trained = train_sequential(cyclic_log(), cfg=replace(CFG, loss=loss, negatives=8))  # 8 of the 30 items
     assert trained.best_val > 0.8  # NDCG@10 of the held-out next item: the +1 item is nearly always first
     logits = scores(trained.model, trained.index, [["i3", "i4", "i5"]], 10)
     assert trained.item_ids[int(logits.argmax()) - 1] == "i6"
