@@ -378,6 +378,10 @@ class IntentSettings(BaseModel):
     child process is replaced and the batch's users get fallback_reason intent_timeout."""
     threads: int = Field(default=1, ge=0)
     """torch threads of the reasoner's in-process model (0: torch's default)."""
+    nice: int = Field(default=10, ge=0, le=19)
+    """Scheduling niceness the reasoner's LM child adds to itself (os.nice): where reasoners share
+    cores with stream workers, the kernel runs the stream first and reasons on what is left
+    (0: the stream's priority). On a host of its own it changes nothing."""
     registry_poll_s: float = Field(default=5.0, gt=0)
     """How often (at most, before a batch) the reasoner checks the model registry
     in Redis for a newly promoted or rolled-back version, which it then loads between batches."""

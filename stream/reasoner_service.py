@@ -51,7 +51,9 @@ version between batches; a version that fails to load is logged and the current 
 Each result carries the version that produced it (model_version `<behavioural>+<version>`).
 
 Why a child process: a hung local model or server call cannot be interrupted in-thread; a child
-can be killed, and the consumer loop (heartbeats, commits) never waits on torch.
+can be killed, and the consumer loop (heartbeats, commits) never waits on torch. The child lowers
+its own priority by `intent.nice`, so a reasoner that shares cores with a stream worker reasons on
+the CPU the stream leaves (benchmarks/reasoner.py, isolation).
 """
 
 from __future__ import annotations
@@ -126,6 +128,7 @@ def _init_child(settings_json: str, parent_pid: int) -> None:
     from reasoning.registry import ModelRegistry, RegistryError
 
     settings = Settings.model_validate_json(settings_json)
+    os.nice(settings.intent.nice)  # the stream first where both share cores (IntentSettings.nice)
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     client = connect(settings.redis)
     registry = ModelRegistry.from_settings(settings, client)

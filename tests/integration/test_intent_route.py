@@ -6,7 +6,6 @@ same checkpoint."""
 from __future__ import annotations
 
 import json
-
 import os
 import socket
 from collections import namedtuple
@@ -33,11 +32,12 @@ from tests.integration.kafka_io import committed_and_end, read_topic, wait_for
 pytestmark = pytest.mark.integration
 
 
-def _children(pid: int) -> list[str]:
-    """Command lines of the multiprocessing children of `pid` (Linux /proc; not its resource tracker)."""
-    kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    lines = [Path(f"/proc/{k}/cmdline").read_bytes().replace(b"\0", b" ").decode() for k in kids]
-    return [line for line in lines if "spawn_main" in line]
+def _children(pid: int) -> dict[int, str]:
+    """pid -> command line of the multiprocessing children of `pid` (Linux /proc; not its
+    resource tracker)."""
+    kids = [int(k) for k in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    lines = {k: Path(f"/proc/{k}/cmdline").read_bytes().replace(b"\0", b" ").decode() for k in kids}
+    return {k: line for k, line in lines.items() if "spawn_main" in line}
 
 
 def _wait_reasoned(client, keys, processes, timeout_s: float = 180) -> None:
@@ -82,6 +82,10 @@ def test_worker_sends_refreshes_to_the_reasoner_which_serves_merged_lists_and_pu
     # reasoner's child.
     assert len(_children(worker.proc.pid)) == 1, _children(worker.proc.pid)
     assert len(_children(reasoner.proc.pid)) == 1, _children(reasoner.proc.pid)
+    # ... at a lower priority: where they share cores the stream runs first (intent.nice).
+    (lm_child,) = _children(reasoner.proc.pid)
+    niceness = os.getpriority(os.PRIO_PROCESS, lm_child) - os.getpriority(os.PRIO_PROCESS, reasoner.proc.pid)
+    assert niceness == settings.intent.nice == 10
     users = [prefix + u for u in data.events.user_id.unique()]
     served = [Recommendations.model_validate_json(raw) for raw in client.mget([keys.recs(u) for u in users]) if raw]
     # behavioural-1+seq-test from the worker alone; behavioural-1+seq-test+<intent version> once merged
