@@ -524,7 +524,9 @@ def _reasoner_section(result: dict) -> list[str]:
                      f"{fmt(ir['p50'])} / {fmt(ir['p99'])} | {fmt(er['p99'])} | "
                      f"{r['cores']['worker']} / {r['cores']['reasoner']} |")
     iso = result["isolation"]
-    lines += ["", f"The stream beside the reasoner (x{iso['factor']:g}): event -> recs p50 / p99 "
+    rounds = (f"medians of {iso['rounds']} rounds (p99s with {iso['p99_rounds']['with']}, without "
+              f"{iso['p99_rounds']['without']} ms): " if iso.get("rounds") else "")
+    lines += ["", f"The stream beside the reasoner (x{iso['factor']:g}): {rounds}event -> recs p50 / p99 "
               f"{iso['with_reasoner']['p50']:.0f} / {iso['with_reasoner']['p99']:.0f} ms with it, "
               f"{iso['without_reasoner']['p50']:.0f} / {iso['without_reasoner']['p99']:.0f} ms without "
               f"(p99 ratio {iso['p99_ratio']}); cores with {iso['cores_with']}, without {iso['cores_without']}.", "",

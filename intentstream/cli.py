@@ -521,6 +521,8 @@ def bench_reasoner(
     factors: str = typer.Option("1,10,100", help="Replay rates as multiples of the log's real-time rate"),
     seconds: float = typer.Option(60.0, help="Wall seconds each rate is replayed for"),
     users: int = typer.Option(256, help="Users in the throughput measurement"),
+    isolation_rounds: int = typer.Option(3, min=1, help="Pairs of runs without / with the reasoner at the "
+                                                            "fastest rate (the median p99s are compared)"),
     out: Optional[Path] = typer.Option(None, help="Also write the JSON here"),
 ) -> None:
     """The reasoning tier: users/s per core, intent coverage and latency at x1/x10/x100 real time,
@@ -529,7 +531,8 @@ def bench_reasoner(
 
     scale = tuple(float(f) for f in factors.split(","))
     _print_result(run_reasoner_benchmark(Settings(), dataset, scale, seconds, users,
-                                         progress=lambda m: console.print(m)), out)
+                                         progress=lambda m: console.print(m),
+                                         isolation_rounds=isolation_rounds), out)
 
 
 @bench_app.command("chaos")
