@@ -524,8 +524,8 @@ def _reasoner_section(result: dict) -> list[str]:
                      f"{fmt(ir['p50'])} / {fmt(ir['p99'])} | {fmt(er['p99'])} | "
                      f"{r['cores']['worker']} / {r['cores']['reasoner']} |")
     iso = result["isolation"]
-    rounds = (f"medians of {iso['rounds']} rounds (p99s with {iso['p99_rounds']['with']}, without "
-              f"{iso['p99_rounds']['without']} ms): " if iso.get("rounds") else "")
+    rounds = (f"medians of {iso['rounds']} rounds (p99s with {[round(v) for v in iso['p99_rounds']['with']]}, "
+              f"without {[round(v) for v in iso['p99_rounds']['without']]} ms): " if iso.get("rounds") else "")
     lines += ["", f"The stream beside the reasoner (x{iso['factor']:g}): {rounds}event -> recs p50 / p99 "
               f"{iso['with_reasoner']['p50']:.0f} / {iso['with_reasoner']['p99']:.0f} ms with it, "
               f"{iso['without_reasoner']['p50']:.0f} / {iso['without_reasoner']['p99']:.0f} ms without "
