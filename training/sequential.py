@@ -42,9 +42,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
-from pathlib import Path
-
 from enum import StrEnum
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
