@@ -47,8 +47,9 @@ bench: setup
 	$(BIN)/intentstream bench soak --out benchmarks/results/soak.json > /dev/null
 	$(BIN)/python -m benchmarks.report
 
-# Amazon Beauty under the papers' leave-one-out protocol, next to the published table (~30 minutes
-# here alone, ~23 of them SASRec's training: too long for `make bench`). The intent row adds the
+# Amazon Beauty under the papers' leave-one-out protocol, next to the published table (~47 minutes
+# here alone: SASRec's training ~23, the replay 6, the sampled-softmax SASRec on validation 17; too
+# long for `make bench`). The intent row adds the
 # intent model's training on the train part (30 minutes measured here) and reasoning for the 22,363
 # test users (43 minutes at 8.7 users/s); ~100 minutes in all with its SASRec. The item-step
 # comparison on the validation items reuses that model (~5 minutes).

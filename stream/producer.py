@@ -32,7 +32,7 @@ CHECKSUMS_IN_C = record_util.crc32c_c is not None
 """Whether kafka-python checksums record batches (crc32c, every batch of the v2 format) with the
 `crc32c` C extension. Without it the producer's sender thread computes them in pure Python, ~4 ms
 per 20 kB batch here, holding the GIL: in a worker sending intent requests at 171 events/s that
-was 27% of its samples (py-spy) and 0.36-0.42 cores against 0.28-0.31 with it."""
+was 27% of its samples (py-spy) and 0.36-0.42 cores (6 runs at x100) against 0.21-0.31 with it (10 runs)."""
 
 
 def ensure_topics(kafka: KafkaSettings, names: Iterable[str]) -> None:
