@@ -194,6 +194,7 @@ def _run(settings: Settings, data: datasets.Dataset, rate: float, seconds: float
         if with_reasoner:
             processes[1].wait_ready()
         cpu0 = [cpu_seconds(p.proc.pid) for p in processes]
+        forks0 = client.info("stats")["total_forks"]
         started = time.monotonic()
         with EventProducer.from_settings(s) as producer:
             sent, _ = replay(part, producer, rate, user_prefix=s.key_prefix)
@@ -201,6 +202,9 @@ def _run(settings: Settings, data: datasets.Dataset, rate: float, seconds: float
         time.sleep(2.0)  # the refreshes of the last events, and reasoning already under way
         window = time.monotonic() - started
         cpu = [round((cpu_seconds(p.proc.pid) - c) / window, 2) for p, c in zip(processes, cpu0)]
+        # Redis blocks while it forks (an RDB snapshot, an AOF rewrite) and the child takes a core
+        # for seconds: the stream's tail counts them (infra/redis/redis.conf).
+        forks = client.info("stats")["total_forks"] - forks0
         users = [s.key_prefix + str(u) for u in part.events.user_id.unique()]
         live = intent_coverage(client, keys, users, s.intent.every_n_events) if with_reasoner else None
         drained, drain_s = None, None
@@ -219,7 +223,7 @@ def _run(settings: Settings, data: datasets.Dataset, rate: float, seconds: float
     out: dict[str, Any] = {
         "offered_events_per_s": round(rate, 2), "events": sent, "seconds": round(window, 1),
         "cores": {"worker": cpu[0], **({"reasoner": cpu[1]} if with_reasoner else {})},
-        "refreshes": m.get("refreshes", 0),
+        "refreshes": m.get("refreshes", 0), "redis_forks": forks,
         "event_to_recs_ms": {q: m["recs_freshness_ms"][q] for q in ("p50", "p99", "n")},
     }
     if with_reasoner:
@@ -283,6 +287,7 @@ def run_reasoner_benchmark(settings: Settings, dataset: str, factors: tuple[floa
                        "with": [r["event_to_recs_ms"]["p99"] for r in withs]},
         "p99_ratio": round(median(withs, "p99") / median(withouts, "p99"), 3) if median(withouts, "p99") else None,
         "cores_without": [r["cores"] for r in withouts], "cores_with": [r["cores"] for r in withs],
+        "redis_forks": {"without": [r["redis_forks"] for r in withouts], "with": [r["redis_forks"] for r in withs]},
     }
     result["seconds"] = round(time.perf_counter() - started, 1)
     targets = coverage.get("x10")

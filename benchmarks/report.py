@@ -529,7 +529,9 @@ def _reasoner_section(result: dict) -> list[str]:
     lines += ["", f"The stream beside the reasoner (x{iso['factor']:g}): {rounds}event -> recs p50 / p99 "
               f"{iso['with_reasoner']['p50']:.0f} / {iso['with_reasoner']['p99']:.0f} ms with it, "
               f"{iso['without_reasoner']['p50']:.0f} / {iso['without_reasoner']['p99']:.0f} ms without "
-              f"(p99 ratio {iso['p99_ratio']}); cores with {iso['cores_with']}, without {iso['cores_without']}.", "",
+              f"(p99 ratio {iso['p99_ratio']}); cores with {iso['cores_with']}, without {iso['cores_without']}"
+              + (f"; Redis forks (snapshots, AOF rewrites) during the runs with {iso['redis_forks']['with']}, "
+                 f"without {iso['redis_forks']['without']}" if iso.get("redis_forks") else "") + ".", "",
               f"Targets: {result['targets']}.", ""]
     if result.get("note"):
         lines += [result["note"], ""]

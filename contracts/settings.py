@@ -382,6 +382,12 @@ class IntentSettings(BaseModel):
     """Scheduling niceness the reasoner's LM child adds to itself (os.nice): where reasoners share
     cores with stream workers, the kernel runs the stream first and reasons on what is left
     (0: the stream's priority). On a host of its own it changes nothing."""
+    sched_idle: bool = True
+    """Put the reasoner's LM child in the Linux SCHED_IDLE class as well: it runs only on cores no
+    other process wants, and a waking stream process preempts it at once (a niced child keeps a
+    share of contended cores). Where the stream keeps every core busy, reasoning starves and its
+    requests are shed (intent_timeout): the stream first. False: `nice` alone. Ignored, with a
+    warning, where the OS has no SCHED_IDLE."""
     registry_poll_s: float = Field(default=5.0, gt=0)
     """How often (at most, before a batch) the reasoner checks the model registry
     in Redis for a newly promoted or rolled-back version, which it then loads between batches."""

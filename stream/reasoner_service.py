@@ -52,8 +52,9 @@ Each result carries the version that produced it (model_version `<behavioural>+<
 
 Why a child process: a hung local model or server call cannot be interrupted in-thread; a child
 can be killed, and the consumer loop (heartbeats, commits) never waits on torch. The child lowers
-its own priority by `intent.nice`, so a reasoner that shares cores with a stream worker reasons on
-the CPU the stream leaves (benchmarks/reasoner.py, isolation).
+its own priority (`intent.nice`, and Linux's SCHED_IDLE class with `intent.sched_idle`), so a
+reasoner that shares cores with a stream worker reasons on the CPU the stream leaves
+(benchmarks/reasoner.py, isolation).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ from contracts.events import DeadLetter
 from contracts.intent import IntentRequest
 from contracts.keys import RedisKeys
 from contracts.recs import FallbackReason, RecsPayload
-from contracts.settings import Settings
+from contracts.settings import IntentSettings, Settings
 from features.redis_client import connect
 from reasoning.retrieval import merge_with_intent
 from stream.failures import is_retryable, through_outage
@@ -121,6 +122,19 @@ def _utc_now() -> str:
 _child: dict[str, Any] = {}
 
 
+def _lower_priority(cfg: IntentSettings) -> None:
+    """The stream first where both share cores: niceness, and SCHED_IDLE when configured
+    (IntentSettings.nice, .sched_idle). Torch's threads, started later, inherit both."""
+    os.nice(cfg.nice)
+    if not cfg.sched_idle:
+        return
+    if not hasattr(os, "SCHED_IDLE"):
+        log.warning("intent.sched_idle is set but this OS has no SCHED_IDLE: the LM child runs at nice %d only",
+                    cfg.nice)
+        return
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
 def _init_child(settings_json: str, parent_pid: int) -> None:
     from features.feast_store import FeastFeatures
     from features.pusher import _exit_with_parent
@@ -128,7 +142,7 @@ def _init_child(settings_json: str, parent_pid: int) -> None:
     from reasoning.registry import ModelRegistry, RegistryError
 
     settings = Settings.model_validate_json(settings_json)
-    os.nice(settings.intent.nice)  # the stream first where both share cores (IntentSettings.nice)
+    _lower_priority(settings.intent)
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     client = connect(settings.redis)
     registry = ModelRegistry.from_settings(settings, client)
