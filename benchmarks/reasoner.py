@@ -202,8 +202,8 @@ def _run(settings: Settings, data: datasets.Dataset, rate: float, seconds: float
         time.sleep(2.0)  # the refreshes of the last events, and reasoning already under way
         window = time.monotonic() - started
         cpu = [round((cpu_seconds(p.proc.pid) - c) / window, 2) for p, c in zip(processes, cpu0)]
-        # Redis blocks while it forks (an RDB snapshot, an AOF rewrite) and the child takes a core
-        # for seconds: the stream's tail counts them (infra/redis/redis.conf).
+        # Redis blocks while it forks (an RDB snapshot, an AOF rewrite; infra/redis/redis.conf) and
+        # the child takes a core for seconds: counted so a run's tail can be read against them.
         forks = client.info("stats")["total_forks"] - forks0
         users = [s.key_prefix + str(u) for u in part.events.user_id.unique()]
         live = intent_coverage(client, keys, users, s.intent.every_n_events) if with_reasoner else None

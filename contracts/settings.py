@@ -381,7 +381,7 @@ class IntentSettings(BaseModel):
     nice: int = Field(default=10, ge=0, le=19)
     """Scheduling niceness the reasoner's LM child adds to itself (os.nice): where reasoners share
     cores with stream workers, the kernel runs the stream first and reasons on what is left
-    (0: the stream's priority). On a host of its own it changes nothing."""
+    (0: none added; `sched_idle` still applies). On a host of its own it changes nothing."""
     sched_idle: bool = True
     """Put the reasoner's LM child in the Linux SCHED_IDLE class as well: it runs only on cores no
     other process wants, and a waking stream process preempts it at once (a niced child keeps a
