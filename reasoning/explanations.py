@@ -113,11 +113,21 @@ def category_name(item: CatalogItem) -> str:
 
 
 def describe(item: CatalogItem) -> str:
-    """How an explanation names an item: brand and category leaf (or its category id)."""
-    if item.category.isdigit() or not item.category:
-        leaf = f"item from category {item.category}" if item.category else f"item {item.item_id}"
-    else:
+    """How an explanation names an item: brand and category leaf. An item whose category has no
+    name (an id, or none) is named by its own id too, so that two such items never read alike: in
+    a catalog without text every item of a category would otherwise be 'item from category N',
+    and the item of the user's history an explanation cites could never be told from the one it
+    explains (`related_item` passes such a twin over).
+
+    >>> describe(CatalogItem("7", "electronics.smartphone", "acme", ""))
+    'acme smartphone'
+    >>> describe(CatalogItem("4711", "12", "", "")), describe(CatalogItem("4711", "", "", ""))
+    ('item 4711 from category 12', 'item 4711')
+    """
+    if item.category and not item.category.isdigit():
         leaf = category_name(item)
+    else:
+        leaf = f"item {item.item_id} from category {item.category}" if item.category else f"item {item.item_id}"
     return f"{item.brand} {leaf}" if item.brand else leaf
 
 
@@ -261,6 +271,10 @@ class Explainer:
             grounded |= words(facts.persona)
         if facts.related is not None:
             grounded |= words(describe(facts.related)) | words(facts.related.text)
+        if facts.similar:
+            # "You opened 3 category 12 items": the count is this user's, even where some item
+            # or category of the catalog has "3" for an id.
+            grounded.add(str(facts.similar))
         for word in words(text):
             if (word in self.entity_words or word in TIME_WORDS) and word not in grounded:
                 return False, f"{word!r} is not in the item, the tags, the history or the situation"

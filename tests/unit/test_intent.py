@@ -136,6 +136,29 @@ def test_one_item_reads_differently_for_different_users_and_says_only_what_is_th
     assert all(explainer.explain(facts, f"u{u}/0")[1].count("acme smartphone") == 1 for u in range(20))
 
 
+def test_items_without_text_are_named_by_id_so_the_history_item_cited_is_this_users() -> None:
+    # A catalog like Taobao's: no brand, no title, a category id. Every item would read "item from
+    # category 3"; named by id, the item of the user's history an explanation cites is theirs.
+    items = pd.DataFrame({"item_id": [str(i) for i in range(1, 9)], "category": ["3"] * 8, "brand": [None] * 8})
+    catalog = Catalog.from_frames(items)
+    explainer = Explainer(catalog, ["category 3"], ["category 3 shopper"])
+    item = catalog.get("1")
+    texts = []
+    for u in range(24):
+        history = [catalog.get(str(2 + (u + k) % 7)) for k in range(1 + u % 4)]
+        facts = Facts.of(item, "category 3", "category 3 shopper", history, "evening, friday, autumn")
+        assert facts.related == history[0] and facts.similar == len(history)
+        style, text, ok = explainer.explain(facts, f"user{u}/1")
+        # "3" is also an item's id and the category's: a count of 3 is still this user's fact.
+        assert ok and explainer.check(text, facts)[0], text
+        texts.append(text)
+    assert any(f"item {h} from category 3" in t for t in texts for h in "2345678")
+    ok, reason = explainer.check("Because you looked at item 6 from category 3, here is item 1.",
+                                 Facts.of(item, None, None, [catalog.get("2")], ""))
+    assert not ok and "'6'" in reason  # an item the user never saw is not cited
+    assert diversity({"1": texts}) > 0.6
+
+
 def test_a_catalog_without_text_gets_learned_category_atoms() -> None:
     from features.embedder import CategoryEmbedder
 
