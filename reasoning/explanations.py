@@ -114,20 +114,18 @@ def category_name(item: CatalogItem) -> str:
 
 def describe(item: CatalogItem) -> str:
     """How an explanation names an item: brand and category leaf. An item whose category has no
-    name (an id, or none) is named by its own id too, so that two such items never read alike: in
-    a catalog without text every item of a category would otherwise be 'item from category N',
-    and the item of the user's history an explanation cites could never be told from the one it
-    explains (`related_item` passes such a twin over).
+    name (an id, or none) is named by its own id: in a catalog without text every item of a
+    category would otherwise be 'item from category N', so the item of the user's history an
+    explanation cites could never be told from the one it explains (`related_item` passes such
+    a twin over) and one item's explanations would differ across users only in their situation
+    and counts. Its category id is then said by the templates that name the category (`leaf`).
 
     >>> describe(CatalogItem("7", "electronics.smartphone", "acme", ""))
     'acme smartphone'
-    >>> describe(CatalogItem("4711", "12", "", "")), describe(CatalogItem("4711", "", "", ""))
-    ('item 4711 from category 12', 'item 4711')
+    >>> describe(CatalogItem("4711", "12", "", "")), describe(CatalogItem("4711", "", "zeta", ""))
+    ('item 4711', 'zeta item 4711')
     """
-    if item.category and not item.category.isdigit():
-        leaf = category_name(item)
-    else:
-        leaf = f"item {item.item_id} from category {item.category}" if item.category else f"item {item.item_id}"
+    leaf = category_name(item) if item.category and not item.category.isdigit() else f"item {item.item_id}"
     return f"{item.brand} {leaf}" if item.brand else leaf
 
 
