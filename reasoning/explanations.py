@@ -27,6 +27,7 @@ STYLES = ("history", "interest", "situation", "attribute")
 TIME_WORDS = {"night", "morning", "afternoon", "evening", "monday", "tuesday", "wednesday", "thursday",
               "friday", "saturday", "sunday", "winter", "spring", "summer", "autumn", "weekend"}
 _WORD = re.compile(r"[a-z0-9]+")
+ARTICLES = ("a", "an")
 
 TEMPLATES = {
     "history": (
@@ -170,7 +171,7 @@ def _values(facts: Facts) -> dict[str, str]:
     part, day, season = (facts.situation.split(", ") + ["", "", ""])[:3]
 
     def a(phrase: str) -> str:
-        return f"{'an' if phrase[:1].lower() in 'aeiou' else 'a'} {phrase}"
+        return f"{ARTICLES[phrase[:1].lower() in 'aeiou']} {phrase}"
 
     values = {"what": what, "a_what": a(what), "A_what": a(what).capitalize(),
               "part": part, "day": day, "season": season,
@@ -198,8 +199,14 @@ def supported_styles(facts: Facts, values: dict[str, str] | None = None) -> list
 
 
 def template_words() -> set[str]:
-    """The words the templates themselves use ("a", "for", "the", ...): not claims about an item."""
-    out: set[str] = set()
+    """The words the templates themselves use ("a", "for", "the", ...) and the articles the
+    realiser puts before a name: not claims about an item (a catalog whose titles hold "an"
+    must not fail "an olay cream").
+
+    >>> {"a", "an", "for"} <= template_words()
+    True
+    """
+    out: set[str] = set(ARTICLES)
     for table in (TEMPLATES, SUPPORT):
         for texts in table.values():
             for text in texts:

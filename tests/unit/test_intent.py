@@ -161,6 +161,20 @@ def test_items_without_text_are_named_by_id_so_the_history_item_cited_is_this_us
     assert diversity({"1": texts}) > 0.6
 
 
+def test_the_article_before_a_name_is_no_claim_even_where_titles_hold_it() -> None:
+    # Beauty's titles hold "an" ("... for an even tone"): it was taken for an entity word, and
+    # every "an olay cream" failed the gate (and its item was not served).
+    items = pd.DataFrame({"item_id": ["1", "2"], "category": ["skin.cream"] * 2, "brand": ["olay", "acme"],
+                          "title": ["Olay cream for an even tone", "Acme cream"]})
+    catalog = Catalog.from_frames(items)
+    explainer = Explainer(catalog, ["skin cream"], ["skin care shopper"])
+    assert "an" not in explainer.entity_words
+    facts = Facts.of(catalog.get("1"), "skin cream", "skin care shopper", [catalog.get("2")], "night, friday, winter")
+    texts = [explainer.explain(facts, f"user{u}/1")[1] for u in range(40)]
+    assert any(t.startswith("An ") or " an " in t for t in texts)
+    assert all(explainer.check(t, facts)[0] for t in texts)
+
+
 def test_a_catalog_without_text_gets_learned_category_atoms() -> None:
     from features.embedder import CategoryEmbedder
 
