@@ -11,8 +11,9 @@ behavioural route fitted on the events before, the sequential route of the split
 item step, from the same model: the intent route alone (Recall@20 of its own list, `all` and
 `new`), its top-20 hits that none of the recent, co-visitation and sequential routes' own top 20
 holds (and their share of the hits any of the four top 20s holds: exclusive recall at the
-routes, evaluation/intent_method.py), and the intent weight `pick_intent_weight` would choose,
-with its grid. No test case is read.
+routes, evaluation/intent_method.py), the intent weight `pick_intent_weight` would choose,
+with its grid, and the diversity of the explanations in its top 20 (reasoning/explanations.py
+`diversity`: what explanation changes are compared by). No test case is read.
 
 The model: `--model DIR`, else the split's intent model as the evaluation gets it
 (evaluation/intent_method.py `split_intent_model`, trained on the split's train part if the
@@ -41,6 +42,7 @@ def run(dataset: str, model_dir: Path | None = None, split_name: str = "global-t
     from offline import datasets, metrics
     from offline.splits import make_split
     from reasoning.engine import IntentEngine
+    from reasoning.explanations import diversity
     from reasoning.sequential import SequentialRoute
     from training.data import holdout
     from training.merge_weights import held_out, intent_lists, other_routes_top, pick_intent_weight
@@ -70,8 +72,11 @@ def run(dataset: str, model_dir: Path | None = None, split_name: str = "global-t
         seconds = time.perf_counter() - t0
         weight, grid = pick_intent_weight(sample, lists, intents, (merge["weight_recent"], merge["weight_behavioural"]))
         alone_all, alone_new, only_intent, route_hits, any_hits = [], [], 0, 0, 0
+        by_item: dict[str, list[str]] = {}
         for case, items, channels in zip(sample, intents, others):
             ids = [e["item_id"] for e in items]
+            for e in items[:K]:
+                by_item.setdefault(e["item_id"], []).append(e["explanation"])
             alone_all.append(metrics.recall_at([i for i in ids if i not in case.bought], case.targets, K))
             if case.new_targets:
                 alone_new.append(metrics.recall_at([i for i in ids if i not in case.seen], case.new_targets, K))
@@ -84,7 +89,8 @@ def run(dataset: str, model_dir: Path | None = None, split_name: str = "global-t
             f"intent_route_alone_recall@{K}_new": float(np.mean(alone_new)) if alone_new else None,
             f"intent_top{K}_hits": route_hits, f"intent_top{K}_hits_in_no_other_top{K}": only_intent,
             f"routes_top{K}_hits": any_hits, "exclusive_recall_routes": only_intent / any_hits if any_hits else 0.0,
-            "weight_intent": weight, "grid": grid, "seconds": round(seconds, 1)}
+            "weight_intent": weight, "grid": grid, "seconds": round(seconds, 1),
+            "explanation_diversity": diversity(by_item), "explained_items_with_2_or_more": sum(len(v) >= 2 for v in by_item.values())}
     return {
         "command": f"python -m benchmarks.item_step --dataset {dataset} --split {split_name}"
                    + (f" --model {given}" if given else ""),
