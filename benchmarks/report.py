@@ -114,10 +114,13 @@ def _item_step_section(results: list[dict]) -> list[str]:
              "reasoning/retrieval.py. Route alone: Recall@20 of the intent route's own list; its top-20 hits, "
              "and in brackets those in none of the recent, co-visitation and sequential routes' own top 20; "
              "exclusive recall at the routes: those over the hits of the four top 20s together; weight: what "
-             "the intent-weight fit would choose with that step (the served merge's NDCG@20 at weight 0).", "",
+             "the intent-weight fit would choose with that step (the served merge's NDCG@20 at weight 0); "
+             "explanation diversity: 1 - mean pairwise ROUGE-L among the explanations of one item in the "
+             "route's top 20s ('-': a run before it was measured).", "",
              "| dataset (cases) | item step | route alone R@20 all / new | route top-20 hits (in no other top 20) | "
-             "exclusive recall at the routes | fitted intent weight | NDCG@20 all / new at 0 | s | commit |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "exclusive recall at the routes | fitted intent weight | NDCG@20 all / new at 0 | explanation diversity "
+             "| s | commit |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         for step, f in r["steps"].items():
             at0 = f["grid"].get("0.0", {})
@@ -127,7 +130,9 @@ def _item_step_section(results: list[dict]) -> list[str]:
                 f"{f['intent_route_alone_recall@20_all']:.3f} / {'-' if new is None else f'{new:.3f}'} | "
                 f"{f['intent_top20_hits']} ({f['intent_top20_hits_in_no_other_top20']}) | "
                 f"{100 * f.get('exclusive_recall_routes', 0):.1f}% | {f['weight_intent']} | "
-                f"{at0.get('ndcg@20_all', 0):.4f} / {at0.get('ndcg@20_new', 0):.4f} | {f['seconds']} | `{r['commit']}` |")
+                f"{at0.get('ndcg@20_all', 0):.4f} / {at0.get('ndcg@20_new', 0):.4f} | "
+                f"{'-' if f.get('explanation_diversity') is None else format(f['explanation_diversity'], '.3f')} | "
+                f"{f['seconds']} | `{r['commit']}` |")
     notes = [r["note"] for r in results if r.get("note")]
     return lines + [""] + [n + "\n" for n in notes]
 
