@@ -158,7 +158,7 @@ def test_items_without_text_are_named_by_id_so_the_history_item_cited_is_this_us
     ok, reason = explainer.check("Because you looked at item 6 from category 3, here is item 1.",
                                  Facts.of(item, None, None, [catalog.get("2")], ""))
     assert not ok and "'6'" in reason  # an item the user never saw is not cited
-    assert diversity({"1": texts}) > 0.6
+    assert diversity({"1": texts}) > 0.7  # 0.75 here; 0.64 when every item read "item from category 3"
 
 
 def test_the_article_before_a_name_is_no_claim_even_where_titles_hold_it() -> None:
