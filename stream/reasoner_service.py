@@ -52,9 +52,9 @@ Each result carries the version that produced it (model_version `<behavioural>+<
 
 Why a child process: a hung local model or server call cannot be interrupted in-thread; a child
 can be killed, and the consumer loop (heartbeats, commits) never waits on torch. The child lowers
-its own priority (`intent.nice`, and Linux's SCHED_IDLE class with `intent.sched_idle`), so a
-reasoner that shares cores with a stream worker reasons on the CPU the stream leaves
-(benchmarks/reasoner.py, isolation).
+its own priority (`intent.nice`, 19 by default; Linux's SCHED_IDLE class with `intent.sched_idle`,
+off by default: measured worse on both sides, contracts/settings.py), so a reasoner that shares
+cores with a stream worker reasons on the CPU the stream leaves (benchmarks/reasoner.py, isolation).
 """
 
 from __future__ import annotations

@@ -86,8 +86,8 @@ def test_worker_sends_refreshes_to_the_reasoner_which_serves_merged_lists_and_pu
     # intent.sched_idle).
     (lm_child,) = _children(reasoner.proc.pid)
     niceness = os.getpriority(os.PRIO_PROCESS, lm_child) - os.getpriority(os.PRIO_PROCESS, reasoner.proc.pid)
-    assert niceness == settings.intent.nice == 10
-    assert settings.intent.sched_idle and os.sched_getscheduler(lm_child) == os.SCHED_IDLE
+    assert niceness == settings.intent.nice == 19  # the default: the lowest normal priority
+    assert os.sched_getscheduler(lm_child) == (os.SCHED_IDLE if settings.intent.sched_idle else os.SCHED_OTHER)
     assert os.sched_getscheduler(reasoner.proc.pid) == os.sched_getscheduler(worker.proc.pid) == os.SCHED_OTHER
     users = [prefix + u for u in data.events.user_id.unique()]
     served = [Recommendations.model_validate_json(raw) for raw in client.mget([keys.recs(u) for u in users]) if raw]
