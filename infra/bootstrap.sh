@@ -46,10 +46,22 @@ if [ ! -x "$venv/bin/intentstream" ] || [ ! -f "$venv/.complete" ]; then
   rm -rf "$venv"
   mkdir -p "$CACHE_DIR"
   "$PYTHON" -m venv "$venv"
-  "$venv/bin/pip" install -q --upgrade pip setuptools wheel
-  "$venv/bin/pip" install -q -e ".[test]"
+  # A download cut short (seen on 2026-12-06: a 228 MB torch dependency stopped at 130 MB six
+  # times, pip's own resume retries included) fails the whole set-up: run pip again, up to three
+  # times; what it already fetched comes from its cache.
+  pip_retry() {
+    local attempt
+    for attempt in 1 2 3; do
+      "$venv/bin/pip" "$@" && return 0
+      echo "bootstrap: pip failed (attempt $attempt of 3)" >&2
+      sleep 5
+    done
+    return 1
+  }
+  pip_retry install -q --upgrade pip setuptools wheel
+  pip_retry install -q -e ".[test]"
   # shellcheck disable=SC2086
-  "$venv/bin/pip" install -q --no-deps $NO_DEPS
+  pip_retry install -q --no-deps $NO_DEPS
   touch "$venv/.complete"
 fi
 # The venv may have been built from another checkout: point the editable install here (no deps).
