@@ -566,7 +566,8 @@ def _sasrec_loss_section(result: dict | None) -> list[str]:
     return ["SASRec's objective on the validation items (no test case read): "
             f"`{result['command']}` (commit `{result['commit']}`, {result['seconds']:.0f} s; "
             f"{result['config']['negatives']} uniform negatives per position for the sampled softmax, the "
-            "published setting; everything else the `sasrec` row's).", "",
+            "published setting; everything else the `sasrec` row's config at that commit)."
+            + (f" {result['note']}" if result.get("note") else ""), "",
             f"| loss | dropout | epochs | best epoch | {val} | s | source |", "|---|---|---|---|---|---|---|",
             *rows, "", f"Kept: `{result['chosen']}` (SequentialConfig.loss).", ""]
 

@@ -11,7 +11,7 @@ import torch
 
 from reasoning.sequential import Fusion, SequentialRoute, SequentialShape, export, pad
 from training.sequential import (FUSION_RULE, RECENT_GRID, SEQUENTIAL_GRID, SequentialConfig, SequentialLoss,
-                                 fit_fusion, scores, train_and_export, train_sequential)
+                                 fit_fusion, scores, train_and_export, train_sequential, validation_ndcg)
 
 
 def cyclic_log(users: int = 120, length: int = 8, items: int = 30) -> pd.DataFrame:
@@ -35,6 +35,29 @@ def test_training_learns_the_next_item(loss):
     logits = scores(trained.model, trained.index, [["i3", "i4", "i5"]], 10)
     assert trained.item_ids[int(logits.argmax()) - 1] == "i6"
 
+
+
+def test_a_stalled_run_drops_the_learning_rate_from_its_best_weights_then_stops():
+    trained = train_sequential(cyclic_log(), cfg=replace(CFG, patience=1, lr_drops=2, max_epochs=60))
+    lrs = [e["lr"] for e in trained.log]
+    assert lrs == sorted(lrs, reverse=True) and sorted(set(lrs)) == pytest.approx([1e-5, 1e-4, 1e-3])
+    assert len(lrs) < 60  # the stall at the last rate stopped it
+    last = [e["val_ndcg@10"] for e in trained.log if e["lr"] == min(lrs)]
+    assert last[-1] <= trained.best_val == max(e["val_ndcg@10"] for e in trained.log)
+    # The kept weights are the best epoch's, not the last one's.
+    kept = validation_ndcg(trained.model, trained.index, np.asarray([""] + trained.item_ids, dtype=object),
+                           trained.validation, 10, trained.shape.maxlen)
+    assert kept == pytest.approx(trained.best_val)
+
+
+def test_the_drops_start_where_a_constant_rate_stops_so_the_best_score_can_only_rise():
+    cfg = replace(CFG, patience=2, max_epochs=60)
+    constant = train_sequential(cyclic_log(), cfg=replace(cfg, lr_drops=0))
+    dropped = train_sequential(cyclic_log(), cfg=replace(cfg, lr_drops=2))
+    assert {e["lr"] for e in constant.log} == {1e-3} and len(constant.log) < 60
+    first = [(e["epoch"], e["val_ndcg@10"]) for e in constant.log]
+    assert [(e["epoch"], e["val_ndcg@10"]) for e in dropped.log][:len(first)] == first
+    assert len(dropped.log) > len(first) and dropped.best_val >= constant.best_val
 
 def test_onnx_and_faiss_serve_what_torch_scores(tmp_path):
     shape = SequentialShape(hidden=16, blocks=2, heads=2, maxlen=10)
