@@ -90,7 +90,8 @@ class SequentialConfig:
     lr_drops: int = 2           # times the lr is divided by 10 from the best weights; 0: a constant lr
     # The drops (step 4) were chosen on validation scores only. Beauty's leave-one-out validation
     # items (dropout 0.5): best NDCG@10 0.0659 with two drops at patience 3 against 0.0639 at a
-    # constant lr (its peak at epoch 9; then 0.0655 at 1e-4, 0.0659 at 1e-5). Patience 3 cut
+    # constant lr (its peak at epoch 9; then 0.0655 at 1e-4, 0.0659 at 1e-5; 0.0660 with the
+    # drops at patience 10, as below, in the `sasrec` row of benchmarks/REPORT.md). Patience 3 cut
     # Taobao's slower, noisier curve (dropout 0.5: 0.1300 against 0.1347 at a constant lr with
     # patience 10), so the drops come after the constant lr's own stopping point: with the same
     # seed the first phase is that run, and the best score can only rise.

@@ -36,7 +36,6 @@ def test_training_learns_the_next_item(loss):
     assert trained.item_ids[int(logits.argmax()) - 1] == "i6"
 
 
-
 def test_a_stalled_run_drops_the_learning_rate_from_its_best_weights_then_stops():
     trained = train_sequential(cyclic_log(), cfg=replace(CFG, patience=1, lr_drops=2, max_epochs=60))
     lrs = [e["lr"] for e in trained.log]
@@ -58,6 +57,7 @@ def test_the_drops_start_where_a_constant_rate_stops_so_the_best_score_can_only_
     first = [(e["epoch"], e["val_ndcg@10"]) for e in constant.log]
     assert [(e["epoch"], e["val_ndcg@10"]) for e in dropped.log][:len(first)] == first
     assert len(dropped.log) > len(first) and dropped.best_val >= constant.best_val
+
 
 def test_onnx_and_faiss_serve_what_torch_scores(tmp_path):
     shape = SequentialShape(hidden=16, blocks=2, heads=2, maxlen=10)
