@@ -86,7 +86,7 @@ class SequentialConfig:
     batch_size: int = 64        # sequences per step (small batches: many more updates per epoch)
     lr: float = 1e-3            # Adam learning rate
     max_epochs: int = 200       # upper bound; early stopping usually ends sooner
-    patience: int = 10          # epochs without validation improvement before the lr drops (after the last drop: the stop)
+    patience: int = 10          # epochs without a better validation score before the lr drops (after the last: the stop)
     lr_drops: int = 2           # times the lr is divided by 10 from the best weights; 0: a constant lr
     # The drops (step 4) were chosen on validation scores only. Beauty's leave-one-out validation
     # items (dropout 0.5): best NDCG@10 0.0659 with two drops at patience 3 against 0.0639 at a
