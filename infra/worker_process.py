@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -31,7 +32,29 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def _exit_on_sigterm(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def stop_children_on_sigterm() -> None:
+    """Make a SIGTERM to this program raise SystemExit, so the `finally` blocks that stop its
+    child processes run. The children live in sessions of their own (a Ctrl-C in the terminal
+    must not reach them before their parent has decided to stop them); under SIGTERM's default
+    action the parent died at once and they kept running (seen: a `pkill -f "intentstream demo"`
+    left the worker and reasoner running, a SIGTERM to `intentstream eval` left its replay worker
+    running for an hour). Only from the main thread, and only where nobody chose a handler."""
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL):
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
 class WorkerProcess:
+    """`intentstream worker` as a child process. Starting one makes a SIGTERM to this program
+    raise SystemExit (`stop_children_on_sigterm`): stop it in a `finally`, and it goes down with
+    its parent. (A SIGKILL to the parent still leaves it running: a parent-death signal would
+    cover that, but Linux sends it when the *thread* that started the child exits, and the chaos
+    bench restarts workers from threads that end before the workers should.)"""
+
     command = "worker"
     ready_mark = "worker_ready_ms"
     """The metrics field the process writes once it consumes (joined, recovered)."""
@@ -45,6 +68,7 @@ class WorkerProcess:
         self.keys = RedisKeys(settings.key_prefix)
 
     def start(self) -> None:
+        stop_children_on_sigterm()
         self.started_ms = int(time.time() * 1000)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1"}

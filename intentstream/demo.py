@@ -15,7 +15,6 @@ stay in Redis afterwards (`intentstream recs USER`).
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 import uuid
@@ -31,7 +30,7 @@ from contracts.settings import Settings
 from features.item_model import SharedItemModel
 from features.redis_client import connect, delete_matching
 from infra import services
-from infra.worker_process import ReasonerProcess, WorkerProcess
+from infra.worker_process import ReasonerProcess, WorkerProcess, stop_children_on_sigterm
 from intentstream.render import print_recommendations
 from offline import datasets
 from offline.replay import FeedbackSimulator, replay
@@ -80,16 +79,9 @@ def _wait_for_intent(client: redis.Redis, keys: RedisKeys, console: Console, tim
     console.print("[yellow]the reasoner still had requests to handle after 5 minutes[/yellow]")
 
 
-def _exit_on_sigterm(signum: int, frame) -> None:
-    raise SystemExit(128 + signum)
-
-
 def run_demo(settings: Settings, dataset: str, rate: float, console: Console) -> None:
-    # The worker and reasoner run in sessions of their own (a Ctrl-C in the terminal does not reach
-    # them): the demo stops them in its `finally`, which a SIGTERM skips unless it raises (seen: a
-    # `pkill -f "intentstream demo"` left both running).
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # The demo stops its worker and reasoner in its `finally`, which a SIGTERM skips unless it raises.
+    stop_children_on_sigterm()
     started = time.monotonic()
     console.rule("1. services")
     for st in services.up(settings):
