@@ -11,6 +11,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
+from features.state import StateLimits
 from offline.splits import Split, UserCase
 from reasoning.behavioural import BehaviouralModel, BehaviouralReasoner
 
@@ -64,7 +65,8 @@ class RecentHistory:
 class ItemKNN:
     """The worker's behavioural route (co-visitation + popularity), learned from the train events
     in time order with the same model code that serves users; a user's recent items are read from
-    the split's inputs (leave-one-out: the validation event too, which the model never learns)."""
+    the split's inputs (leave-one-out: the validation event too, which the model never learns),
+    as many as the worker's state keeps by default (`StateLimits.recent_items`)."""
 
     name = "itemknn"
 
@@ -74,20 +76,20 @@ class ItemKNN:
     def fit(self, split: Split, catalog: Sequence[str]) -> None:
         model = BehaviouralModel(*self.params)
         recent: dict[str, list[list]] = {}
-        window = self.params[0]
+        window, keep = self.params[0], StateLimits().recent_items
         cols = split.train[["user_id", "item_id", "type", "ts", "category"]].itertuples(index=False)
         for user, item, kind, ts, category in cols:
             history = recent.setdefault(user, [])
             model.observe(item, kind, int(ts), [h[0] for h in history[:window]],
                           category if isinstance(category, str) else None)
             history.insert(0, [item, kind, int(ts), None])
-            del history[50:]
+            del history[keep:]
         if split.history is not None:
             extra = split.history.loc[split.history.index.difference(split.train.index)]
             for user, item, kind, ts in extra[["user_id", "item_id", "type", "ts"]].itertuples(index=False):
                 history = recent.setdefault(user, [])
                 history.insert(0, [item, kind, int(ts), None])
-                del history[50:]
+                del history[keep:]
         self.recent = recent
         self.reasoner = BehaviouralReasoner(model, "eval")
 

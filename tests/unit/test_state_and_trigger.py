@@ -1,5 +1,5 @@
 from contracts.events import Event
-from contracts.settings import TriggerSettings
+from contracts.settings import TriggerSettings, WorkerSettings
 from features.state import Fold, StateLimits, UserState, apply
 from stream.trigger import due_at_ms, mark_refreshed, refresh_reason
 
@@ -19,6 +19,12 @@ def test_state_is_bounded_and_deduplicated():
     assert apply(state, ev(29), 0, limits) is Fold.duplicate  # sent again: ignored
     assert state.event_count == 30 and state.state_version == 30
     assert state.last_produced_ms == 2029
+
+
+def test_state_limits_default_to_the_worker_settings():
+    # The offline methods that mirror the worker (offline/methods.py ItemKNN) read StateLimits().
+    w = WorkerSettings()
+    assert StateLimits() == StateLimits(w.recent_items, w.dedupe_window, w.top_affinities, w.affinity_half_life_events)
 
 
 def test_redelivery_is_dropped_by_offset_however_far_back_it_reaches():
