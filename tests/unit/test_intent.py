@@ -384,7 +384,7 @@ def test_sft_backward_in_chunks_of_similar_length_gives_the_batchs_gradient(engi
     whole = [p.grad.clone() for p in params]
     model.lm.zero_grad(set_to_none=True)
     loss = _backward(model, batch, chunk=3)
-    assert abs(loss - float(_batch_loss(model, batch))) < 1e-5
+    assert abs(loss - _batch_loss(model, batch).item()) < 1e-5
     for p, g in zip(params, whole):
         assert torch.allclose(p.grad, g, atol=1e-6), "chunked gradient differs"
 
