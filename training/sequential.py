@@ -160,8 +160,8 @@ def _sampled_softmax(model, h, target, negatives: int, generator):
     >>> import math, torch
     >>> from reasoning.sequential import SequentialShape, build_model
     >>> shape, h = SequentialShape(hidden=4, blocks=1, heads=1), torch.zeros(2, 4)
-    >>> loss = lambda n_items, target: float(_sampled_softmax(
-    ...     build_model(n_items, shape), h, torch.tensor(target), 4, torch.Generator().manual_seed(0)))
+    >>> loss = lambda n_items, target: _sampled_softmax(
+    ...     build_model(n_items, shape), h, torch.tensor(target), 4, torch.Generator().manual_seed(0)).item()
     >>> round(loss(10_000, [1, 3]), 4) == round(math.log(5), 4)
     True
     >>> loss(1, [1, 1])
