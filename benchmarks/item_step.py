@@ -13,7 +13,10 @@ item step, from the same model: the intent route alone (Recall@20 of its own lis
 holds (and their share of the hits any of the four top 20s holds: exclusive recall at the
 routes, evaluation/intent_method.py), the intent weight `pick_intent_weight` would choose,
 with its grid, and the diversity of the explanations in its top 20 (reasoning/explanations.py
-`diversity`: what explanation changes are compared by). No test case is read.
+`diversity`: what explanation changes are compared by). No test case is read. `--complement
+0,20` runs every step again with each `intent.complement_top` (the route leaving out what the
+other routes show: reasoning/pipeline.py `IntentInput.shown`), the figures its default was
+chosen by.
 
 The model: `--model DIR`, else the split's intent model as the evaluation gets it
 (evaluation/intent_method.py `split_intent_model`, trained on the split's train part if the
@@ -31,13 +34,24 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.ingest import commit, machine
+from contracts.settings import ItemStep
 
 USERS = 600
 K = 20
 
 
-def run(dataset: str, model_dir: Path | None = None, split_name: str = "global-time") -> dict:
-    from contracts.settings import ItemStep, Settings
+def _name(step, complement_top: int) -> str:
+    """A row's name: the item step, and the complement when there is one.
+
+    >>> _name(ItemStep.PRODUCT, 0), _name(ItemStep.PRODUCT, 20)
+    ('product', 'product, complement 20')
+    """
+    return step.value + (f", complement {complement_top}" if complement_top else "")
+
+
+def run(dataset: str, model_dir: Path | None = None, split_name: str = "global-time",
+        complement: tuple[int, ...] = (0,)) -> dict:
+    from contracts.settings import Settings
     from evaluation.intent_method import split_intent_model
     from offline import datasets, metrics
     from offline.splits import make_split
@@ -65,8 +79,9 @@ def run(dataset: str, model_dir: Path | None = None, split_name: str = "global-t
     engine = IntentEngine(model_dir, settings.intent, settings.cache_dir)
     merge = engine.model.meta["merge"]
     steps = {}
-    for step in ItemStep:
+    for step, top in [(step, top) for top in complement for step in ItemStep]:
         engine.retriever.item_step = step
+        engine.config.complement_top = top
         t0 = time.perf_counter()
         intents = intent_lists(engine, held, sequential)
         seconds = time.perf_counter() - t0
@@ -84,7 +99,7 @@ def run(dataset: str, model_dir: Path | None = None, split_name: str = "global-t
             route_hits += len(found)
             only_intent += len(found - channels)
             any_hits += len((found | channels) & case.targets)
-        steps[step.value] = {
+        steps[_name(step, top)] = {
             f"intent_route_alone_recall@{K}_all": float(np.mean(alone_all)),
             f"intent_route_alone_recall@{K}_new": float(np.mean(alone_new)) if alone_new else None,
             f"intent_top{K}_hits": route_hits, f"intent_top{K}_hits_in_no_other_top{K}": only_intent,
@@ -93,11 +108,12 @@ def run(dataset: str, model_dir: Path | None = None, split_name: str = "global-t
             "explanation_diversity": diversity(by_item), "explained_items_with_2_or_more": sum(len(v) >= 2 for v in by_item.values())}
     return {
         "command": f"python -m benchmarks.item_step --dataset {dataset} --split {split_name}"
-                   + (f" --model {given}" if given else ""),
+                   + (f" --model {given}" if given else "")
+                   + (f" --complement {','.join(map(str, complement))}" if complement != (0,) else ""),
         "machine": machine(), "commit": commit(), "dataset": data.name, "split": split_name,
         "cases": "validation items" if split.validation else "each user's last train event",
         "users": len(sample), "users_new": sum(1 for c in sample if c.new_targets), "model": engine.version,
-        "sequential_model": sequential.version, "served_default": ItemStep(settings.intent.item_step).value,
+        "sequential_model": sequential.version, "served_default": _name(ItemStep(settings.intent.item_step), settings.intent.complement_top),
         "steps": steps, "seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -106,9 +122,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", default="rees46")
     parser.add_argument("--model", type=Path, default=None, help="an intent model directory (default: the split's)")
     parser.add_argument("--split", default="global-time", help="global-time, per-user-last or leave-one-out")
+    parser.add_argument("--complement", default="0",
+                        help="intent.complement_top values to run each item step with, comma-separated (0: none)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    result = run(args.dataset, args.model, args.split)
+    result = run(args.dataset, args.model, args.split, tuple(int(v) for v in args.complement.split(",")))
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.write_text(text + "\n")

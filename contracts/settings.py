@@ -335,6 +335,13 @@ class IntentSettings(BaseModel):
     """How tags become items: product (the sequential model's probability of the item times its
     tags' relevance), mixture (the tags' relevance times that model's softmax within each tag) or
     round_robin (tags interleaved by rank); see reasoning/retrieval.py."""
+    complement_top: int = Field(default=20, ge=0)
+    """The intent route leaves out the items the other routes already show the user: the first
+    complement_top of the behavioural list (with a sequential model, the fusion of the recent,
+    co-visitation and sequential routes) and of the recent items merged beside it, so its slots
+    go to items they miss (reasoning/pipeline.py `IntentInput.shown`). 0: it leaves out only what
+    the user bought. Default: the length of list a shop shows (the evaluation's K); see
+    benchmarks/REPORT.md for the figures on held-out train users."""
     weight_recent: float | None = Field(default=None, ge=0)
     """Merge weight of the user's recent unbought items (reciprocal-rank fusion); unset: the
     weight fitted with the model on held-out train events (training/merge_weights.py)."""

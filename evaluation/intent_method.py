@@ -52,8 +52,8 @@ def split_intent_model(settings, dataset: Dataset, split: Split, sft: SFTConfig,
     """(the intent model trained by SFT on `split`'s train events only, whether this call trained
     it): reused from `<cache_dir>/models/eval-<dataset>-<split>-<key>` when the same catalog, split,
     SFT config, sequential model (`sequential`, a SequentialRoute: the intent weight is fitted
-    against its fusion) and item step (`intent.item_step`: the weight is fitted on the items it
-    gives) trained one before. The one rule by which the `intent` methods, the replay
+    against its fusion), item step and complement (`intent.item_step`, `intent.complement_top`:
+    the weight is fitted on the items they give) trained one before. The one rule by which the `intent` methods, the replay
     method and `bench loop` get the model they evaluate, so none serves a model that learned from
     another dataset or from test events."""
     catalog = catalog or Catalog.from_frames(dataset.items, dataset.events)
@@ -62,7 +62,8 @@ def split_intent_model(settings, dataset: Dataset, split: Split, sft: SFTConfig,
     # sequential model named here, when one serves, with the item step that serves).
     key = json.dumps({"catalog": catalog.version, "split": split.protocol, "train": len(split.train),
                       "sft": asdict(sft), "format": 3, "sequential": sequential.version if sequential else None,
-                      "item_step": settings.intent.item_step.value},
+                      "item_step": settings.intent.item_step.value,
+                      **({"complement_top": settings.intent.complement_top} if settings.intent.complement_top else {})},
                      sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     model_dir = settings.cache_dir / "models" / f"eval-{dataset.name}-{split.name}-{digest}"
@@ -116,11 +117,14 @@ class IntentMethod:
         popularity = self.behavioural.reasoner.model.popularity.scores
         histories = user_histories(split.train)
         self.inputs = {}
+        top = cfg.complement_top
         for c in split.cases:
             recent = list(reversed(histories.get(c.user_id, [])))
             scored = self.behavioural.reasoner.score(recent, c.bought, 100)
+            shown = route_lists(self.behavioural, self.sequential, c, recent,
+                                 self.settings.recs.top_k).shown(top) if top else frozenset()
             self.inputs[c.user_id] = IntentInput(c.user_id, recent, frozenset(c.bought),
-                                                 {i: s for i, s, anchor in scored if anchor})
+                                                 {i: s for i, s, anchor in scored if anchor}, shown)
         self.results: dict[str, object] = {}
         self.variants: dict[str, dict[str, list[dict]]] = {}
         """Per user, the served mode's intent items by other item steps from the same tags, for
@@ -142,7 +146,8 @@ class IntentMethod:
                 seconds += time.perf_counter() - t0
                 if mode == cfg.mode and personal is not None:
                     # The same tags through the other item steps, for the route-alone figures.
-                    args = ([r.tags for r in results], popularity, [set(c.bought) for c in cases], n,
+                    args = ([r.tags for r in results], popularity,
+                            [set(c.bought) | self.inputs[c.user_id].shown for c in cases], n,
                             [self.inputs[c.user_id].affinity for c in cases])
                     others = [("_popularity_within_tags", engine.retriever.retrieve(*args))]
                     others += [(f"_{step.value}", engine.retriever.retrieve(*args, personal, [r.relevance for r in results],

@@ -30,6 +30,21 @@ class IntentInput:
     bought: frozenset[str]
     affinity: Mapping[str, float] = field(default_factory=dict)
     """Items the behavioural route scored for this user (co-visitation), for ranking within tags."""
+    shown: frozenset[str] = frozenset()
+    """Items the other routes already show the user (`shown_items` of the lists the intent route
+    is merged with, at `intent.complement_top`): the route leaves them out, like `bought`."""
+
+
+def shown_items(behavioural: Sequence[Mapping], recent: Sequence[Mapping], n: int) -> frozenset[str]:
+    """The items of the first `n` of each of the lists the intent route is merged with (rec_item
+    dicts, best first), which `intent.complement_top` = n keeps out of the route.
+
+    >>> sorted(shown_items([{"item_id": "a"}, {"item_id": "b"}], [{"item_id": "c"}, {"item_id": "d"}], 1))
+    ['a', 'c']
+    >>> shown_items([{"item_id": "a"}], [], 0)
+    frozenset()
+    """
+    return frozenset(e["item_id"] for e in [*behavioural[:n], *recent[:n]])
 
 
 @dataclass
@@ -138,7 +153,7 @@ def reason(engine, users: Sequence[IntentInput], popularity: Mapping[str, float]
 
     contexts = [build_context(u.user_id, u.recent, engine.catalog, cfg.max_items) for u in users]
     personas, proposals, final, session = propose(engine, contexts, mode, stats, lap)
-    exclude = [set(u.bought) for u in users]
+    exclude = [set(u.bought) | set(u.shown) for u in users]
     retrieved = engine.retriever.retrieve([[t for t, _ in tags] for tags in final], popularity, exclude, k,
                                           [u.affinity for u in users], personal,
                                           [[relevance for _, relevance in tags] for tags in final])

@@ -81,7 +81,7 @@ from contracts.keys import RedisKeys
 from contracts.recs import FallbackReason, RecsPayload
 from contracts.settings import IntentSettings, Settings
 from features.redis_client import connect
-from reasoning.retrieval import merge_with_intent
+from reasoning.retrieval import merge_with_intent, recent_route
 from stream.failures import is_retryable, through_outage
 from stream.metrics import WorkerMetrics
 from stream.producer import EventProducer, ensure_topics
@@ -209,6 +209,30 @@ def _unfused_recent(request: dict) -> list:
     return [] if request.get("recent_fused") else request["recent"]
 
 
+def _intent_inputs(requests: list[dict], complement_top: int) -> list:
+    """The pipeline's inputs (reasoning/pipeline.py `IntentInput`) for IntentRequest dicts: the
+    co-visitation scores of the worker's list rank a tag's items, and the first `complement_top`
+    items of the lists the result is merged with (the worker's list, the recent items it does not
+    hold) are left out of the route (intent.complement_top).
+
+    >>> r = {"user_id": "u", "recent": [["r1", "view"], ["r2", "view"]], "bought": ["b"], "recent_fused": False,
+    ...      "behavioural": {"items": [{"item_id": "c1", "score": 0.5, "route": "covisit"},
+    ...                                {"item_id": "s1", "score": 0.4, "route": "sequential"}]}}
+    >>> (one,) = _intent_inputs([r], 1)
+    >>> dict(one.affinity), sorted(one.shown), one.bought
+    ({'c1': 0.5}, ['c1', 'r1'], frozenset({'b'}))
+    >>> _intent_inputs([r], 0)[0].shown
+    frozenset()
+    """
+    from reasoning.pipeline import IntentInput, shown_items
+
+    return [IntentInput(r["user_id"], r["recent"], frozenset(r["bought"]),
+                        {e["item_id"]: e["score"] for e in r["behavioural"]["items"] if e["route"] == "covisit"},
+                        shown_items(r["behavioural"]["items"],
+                                    recent_route(_unfused_recent(r), set(r["bought"]), complement_top), complement_top))
+            for r in requests]
+
+
 def _personal(requests: list[dict]):
     """The sequential model's view of the batch's users (reasoning/retrieval.py `PersonalScores`),
     so a tag's items are ranked for each user; None while no sequential model serves (the same
@@ -235,18 +259,15 @@ def _warm() -> str:
 def _reason_in_child(requests: list[dict]) -> dict:
     """Reason about `requests` (IntentRequest dicts), store the results, write the merged lists
     and the contexts; return the batch's stats."""
-    from reasoning.pipeline import IntentInput, reason
+    from reasoning.pipeline import reason
 
     started = time.perf_counter()
     _maybe_swap()
     settings: Settings = _child["settings"]
     engine = _child["engine"]
     cfg, k = settings.intent, settings.recs.top_k
-    inputs = [IntentInput(r["user_id"], r["recent"], frozenset(r["bought"]),
-                          {e["item_id"]: e["score"] for e in r["behavioural"]["items"] if e["route"] == "covisit"})
-              for r in requests]
     personal = _personal(requests)
-    results, stats = reason(engine, inputs, _popularity(), k, personal=personal)
+    results, stats = reason(engine, _intent_inputs(requests, cfg.complement_top), _popularity(), k, personal=personal)
     keys = _child["keys"]
     pipe = _child["client"].pipeline(transaction=False)
     written_ms = int(time.time() * 1000)

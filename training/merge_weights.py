@@ -79,6 +79,13 @@ class RouteLists(NamedTuple):
     fused: bool
     """The behavioural list holds the recent items already (the merge gives `recent` weight 0)."""
 
+    def shown(self, n: int) -> frozenset[str]:
+        """The first `n` items of each list the served merge reads (reasoning/pipeline.py
+        `shown_items`): what `intent.complement_top` = n keeps out of the intent route."""
+        from reasoning.pipeline import shown_items
+
+        return shown_items(self.behavioural, [] if self.fused else self.recent, n)
+
 
 def route_lists(knn: ItemKNN, sequential, case: UserCase, recent: Sequence[Sequence], n: int) -> RouteLists:
     """`case`'s lists as the worker builds them: `recent` is its state (newest first), `knn` the
@@ -188,18 +195,20 @@ def held_out(learn: pd.DataFrame, cases: Sequence[UserCase], sequential=None, us
 def intent_lists(engine, held: HeldOut, sequential=None, n: int = 100) -> list[list[dict]]:
     """`fit_intent_weight`'s step 3: the intent route's items for each held-out case, the pipeline
     (reasoning/pipeline.py `reason`) in the engine's batches; with `sequential` a tag's items are
-    ranked for the user by it, as in serving."""
+    ranked for the user by it, as in serving; with `intent.complement_top` the route leaves out
+    what each case's lists show (`RouteLists.shown`), as the reasoner does."""
     from reasoning.pipeline import IntentInput, reason
 
     popularity = held.knn.reasoner.model.popularity.scores
     intents: list[list[dict]] = []
-    size = engine.config.batch_size
+    size, top = engine.config.batch_size, engine.config.complement_top
     for start in range(0, len(held.cases), size):
-        batch = list(zip(held.cases, held.recents))[start:start + size]
+        batch = list(zip(held.cases, held.recents, held.lists))[start:start + size]
         inputs = [IntentInput(c.user_id, r, frozenset(c.bought),
-                              {i: s for i, s, anchor in held.knn.reasoner.score(r, c.bought, n) if anchor})
-                  for c, r in batch]
-        personal = sequential.personal([c.history for c, _ in batch]) if sequential is not None else None
+                              {i: s for i, s, anchor in held.knn.reasoner.score(r, c.bought, n) if anchor},
+                              lists.shown(top))
+                  for c, r, lists in batch]
+        personal = sequential.personal([c.history for c, _, _ in batch]) if sequential is not None else None
         results, _ = reason(engine, inputs, popularity, n, personal=personal)
         intents += [r.items[:n] for r in results]
     return intents

@@ -78,6 +78,30 @@ def test_pipeline_only_emits_vocabulary_tags_and_never_bought_items(engine) -> N
     assert stats.tokens > stats.context_tokens > 0
 
 
+def test_the_route_leaves_out_what_the_other_routes_show(engine) -> None:
+    """intent.complement_top: the items of `shown` (what the merged lists show) never come back
+    from the route, and the route still fills its k slots, with items it ranked lower before."""
+    from dataclasses import replace
+
+    from reasoning.pipeline import reason
+    from reasoning.retrieval import PersonalScores
+
+    users = _users(engine)
+    rng = np.random.default_rng(0)
+    ids = sorted(engine.catalog.items)
+    personal = PersonalScores(rng.normal(size=(len(users), 8)), rng.normal(size=(len(ids), 8)),
+                              {i: r for r, i in enumerate(ids)})  # the product step: one score order per user
+    before, _ = reason(engine, users, {}, 20, personal=personal)
+    shown = [frozenset(e["item_id"] for e in r.items[:10]) for r in before]
+    after, _ = reason(engine, [replace(u, shown=s) for u, s in zip(users, shown)], {}, 20, personal=personal)
+    for user, s, old, new in zip(users, shown, before, after):
+        ids = [e["item_id"] for e in new.items]
+        assert s and not set(ids) & s and not set(ids) & user.bought
+        assert old.tags == new.tags  # the same reasoning, another item step input
+        assert len(ids) == len(old.items)
+        assert ids[:10] == [e["item_id"] for e in old.items[10:20]]  # the next ones move up
+
+
 def test_hybrid_context_reads_fewer_tokens_than_text(engine) -> None:
     from reasoning.pipeline import reason
 
