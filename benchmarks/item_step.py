@@ -65,6 +65,7 @@ def run(dataset: str, model_dir: Path | None = None, split_name: str = "global-t
 
     started = time.perf_counter()
     settings = Settings()
+    served = _name(ItemStep(settings.intent.item_step), settings.intent.complement_top)  # before the runs change it
     data = datasets.load(dataset, settings.data_dir)
     split = make_split(data.events, split_name)
     sequential = SequentialRoute(cached_model(split.train, settings.cache_dir, split.validation or None,
@@ -113,7 +114,7 @@ def run(dataset: str, model_dir: Path | None = None, split_name: str = "global-t
         "machine": machine(), "commit": commit(), "dataset": data.name, "split": split_name,
         "cases": "validation items" if split.validation else "each user's last train event",
         "users": len(sample), "users_new": sum(1 for c in sample if c.new_targets), "model": engine.version,
-        "sequential_model": sequential.version, "served_default": _name(ItemStep(settings.intent.item_step), settings.intent.complement_top),
+        "sequential_model": sequential.version, "served_default": served,
         "steps": steps, "seconds": round(time.perf_counter() - started, 1)}
 
 
