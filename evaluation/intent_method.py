@@ -53,9 +53,9 @@ def split_intent_model(settings, dataset: Dataset, split: Split, sft: SFTConfig,
     it): reused from `<cache_dir>/models/eval-<dataset>-<split>-<key>` when the same catalog, split,
     SFT config, sequential model (`sequential`, a SequentialRoute: the intent weight is fitted
     against its fusion), item step and complement (`intent.item_step`, `intent.complement_top`:
-    the weight is fitted on the items they give) trained one before. The one rule by which the `intent` methods, the replay
-    method and `bench loop` get the model they evaluate, so none serves a model that learned from
-    another dataset or from test events."""
+    the weight is fitted on the items they give) trained one before. The one rule by which the
+    `intent` methods, the replay method and `bench loop` get the model they evaluate, so none
+    serves a model that learned from another dataset or from test events."""
     catalog = catalog or Catalog.from_frames(dataset.items, dataset.events)
     # format 3: SFT holds out what the sequential model holds out (the split's validation cases,
     # else each user's last train event) and fits the intent weight on them (against the
