@@ -414,6 +414,33 @@ class IntentSettings(BaseModel):
         intent = self.weight_intent if self.weight_intent is not None else fitted.get("weight_intent")
         return float(recent), float(behavioural), float(UNFITTED_INTENT_WEIGHT if intent is None else intent)
 
+    def unfitted_route(self, model_meta: dict) -> list[str]:
+        """The settings shaping the intent route's items that differ from those the model's
+        intent weight was fitted with (training/merge_weights.py `fit_intent_weight` records
+        them), as 'name value (fitted with value)'; empty when weight_intent is set or nothing
+        differs. A model fitted before the complement existed was fitted without one.
+
+        >>> fitted = {"merge": {"weight_intent": 0.0, "intent_validation": {"item_step": "product", "complement_top": 20}}}
+        >>> IntentSettings().unfitted_route(fitted)
+        []
+        >>> IntentSettings(item_step="mixture", complement_top=0).unfitted_route(fitted)
+        ['item_step mixture (fitted with product)', 'complement_top 0 (fitted with 20)']
+        >>> IntentSettings().unfitted_route({"merge": {"weight_intent": 0.0, "intent_validation": {"users": 600}}})
+        ['complement_top 20 (fitted with 0)']
+        >>> IntentSettings(weight_intent=0.3).unfitted_route({"merge": {"weight_intent": 0.0}})
+        []
+        """
+        merge = model_meta.get("merge", {})
+        if self.weight_intent is not None or merge.get("weight_intent") is None:
+            return []
+        fitted = merge.get("intent_validation") or {}
+        out = []
+        if "item_step" in fitted and fitted["item_step"] != ItemStep(self.item_step).value:
+            out.append(f"item_step {ItemStep(self.item_step).value} (fitted with {fitted['item_step']})")
+        if fitted.get("complement_top", 0) != self.complement_top:
+            out.append(f"complement_top {self.complement_top} (fitted with {fitted.get('complement_top', 0)})")
+        return out
+
     def resolved_model_dir(self, cache_dir: Path) -> Path:
         return (self.model_dir or cache_dir / "models" / "intent").expanduser()
 

@@ -53,6 +53,10 @@ class IntentEngine:
         self.config = config
         self.model_dir = model_dir
         self.model = IntentModel.load(model_dir)
+        for unfitted in config.unfitted_route(self.model.meta):
+            log.warning("intent model %s: its intent weight was fitted for another route than this one serves, "
+                        "%s; train it again (`intentstream train --sft`) or set INTENTSTREAM_INTENT__WEIGHT_INTENT",
+                        self.model.version, unfitted)
         self.catalog = load_catalog(model_dir)
         self.atoms = load_atoms(model_dir, self.model, self.catalog, cache_dir)
         self.tag_vectors = np.load(model_dir / "tag_vectors.npy")

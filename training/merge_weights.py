@@ -240,4 +240,6 @@ def fit_intent_weight(engine, learn: pd.DataFrame, cases: Sequence[UserCase], we
     return {"weight_intent": weight, "validation": {
         "users": len(held.cases), "rule": INTENT_FIT_RULE, "grid": scores,
         "against": "sequential fusion" if sequential is not None else "co-visitation",
-        "sequential_model": getattr(sequential, "version", None)}}
+        "sequential_model": getattr(sequential, "version", None),
+        # what shaped the route's items (contracts/settings.py `IntentSettings.unfitted_route`)
+        "item_step": engine.retriever.item_step.value, "complement_top": engine.config.complement_top}}

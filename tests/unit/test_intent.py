@@ -4,6 +4,7 @@ pipeline's outputs, hybrid vs text contexts, explanations and their faithfulness
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -100,6 +101,20 @@ def test_the_route_leaves_out_what_the_other_routes_show(engine) -> None:
         assert old.tags == new.tags  # the same reasoning, another item step input
         assert len(ids) == len(old.items)
         assert ids[:10] == [e["item_id"] for e in old.items[10:20]]  # the next ones move up
+
+
+def test_an_engine_warns_when_its_weight_was_fitted_for_another_route(tiny_intent_model: Path, base_settings,
+                                                                     caplog) -> None:
+    from reasoning.engine import IntentEngine
+
+    cfg = base_settings.intent.model_copy(update={"complement_top": 0})
+    with caplog.at_level(logging.WARNING, logger="reasoning.engine"):
+        IntentEngine(tiny_intent_model, cfg, base_settings.cache_dir)
+    assert f"complement_top 0 (fitted with {base_settings.intent.complement_top})" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="reasoning.engine"):
+        IntentEngine(tiny_intent_model, base_settings.intent, base_settings.cache_dir)
+    assert "fitted for another route" not in caplog.text
 
 
 def test_hybrid_context_reads_fewer_tokens_than_text(engine) -> None:
@@ -363,6 +378,11 @@ def test_sft_fits_the_intent_weight_on_users_whose_last_event_it_never_learned(t
     # Serving takes the fitted weight; a setting overrides it; a model without one gets the fallback.
     assert IntentSettings().merge_weights(meta)[2] == fitted["weight_intent"]
     assert IntentSettings(weight_intent=0.7).merge_weights(meta)[2] == 0.7
+    # The fit records what shaped the route's items, so serving can tell when they differ.
+    assert (validation["item_step"], validation["complement_top"]) == ("product", IntentSettings().complement_top)
+    assert IntentSettings().unfitted_route(meta) == []
+    assert IntentSettings(complement_top=0).unfitted_route(meta) == [
+        f"complement_top 0 (fitted with {IntentSettings().complement_top})"]
     assert IntentSettings().merge_weights({"merge": {}})[2] == UNFITTED_INTENT_WEIGHT
     # It learned from the fixture's 4,000 events minus one per held-out user.
     assert meta["holdout"]["learn_events"] == 4000 - meta["holdout"]["users"]
