@@ -205,6 +205,40 @@ def test_reasoner_coalesces_per_user_sheds_stale_requests_and_dead_letters_inval
     assert all(committed.get(part, 0) == n for part, n in end.items()), (committed, end)
 
 
+def test_a_take_holds_every_request_that_was_waiting_and_counts_those_behind_it(scoped) -> None:
+    # kafka-python fetches ahead: after a take, its next fetch comes back with the requests that
+    # arrived first (here: one) while the reasoner is busy; the next take must not stop there.
+    from stream.reasoner_service import ReasonerService
+
+    p = scoped.key_prefix
+    service = ReasonerService(scoped)
+
+    def send(users: range) -> None:
+        with EventProducer.from_settings(scoped, scoped.kafka.intent_topic) as producer:
+            for i in users:
+                producer.send_raw(f"{p}u{i}".encode(), _request(f"{p}u{i}", 1, int(time.time() * 1000), "i1"))
+
+    try:
+        send(range(1))
+        deadline = time.monotonic() + 60
+        while not (first := service._take())[0] and time.monotonic() < deadline:  # joins the group first
+            pass
+        assert [len(first[0]), first[1]] == [1, 0]
+        send(range(1, 2))
+        time.sleep(1.0)  # the fetch sent ahead returns with this one
+        send(range(2, 10))
+        time.sleep(1.0)
+        records, behind = service._take()
+        assert (sorted(r.key.decode() for r in records), behind) == ([f"{p}u{i}" for i in range(1, 10)], 0)
+        send(range(10, 16))
+        time.sleep(1.0)
+        service.cfg = service.cfg.model_copy(update={"take_max": 4})
+        assert [(len(t[0]), t[1]) for t in (service._take(), service._take())] == [(4, 2), (2, 0)]
+    finally:
+        service.consumer.close()
+        service.child.close()
+
+
 def test_under_overload_a_reasoner_serves_the_newest_users_and_sheds_the_rest_at_once(
         scoped, tiny_intent_model: Path) -> None:
     # stream/reasoner_service.py step 4, in this process: a reasoner that measured 0.1 users/s
