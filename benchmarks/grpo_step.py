@@ -24,6 +24,7 @@ import random
 import shutil
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -48,35 +49,55 @@ def export(out: Path, dataset: str = "rees46", episodes_n: int = 256, model: Pat
     engine = engine_for(model_dir, settings.cache_dir, settings.intent)
     eps = episodes(split.train, catalog, engine.model.vocab, settings.intent.max_items, 5, 12, seed=1)
     eps = random.Random(0).sample(eps, min(episodes_n, len(eps)))
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(model_dir, out / "model")
-    ids = sorted(engine.atoms.row)
-    np.savez(out / "atoms.npz", ids=np.array(ids), vectors=engine.atoms.vectors[[engine.atoms.row[i] for i in ids]])
-    (out / "episodes.json").write_text(json.dumps([
-        {"user_id": e.context.user_id, "items": list(e.context.items), "situation": e.context.situation,
-         "profile": e.context.profile, "categories": sorted(e.target_categories)} for e in eps]))
+    write_bundle(out, model_dir, engine.atoms, eps)
     print(json.dumps({"bundle": str(out), "model": engine.version, "episodes": len(eps)}))
 
 
-def _time(bundle: Path, device: str, steps: int, contexts: int, reserve_cache: bool = True) -> dict:
+def write_bundle(out: Path, model_dir: Path, atoms, eps) -> None:
+    """The bundle's files: the model directory, the atoms of its catalog, the episodes."""
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(model_dir, out / "model")
+    ids = sorted(atoms.row)
+    np.savez(out / "atoms.npz", ids=np.array(ids), vectors=atoms.vectors[[atoms.row[i] for i in ids]])
+    (out / "episodes.json").write_text(json.dumps([
+        {"user_id": e.context.user_id, "items": list(e.context.items), "situation": e.context.situation,
+         "profile": e.context.profile, "categories": sorted(e.target_categories)} for e in eps]))
+
+
+class Bundle(NamedTuple):
+    """A bundle loaded: the model on a device, what decoding reads beside it, the episodes."""
+
+    model: Any
+    atoms: Any
+    catalog: Any
+    tag_vectors: np.ndarray
+    episodes: list
+
+
+def load_bundle(bundle: Path, device: str) -> Bundle:
     import pandas as pd
-    import torch
 
     from features.catalog import Catalog
     from reasoning.context import UserContext
     from reasoning.intent_model import AtomTable, IntentModel
     from training.data import Episode
-    from training.grpo import GRPOConfig, GRPOTrainer
 
-    torch.manual_seed(0)
     model_dir = bundle / "model"
     catalog = Catalog.from_frames(pd.read_parquet(model_dir / "catalog.parquet"))
     z = np.load(bundle / "atoms.npz")
     atoms = AtomTable([str(i) for i in z["ids"]], z["vectors"], None, catalog)
-    tag_vectors = np.load(model_dir / "tag_vectors.npy")
     eps = [Episode(UserContext(e["user_id"], tuple(tuple(x) for x in e["items"]), e["situation"], e["profile"]),
                    (), frozenset(e["categories"])) for e in json.loads((bundle / "episodes.json").read_text())]
-    model = IntentModel.load(model_dir).to(device)
+    return Bundle(IntentModel.load(model_dir).to(device), atoms, catalog, np.load(model_dir / "tag_vectors.npy"), eps)
+
+
+def _time(bundle: Path, device: str, steps: int, contexts: int, reserve_cache: bool = True) -> dict:
+    import torch
+
+    from training.grpo import GRPOConfig, GRPOTrainer
+
+    torch.manual_seed(0)
+    model, atoms, catalog, tag_vectors, eps = load_bundle(bundle, device)
     cfg = GRPOConfig(steps=steps, contexts_per_step=contexts)
     trainer = GRPOTrainer(model, atoms, catalog, tag_vectors, lambda h, p, t: np.full(len(t), 0.9), lambda c: [], cfg)
     trainer.backend.decoder.reserve_cache = reserve_cache
@@ -98,6 +119,14 @@ def _time(bundle: Path, device: str, steps: int, contexts: int, reserve_cache: b
             "torch_threads": torch.get_num_threads(), "reserved_cache": reserve_cache}
 
 
+def device_machine() -> dict:
+    """The machine of a bundle run (its GPU, when CUDA is there)."""
+    import torch
+
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "processor": platform.processor(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "torch": torch.__version__}
+
+
 def run(bundle: Path, steps: int, contexts: int, compare_cache: bool = False) -> None:
     import torch
 
@@ -109,9 +138,7 @@ def run(bundle: Path, steps: int, contexts: int, compare_cache: bool = False) ->
         results.append(_time(bundle, "cuda", steps, contexts))
     out = {"command": f"python -m benchmarks.grpo_step run --bundle {bundle} --steps {steps} --contexts {contexts}"
                       + (" --compare-cache" if compare_cache else ""),
-           "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "processor": platform.processor(),
-                       "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-                       "torch": torch.__version__},
+           "machine": device_machine(),
            "results": results}
     if compare_cache:
         out["cpu_concatenated_over_reserved_seconds_per_step"] = (before["seconds_per_step"]

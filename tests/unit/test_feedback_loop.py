@@ -186,3 +186,19 @@ def test_a_plans_accuracy_counts_what_its_experts_emit_not_every_category_its_pe
     assert plans[PlanAccuracy.EXPERTS] == plans[PlanAccuracy.PERSONAS]
     assert all(e <= p + 1e-9 for e, p in zip(acc[PlanAccuracy.EXPERTS], acc[PlanAccuracy.PERSONAS]))
     assert GRPOConfig(plan_accuracy="personas").plan_accuracy is PlanAccuracy.PERSONAS
+
+
+def test_the_device_benchmarks_bundle_reasons_as_the_served_engine(engine, tmp_path: Path) -> None:
+    # The prepared GPU scripts (benchmarks/grpo_step.py, benchmarks/device_reasoning.py) rebuild
+    # the model from a bundle without settings or services: what they time must be what serves.
+    from benchmarks.device_reasoning import measure
+    from benchmarks.grpo_step import write_bundle
+    from reasoning.pipeline import propose
+
+    eps = _episodes(engine, 6)
+    write_bundle(tmp_path / "bundle", engine.model_dir, engine.atoms, eps)
+    result = measure(tmp_path / "bundle", "cpu", users=6, batch=4)
+    _, _, final, _ = propose(engine, [e.context for e in eps[:4]], engine.config.mode)
+    _, _, rest, _ = propose(engine, [e.context for e in eps[4:]], engine.config.mode)
+    assert result["final_tags"] == [[t for t, _ in tags] for tags in final + rest]
+    assert result["users"] == 6 and result["users_per_s"] > 0 and result["lm_tokens_per_user"] > 0
