@@ -263,14 +263,28 @@ def run_demo(settings: Settings, dataset: str, rate: float, console: Console) ->
                       f"({'none of them recommended' if not leaked else f'LEAKED {sorted(leaked)}'})")
         print_recommendations(recs, limit=5)
     if settings.intent.enabled:
-        merged = None
+        merged, with_result = None, []
         for user in active.index[:300]:
             recs = reader.get_recommendations(user)
-            if recs is not None and recs.fallback_reason is None and any(i.route == "intent" for i in recs.items):
+            if recs is None or not recs.intents:  # not merged with an intent result (yet)
+                continue
+            with_result.append(user)
+            if any(i.route == "intent" for i in recs.items):
                 merged = recs
                 break
-        if merged is None:
+        if merged is None and not with_result:
             console.print("[yellow]no active user holds a list the intent route merged yet[/yellow]")
+        elif merged is None:
+            weights = orjson.loads(client.get(keys.intent(with_result[0])) or b"{}").get("weights")
+            if weights and weights[2] == 0:
+                why = "its fitted weight is 0, so it does not change the served list"
+            else:
+                at = f"at its fitted weight {weights[2]:g} (the worker's list: {weights[1]:g}) " if weights else ""
+                why = (f"{at}its items rank below the top {demo.recs.top_k}, so it only reorders items the other "
+                       "routes hold too")
+            console.print(f"[yellow]{len(with_result)} of the 300 most active users' lists are merged with an intent "
+                          f"result; none holds an item placed by the intent route: {why} (the weight is fitted on "
+                          "held-out users; README, The intent route)[/yellow]")
         else:
             console.print(f"user {merged.user_id}: {int(active[merged.user_id])} events; the intent route's "
                           f"items in the merged list (model {merged.model_version}):")
