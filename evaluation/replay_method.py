@@ -9,7 +9,9 @@ SASRec (training/sequential.py `cached_model`: reused when the same events, vali
 config trained one before, e.g. by the `sasrec` baseline of the same run), served by the
 workers; with the intent route on, the intent model (evaluation/intent_method.py
 `split_intent_model`, the `intent` method's rule and cache), served by a reasoner beside them,
-and the replay waits for the intent route to drain before scoring. It also waits for the
+and the replay waits for the intent route to drain before scoring. It replays once every process
+consumes (the reasoner with its model loaded: one still loading would shed every request that
+waited past intent.max_wait_s meanwhile, so no intent result would be scored). It also waits for the
 refreshes a worker that fell behind still owes (`refreshes_pending`), and gives the workers the
 time left to the deadline to stop (stopping builds their last debounced refreshes). `stats`
 names the models that served (`sequential_model`, `intent_model`). `intent_model` overrides the intent model
@@ -109,6 +111,11 @@ class ReplayMethod:
         settled = False
         try:
             deadline = time.monotonic() + self.timeout_s
+            # The system evaluated is the one running: a reasoner still loading its model when the
+            # replay began found every request older than intent.max_wait_s and shed them all (a
+            # CI run served no intent result; reproduced with a reasoner started 15 s late).
+            for w in workers:
+                w.wait_ready(max(1.0, deadline - time.monotonic()))
             events = split.inputs  # train (leave-one-out: and the validation events, the test users' input)
             halves = [events.iloc[: len(events) // 2], events.iloc[len(events) // 2:]] if self.feedback else [events]
             sent = 0
