@@ -138,31 +138,45 @@ def _item_step_section(results: list[dict]) -> list[str]:
 
 
 def _backbone_section(result: dict) -> list[str]:
-    """The ablation of the intent model's backbone (`bench intent --bases tiny,smollm2`)."""
+    """The ablation of the intent model's backbone (`bench intent --bases tiny,smollm2`, or
+    benchmarks/intent_row.py `--bases` on a sample of the test users)."""
     rows = [(name, r) for name, r in result["methods"].items() if name.startswith("intent")]
+    sample, split = result.get("sample"), result["protocol"]["split"]
+    loo = split == "leave-one-out"
     lines = [f"## Intent model backbones: {result['dataset']}", "",
              f"Command: `{result['command']}` (commit `{result['commit']}`, {result['seconds']:.0f} s in all). "
-             "Same split, tags, atoms, prompts, constrained decoding and merge for every backbone; each "
-             "trained on the split's train events only (SFT, `SFTConfig.for_base`); reasoning in the served "
-             "context mode, batches of the reasoner's size, CPU only.", "",
-             "| backbone | parameters | SFT steps (stage 1 / 2) x batch | train s | category HR@30 | exclusive recall | "
-             "intent route alone R@20 all / new | served R@20 all / new | users/s | LM tokens per user |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             f"Split {split}. Same split, tags, atoms, prompts, constrained decoding and merge for every backbone; "
+             "each trained on the split's train events only (SFT, `SFTConfig.for_base`); reasoning in the served "
+             "context mode, batches of the reasoner's size, CPU only."
+             + (f" Scored on a seeded random sample of {sample['users']:,} of the {sample['of']:,} test users (seed "
+                f"{sample['seed']}), the same users for every backbone." if sample else "")
+             + ("" if result.get("sequential_route", True) else
+                " The sequential route is off in this run (no SASRec: the tags' items ranked by the round-robin step)."),
+             "",
+             "| backbone | parameters | SFT steps (stage 1 / 2) x batch | train s | category HR@30 | exclusive recall "
+             "(served list / at the routes) | intent route alone R@20 all / new | served "
+             + ("R@10 / N@10" if loo else "R@20 all / new") + " | explanation diversity | users/s | LM tokens per user |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows:
         st = r["stats"]
         mode = st[st.get("served_mode", "hybrid")]
         sft = st.get("sft", {})
+        routes = st.get("exclusive_recall_routes")
+        diversity = (st.get("explanations") or {}).get("diversity_1_minus_rouge_l")
+        served = (f"{r['all']['recall@10']:.4f} / {r['all']['ndcg@10']:.4f}" if loo
+                  else f"{r['all']['recall@20']:.3f} / {r['new']['recall@20']:.3f}")
         lines.append(
             f"| {st.get('base', 'tiny')} | {st['parameters'] / 1e6:.1f}M | {sft.get('lm_steps', '?')} / "
             f"{sft.get('adaptor_steps', '?')} x {sft.get('batch_size', '?')} | {st['train_seconds']:.0f} | "
-            f"{mode['category_hr@30']:.3f} | {100 * st.get('exclusive_recall', 0):.2f}% | "
+            f"{mode['category_hr@30']:.3f} | {100 * st.get('exclusive_recall', 0):.2f}% / "
+            f"{'-' if routes is None else f'{100 * routes:.1f}%'} | "
             f"{st.get('intent_route_alone_recall@20_all', 0):.3f} / {st.get('intent_route_alone_recall@20_new', 0):.3f} | "
-            f"{r['all']['recall@20']:.3f} / {r['new']['recall@20']:.3f} | {mode['users_per_s']:.2f} | "
+            f"{served} | {'-' if diversity is None else f'{diversity:.3f}'} | {mode['users_per_s']:.2f} | "
             f"{mode['tokens_per_refresh']:.0f} |")
     for name in ("recent_history", "itemknn", "sasrec"):
         r = result["methods"].get(name)
         if r:
-            lines.append(f"| ({name}) | | | | | | | {r['all']['recall@20']:.3f} / {r['new']['recall@20']:.3f} | | |")
+            lines.append(f"| ({name}) | | | | | | | {r['all']['recall@20']:.3f} / {r['new']['recall@20']:.3f} | | | |")
     if result.get("note"):
         lines += ["", result["note"]]
     return lines + [""]

@@ -18,7 +18,8 @@ file's order); nothing here re-sorts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import random
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -136,3 +137,20 @@ def make_split(events: pd.DataFrame, name: str) -> Split:
     if name == "leave-one-out":
         return leave_one_out(events)
     raise ValueError(f"unknown split {name!r}; choose one of {SPLITS}")
+
+
+def sample_cases(split: Split, users: int | None, seed: int) -> Split:
+    """`split` with a seeded random sample of `users` of its test cases (in the split's order);
+    the split itself when `users` is None or not below its count.
+
+    >>> cases = [UserCase(str(i), [], set(), set(), {"t"}, {"t"}) for i in range(10)]
+    >>> split = Split("s", None, None, cases)
+    >>> [c.user_id for c in sample_cases(split, 3, 0).cases] == [c.user_id for c in sample_cases(split, 3, 0).cases]
+    True
+    >>> len(sample_cases(split, 3, 0).cases), sample_cases(split, None, 0) is split, sample_cases(split, 10, 0) is split
+    (3, True, True)
+    """
+    if users is None or users >= len(split.cases):
+        return split
+    keep = set(random.Random(seed).sample(range(len(split.cases)), users))
+    return replace(split, cases=[c for i, c in enumerate(split.cases) if i in keep])
