@@ -77,6 +77,7 @@ class SFTConfig:
     adaptor_steps: int = 400       # stage 2 (adaptor, LM frozen) steps
     batch_size: int = 32
     chunk: int = 8                 # examples of similar length per forward pass (a step's gradient is the batch's)
+    chunk_tokens: int = 0          # at most this many (padded) tokens per forward pass, 0: no cap (memory, below)
     lr: float = 2e-3               # AdamW, cosine decay to 10%
     adaptor_lr: float = 2e-3
     weight_decay: float = 0.01
@@ -97,9 +98,12 @@ class SFTConfig:
     def for_base(cls, base: str, **overrides) -> SFTConfig:
         """The defaults of `base`. SmolLM2 (135M parameters, ~80x the tiny model) gets a budget
         a 2-core CPU finishes in well under an hour: fewer, smaller steps at a LoRA learning
-        rate (measured cost in benchmarks/REPORT.md)."""
+        rate (measured cost in benchmarks/REPORT.md). Its forward passes hold at most 1,536 tokens
+        (`chunk_tokens`): a LoRA backward keeps ~4.6 GB of activations per 1,000 tokens here (one
+        pass over Beauty's two longest full-text examples, 2 x ~1,370 tokens: 14.5 GB peak RSS), and
+        eight of them in one pass ran a 24 GiB machine out of memory in stage 1."""
         budget = {"smollm2": {"lm_steps": 150, "adaptor_steps": 150, "batch_size": 8, "lr": 3e-4,
-                              "adaptor_lr": 1e-3, "intent_weight_users": 150}}.get(base, {})
+                              "adaptor_lr": 1e-3, "intent_weight_users": 150, "chunk_tokens": 1536}}.get(base, {})
         return cls(base=base, **{**budget, **overrides})
 
 
@@ -163,16 +167,38 @@ def _batch_loss(model: IntentModel, batch: list[Example]) -> torch.Tensor:
     return _answer_nll(model, batch) / sum(len(e.answer) for e in batch)
 
 
-def _backward(model: IntentModel, batch: list[Example], chunk: int) -> float:
-    """Backpropagate `_batch_loss` of the batch in chunks of `chunk` examples of similar length
-    (sorted by length), each padded only to its own longest and scaled by the batch's answer
-    tokens: the same gradient as the batch at once (unit test), without computing the padding a
-    random batch of uneven lengths carries (~2x its tokens on Beauty). Returns the loss."""
+def chunks(lengths: Sequence[int], chunk: int, max_tokens: int = 0) -> list[list[int]]:
+    """Indices of `lengths` sorted by length, cut into runs of at most `chunk` whose padded size
+    (count x longest) stays within `max_tokens` (0: no cap; an example longer than the cap is a
+    run of its own): the forward passes of `_backward`.
+
+    >>> chunks([5, 1, 3, 2], 3)
+    [[1, 3, 2], [0]]
+    >>> chunks([5, 1, 3, 2], 3, max_tokens=6)
+    [[1, 3], [2], [0]]
+    >>> chunks([9, 1], 8, max_tokens=4)
+    [[1], [0]]
+    """
+    runs: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        run = runs[-1] if runs else None
+        if run is None or len(run) >= chunk or (max_tokens and (len(run) + 1) * lengths[i] > max_tokens):
+            runs.append([i])
+        else:
+            run.append(i)
+    return runs
+
+
+def _backward(model: IntentModel, batch: list[Example], chunk: int, max_tokens: int = 0) -> float:
+    """Backpropagate `_batch_loss` of the batch in `chunks` of examples of similar length (at most
+    `chunk`, at most `max_tokens` padded tokens), each padded only to its own longest and scaled
+    by the batch's answer tokens: the same gradient as the batch at once (unit test), without
+    computing the padding a random batch of uneven lengths carries (~2x its tokens on Beauty), and
+    with the activations of one pass bounded. Returns the loss."""
     total = sum(len(e.answer) for e in batch)
-    ordered = sorted(batch, key=lambda e: len(e.context) + len(e.suffix) + len(e.answer))
     value = 0.0
-    for start in range(0, len(ordered), chunk):
-        part = _answer_nll(model, ordered[start:start + chunk]) / total
+    for run in chunks([len(e.context) + len(e.suffix) + len(e.answer) for e in batch], chunk, max_tokens):
+        part = _answer_nll(model, [batch[i] for i in run]) / total
         part.backward()
         value += float(part.detach())
     return value
@@ -188,7 +214,7 @@ def _train(model: IntentModel, data: list[Example], params, steps: int, lr: floa
     for step in range(1, steps + 1):
         batch = rng.sample(data, min(cfg.batch_size, len(data)))
         opt.zero_grad(set_to_none=True)
-        loss = _backward(model, batch, cfg.chunk)
+        loss = _backward(model, batch, cfg.chunk, cfg.chunk_tokens)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()

@@ -410,8 +410,9 @@ def test_sft_loss_reads_the_answer_tokens_only_and_equals_the_models_own_loss(en
 
 
 def test_sft_backward_in_chunks_of_similar_length_gives_the_batchs_gradient(engine) -> None:
-    """training/sft.py `_backward`: a batch cut into length-sorted chunks, each padded to its own
-    longest, accumulates the gradient of the whole batch's mean answer loss."""
+    """training/sft.py `_backward`: a batch cut into length-sorted chunks (by count, or by padded
+    tokens), each padded to its own longest, accumulates the gradient of the whole batch's mean
+    answer loss."""
     import copy
 
     import torch
@@ -426,11 +427,13 @@ def test_sft_backward_in_chunks_of_similar_length_gives_the_batchs_gradient(engi
     model.lm.zero_grad(set_to_none=True)
     _batch_loss(model, batch).backward()
     whole = [p.grad.clone() for p in params]
-    model.lm.zero_grad(set_to_none=True)
-    loss = _backward(model, batch, chunk=3)
-    assert abs(loss - _batch_loss(model, batch).item()) < 1e-5
-    for p, g in zip(params, whole):
-        assert torch.allclose(p.grad, g, atol=1e-6), "chunked gradient differs"
+    longest = max(len(e.context) + len(e.suffix) + len(e.answer) for e in batch)
+    for chunk, max_tokens in ((3, 0), (3, 2 * longest), (8, 1)):  # by count; by tokens; one example a pass
+        model.lm.zero_grad(set_to_none=True)
+        loss = _backward(model, batch, chunk, max_tokens)
+        assert abs(loss - _batch_loss(model, batch).item()) < 1e-5
+        for p, g in zip(params, whole):
+            assert torch.allclose(p.grad, g, atol=1e-6), f"chunked gradient differs (chunk {chunk}, max {max_tokens})"
 
 
 def test_sft_on_a_leave_one_out_split_fits_the_intent_weight_on_its_validation_items(base_settings, data_dir,
