@@ -25,17 +25,20 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from benchmarks.ingest import commit, machine
 
 
 def run(dataset: str, split_name: str, model_dir: Path | None, bases: Sequence[str] = ("tiny",),
-        users: int | None = None, seed: int = 0, sequential: bool = True) -> dict:
+        users: int | None = None, seed: int = 0, sequential: bool = True,
+        on_row: Callable[[dict], None] | None = None) -> dict:
     """The row of the model at `model_dir` (`intent_served`), or one row per backbone of `bases`
     (`intent_<base>`), each trained on the split's train events; `sequential` False turns the
-    sequential route off (no SASRec trained: the merge and the item step go without it)."""
+    sequential route off (no SASRec trained: the merge and the item step go without it).
+    `on_row` gets the result so far after each row (a run killed in its second backbone's
+    training, OOM on Beauty, had lost the first row's 25 minutes)."""
     from contracts.settings import Settings
     from evaluation.harness import evaluate, score_method
     from evaluation.intent_method import IntentMethod
@@ -55,18 +58,21 @@ def run(dataset: str, split_name: str, model_dir: Path | None, bases: Sequence[s
     split = sample_cases(make_split(data.events, split_name), users, seed)
     ks = sorted(set(result["protocol"]["ks"]))
     catalog, category_of = data.items.item_id.astype(str).tolist(), category_lookup(data.items, data.events)
-    for base in bases:
-        name = "intent_served" if model_dir else f"intent_{base}"
-        method = IntentMethod(settings, data, sft=SFTConfig.for_base(base), model_dir=model_dir, name=name,
-                              served_only=True, progress=lambda message: print(message, file=sys.stderr, flush=True))
-        result["methods"][name] = score_method(method, split, catalog, ks, category_of)
     what = f"--model {model_dir}" if model_dir else f"--bases {','.join(bases)}"
     options = (f" --users {users} --seed {seed}" if users else "") + ("" if sequential else " --no-sequential")
     if users:
         result["sample"] = {"users": len(split.cases), "seed": seed, "of": result["counts"]["users_evaluated"]}
     result.update({"command": f"python -m benchmarks.intent_row --dataset {dataset} --split {split_name} {what}{options}",
-                   "machine": machine(), "commit": commit(), "seconds": round(time.perf_counter() - started, 1),
-                   "sequential_route": sequential, "intent_settings": settings.intent.model_dump(mode="json")})
+                   "machine": machine(), "commit": commit(), "sequential_route": sequential,
+                   "intent_settings": settings.intent.model_dump(mode="json")})
+    for base in bases:
+        name = "intent_served" if model_dir else f"intent_{base}"
+        method = IntentMethod(settings, data, sft=SFTConfig.for_base(base), model_dir=model_dir, name=name,
+                              served_only=True, progress=lambda message: print(message, file=sys.stderr, flush=True))
+        result["methods"][name] = score_method(method, split, catalog, ks, category_of)
+        result["seconds"] = round(time.perf_counter() - started, 1)
+        if on_row:
+            on_row(result)
     return result
 
 
@@ -82,12 +88,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-sequential", action="store_true", help="the sequential route off (no SASRec trained)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    def write(result: dict) -> None:
+        if args.out:
+            args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+
     result = run(args.dataset, args.split, args.model, args.bases.split(","), args.users, args.seed,
-                 not args.no_sequential)
-    text = json.dumps(result, indent=2, default=str)
-    if args.out:
-        args.out.write_text(text + "\n")
-    sys.stdout.write(text + "\n")
+                 not args.no_sequential, on_row=write)
+    sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
 
 
 if __name__ == "__main__":

@@ -16,9 +16,9 @@
    trains LoRA adapters (peft) on every projection of every block, merged into the weights
    afterwards (the saved model is a plain Llama: serving, `transformers serve` and vLLM need no
    peft), so the pretrained weights move little on a small log. A step's batch is run in
-   length-sorted chunks, the LM head at the answer positions only (`_backward`: the batch's
-   gradient; a stage-1 step 3.1x faster on Beauty's long titles, 2.1x on REES46, 1.3x on Taobao:
-   benchmarks/sft_step.py).
+   length-sorted chunks (at most `chunk` examples and `chunk_tokens` tokens each), the LM head
+   at the answer positions only (`_backward`: the batch's gradient; a stage-1 step 3.1x faster
+   on Beauty's long titles, 2.1x on REES46, 1.3x on Taobao: benchmarks/sft_step.py).
 5. Stage 2: the adaptor learns to put item atoms where the text was, the LM frozen (hybrid
    context), on the same episodes.
 6. The merge weights of the recent and behavioural routes, fitted on a held-out tail of the
