@@ -23,7 +23,6 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +60,7 @@ def split_intent_model(settings, dataset: Dataset, split: Split, sft: SFTConfig,
     # else each user's last train event) and fits the intent weight on them (against the
     # sequential model named here, when one serves, with the item step that serves).
     key = json.dumps({"catalog": catalog.version, "split": split.protocol, "train": len(split.train),
-                      "sft": asdict(sft), "format": 3, "sequential": sequential.version if sequential else None,
+                      "sft": sft.model_key(), "format": 3, "sequential": sequential.version if sequential else None,
                       "item_step": settings.intent.item_step.value,
                       **({"complement_top": settings.intent.complement_top} if settings.intent.complement_top else {})},
                      sort_keys=True, default=str)

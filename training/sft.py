@@ -94,6 +94,18 @@ class SFTConfig:
         if self.base not in BASES:
             raise ValueError(f"SFTConfig.base must be one of {BASES}, not {self.base!r}")
 
+    def model_key(self) -> dict:
+        """The fields that decide the trained model, for cache keys: all but `chunk_tokens`, a
+        memory cap under which a step's gradient is still the batch's (tests/unit/test_intent.py),
+        so a model trained before the cap existed, or under another cap, is the same model.
+
+        >>> SFTConfig(chunk_tokens=1536).model_key() == SFTConfig().model_key()
+        True
+        >>> SFTConfig(lm_steps=10).model_key() == SFTConfig().model_key()
+        False
+        """
+        return {k: v for k, v in asdict(self).items() if k != "chunk_tokens"}
+
     @classmethod
     def for_base(cls, base: str, **overrides) -> SFTConfig:
         """The defaults of `base`. SmolLM2 (135M parameters, ~80x the tiny model) gets a budget
