@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+KAFKA_FRAME_MAX_BYTES = 100 * 1024 * 1024
+"""The largest network frame a kafka-python client accepts (KafkaSettings.client_options)."""
 
 
 class KafkaSettings(BaseModel):
@@ -80,12 +82,21 @@ class KafkaSettings(BaseModel):
         return ssl.create_default_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
 
     def client_options(self) -> dict:
-        """kafka-python keyword arguments for these settings: bootstrap, protocol, credentials.
+        """kafka-python keyword arguments for these settings: bootstrap, protocol, credentials,
+        and the largest network frame a client accepts.
+
+        kafka-python 2.3.3 rejects a frame over `receive_message_max_bytes`, 1,000,000 bytes by
+        default, while one fetch may bring 1 MiB from each assigned partition (up to the
+        consumer's fetch_max_bytes, 50 MiB): a reasoner reading a backlog of the intent topic's 4
+        partitions logged `InvalidReceiveError: Invalid frame length: 4194513` and reconnected.
+        100 MiB, above any fetch, is the value of the upstream fix (dpkp/kafka-python#3074, PR
+        #3075; not in 2.3.3, installed here); tests/integration/test_intent_route.py holds it.
 
         >>> KafkaSettings().client_options()
-        {'bootstrap_servers': '127.0.0.1:9092', 'security_protocol': 'PLAINTEXT'}
+        {'bootstrap_servers': '127.0.0.1:9092', 'security_protocol': 'PLAINTEXT', 'receive_message_max_bytes': 104857600}
         """
-        out: dict = {"bootstrap_servers": self.bootstrap, "security_protocol": self.security_protocol}
+        out: dict = {"bootstrap_servers": self.bootstrap, "security_protocol": self.security_protocol,
+                     "receive_message_max_bytes": KAFKA_FRAME_MAX_BYTES}
         if self.sasl:
             if not self.username or self.password is None:
                 raise ValueError(f"kafka.security_protocol {self.security_protocol} needs kafka.username and kafka.password")

@@ -239,6 +239,36 @@ def test_a_take_holds_every_request_that_was_waiting_and_counts_those_behind_it(
         service.child.close()
 
 
+def test_a_reasoner_takes_a_backlog_larger_than_a_megabyte_a_partition_without_a_frame_error(
+        scoped, caplog) -> None:
+    # One fetch brings up to 1 MiB from each assigned partition in one network frame; kafka-python
+    # 2.3.3's default frame limit (1,000,000 bytes) dropped the connection on it and reconnected
+    # (contracts/settings.py KafkaSettings.client_options).
+    import logging
+
+    from stream.reasoner_service import ReasonerService
+
+    p, n = scoped.key_prefix, 120 * scoped.kafka.partitions
+    service = ReasonerService(scoped)
+    service.cfg = service.cfg.model_copy(update={"take_max": n})
+    try:
+        with EventProducer.from_settings(scoped, scoped.kafka.intent_topic) as producer:
+            for i in range(n):  # ~12 KB each: ~1.4 MB on each partition
+                producer.send_raw(f"{p}u{i}".encode(), _request(f"{p}u{i}", 1, int(time.time() * 1000), "i" * 12_000))
+        _, end = committed_and_end(scoped, scoped.kafka.intent_topic, scoped.reasoner_group)
+        assert len(end) == scoped.kafka.partitions and min(end.values()) * 12_000 > 1024 * 1024, end
+        got: set[str] = set()
+        deadline = time.monotonic() + 60
+        with caplog.at_level(logging.WARNING, logger="kafka"):
+            while len(got) < n and time.monotonic() < deadline:
+                got |= {r.key.decode() for r in service._take()[0]}
+        assert len(got) == n
+        assert not [r.getMessage() for r in caplog.records if "frame length" in r.getMessage()]
+    finally:
+        service.consumer.close()
+        service.child.close()
+
+
 def test_under_overload_a_reasoner_serves_the_newest_users_and_sheds_the_rest_at_once(
         scoped, tiny_intent_model: Path) -> None:
     # stream/reasoner_service.py step 4, in this process: a reasoner that measured 0.1 users/s
