@@ -23,7 +23,7 @@ from reasoning.backends import LocalBackend, OpenAIBackend
 from reasoning.errors import ModelNotFound
 from reasoning.explanations import Explainer
 from reasoning.index import ItemIndex
-from reasoning.intent_model import AtomTable, IntentModel
+from reasoning.intent_model import AtomTable, IntentModel, set_torch_threads
 from reasoning.retrieval import TagRetriever
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,7 @@ class IntentEngine:
     def __init__(self, model_dir: Path, config: IntentSettings, cache_dir: Path) -> None:
         if not (model_dir / "intent.json").exists():
             raise ModelNotFound(f"no intent model at {model_dir}; train one with `intentstream train --sft`")
-        if config.threads:
-            torch.set_num_threads(config.threads)
+        set_torch_threads(config.threads)
         self.config = config
         self.model_dir = model_dir
         self.model = IntentModel.load(model_dir)

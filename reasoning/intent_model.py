@@ -34,6 +34,32 @@ CHAT_TEMPLATE = (
 )
 
 
+def default_torch_threads() -> int:
+    """torch's intra-op threads when nothing set them: `OMP_NUM_THREADS`, else one per physical core."""
+    import os
+
+    import psutil
+
+    return int(os.environ.get("OMP_NUM_THREADS") or 0) or psutil.cpu_count(logical=False) or 1
+
+
+def set_torch_threads(n: int) -> int:
+    """Set this process's torch intra-op threads to `n`, or with 0 to `default_torch_threads()`,
+    and return the number set. The setting is process-wide, and an `IntentEngine` sets the
+    reasoner's `intent.threads` (1): a trainer or benchmark that loaded one before training
+    ("0: torch's default") trained on one thread of the machine (found when SmolLM2's Beauty SFT
+    in benchmarks/intent_row.py, after the tiny row's engine, ran on one of the 2 cores here).
+
+    >>> set_torch_threads(1), torch.get_num_threads()
+    (1, 1)
+    >>> set_torch_threads(0) == torch.get_num_threads() == default_torch_threads()
+    True
+    """
+    n = n or default_torch_threads()
+    torch.set_num_threads(n)
+    return n
+
+
 @dataclass
 class LMConfig:
     """Architecture of the intent LM (a Llama decoder)."""

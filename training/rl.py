@@ -142,10 +142,9 @@ def run_grpo(serving_dir: Path, engine: IntentEngine, rm, judge: TagJudge, episo
     """GRPO from the serving model (a fresh copy: `engine` keeps serving), written to `out_dir`."""
     import torch
 
-    from reasoning.intent_model import IntentModel
+    from reasoning.intent_model import IntentModel, set_torch_threads
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_torch_threads(cfg.threads)
     torch.manual_seed(cfg.grpo.seed)
     model = IntentModel.load(serving_dir)
     trainer = GRPOTrainer(model, engine.atoms, engine.catalog, engine.tag_vectors, align_fn(rm, judge),

@@ -47,7 +47,7 @@ from features.catalog import Catalog
 from features.embedder import CategoryEmbedder, embedder_for, item_embeddings
 from offline.splits import UserCase
 from reasoning.context import answer, messages, task_expert, task_plan, task_tags
-from reasoning.intent_model import AtomTable, IntentModel, LMConfig, train_tokenizer
+from reasoning.intent_model import AtomTable, IntentModel, LMConfig, set_torch_threads, train_tokenizer
 from reasoning.tags import TagVocabulary, build_vocabulary
 from training.backbone import BASES, smollm2_dir
 from training.data import Episode, episodes, holdout
@@ -258,8 +258,7 @@ def train_sft(train_events: pd.DataFrame, catalog: Catalog, out_dir: Path, cache
     held-out cases, if it has them: step 0 holds out the same as the sequential model)."""
     cfg = cfg or SFTConfig()
     say = progress or log.info
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_torch_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
     # 0. Holdout.

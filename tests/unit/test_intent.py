@@ -436,6 +436,30 @@ def test_sft_backward_in_chunks_of_similar_length_gives_the_batchs_gradient(engi
             assert torch.allclose(p.grad, g, atol=1e-6), f"chunked gradient differs (chunk {chunk}, max {max_tokens})"
 
 
+def test_sft_trains_on_the_default_threads_after_an_engine_set_the_reasoners(engine, base_settings, data_dir,
+                                                                          tmp_path) -> None:
+    """An IntentEngine sets torch's threads process-wide (the reasoner's intent.threads, 1); SFT
+    with `threads=0` ("torch's default") must not inherit that (it did: SmolLM2's Beauty SFT after
+    the tiny row's engine ran on one of the two cores)."""
+    import torch
+
+    from features.catalog import Catalog
+    from offline import datasets
+    from reasoning.engine import IntentEngine
+    from reasoning.intent_model import LMConfig, default_torch_threads
+    from training.sft import SFTConfig, train_sft
+
+    IntentEngine(engine.model_dir, base_settings.intent.model_copy(update={"threads": 1}), base_settings.cache_dir)
+    assert torch.get_num_threads() == 1
+    data = datasets.load("rees46", data_dir).head(1500)
+    seen: list[tuple[str, int]] = []
+    cfg = SFTConfig(lm=LMConfig(hidden=32, layers=1, heads=2, intermediate=64, vocab_size=400),
+                    lm_steps=2, adaptor_steps=1, episodes_per_user=1, batch_size=4, intent_weight_users=0)
+    train_sft(data.events, Catalog.from_frames(data.items, data.events), tmp_path, base_settings.cache_dir, cfg,
+              progress=lambda message: seen.append((message, torch.get_num_threads())))
+    assert [n for m, n in seen if m.startswith("stage 1")] == [default_torch_threads()]
+
+
 def test_sft_on_a_leave_one_out_split_fits_the_intent_weight_on_its_validation_items(base_settings, data_dir,
                                                                                     tmp_path) -> None:
     """Under leave-one-out the sequential model learns every train event and stops on the
