@@ -586,9 +586,11 @@ def _sasrec_loss_section(result: dict | None) -> list[str]:
             *rows, "", f"Kept: `{result['chosen']}` (SequentialConfig.loss).", ""]
 
 
-def _beauty_section(result: dict, replay: dict | None = None, intent: dict | None = None) -> list[str]:
+def _beauty_section(result: dict, replay: dict | None = None, intent: dict | None = None,
+                    backbones: dict | None = None) -> list[str]:
     """Our leave-one-out rows next to the published ones (same protocol: last item test, second
-    to last validation, full ranking minus the user's history)."""
+    to last validation, full ranking minus the user's history); `backbones`' rows (intent_row.py
+    `--bases`, a sample of the test users) marked as such."""
     c = result["counts"]
     lines = ["## Against the literature: Amazon Beauty 5-core, leave-one-out", "",
              f"Command: `{result.get('command', 'intentstream eval')}` (commit `{result.get('commit', '?')}`). "
@@ -606,13 +608,14 @@ def _beauty_section(result: dict, replay: dict | None = None, intent: dict | Non
         a = r["all"]
         lines.append(f"| **{name}** (ours) | {a['recall@5']:.4f} | {a['ndcg@5']:.4f} | {a['recall@10']:.4f} | "
                      f"{a['ndcg@10']:.4f} | this repo | {r['fit_seconds']} |")
+    notes: list[str] = []  # the paragraphs under the rows, after the table's last row
     if replay:
         for name, r in replay["methods"].items():
             a = r["all"]
             lines.append(f"| **{name}**: the deployed system (ours) | {a['recall@5']:.4f} | {a['ndcg@5']:.4f} | "
                          f"{a['recall@10']:.4f} | {a['ndcg@10']:.4f} | this repo | {r['fit_seconds']} |")
         stats = next(iter(replay["methods"].values())).get("stats", {})
-        lines += ["", f"The deployed system: `{replay.get('command')}` (commit `{replay.get('commit', '?')}`): the "
+        notes += ["", f"The deployed system: `{replay.get('command')}` (commit `{replay.get('commit', '?')}`): the "
                   "train and validation events through Kafka, the worker and Redis in file order, scoring what "
                   "Redis serves each test user: the behavioural route fused with the sequential route (the "
                   f"SASRec of the `sasrec` row, trained on the train part and served from ONNX + faiss; model "
@@ -626,7 +629,7 @@ def _beauty_section(result: dict, replay: dict | None = None, intent: dict | Non
         best_ours = next(iter(replay["methods"].values()))["all"]
         for name, _, _, r10, n10, _ in PUBLISHED_BEAUTY:
             if name in ("TIGER", "eSASRec", "SASRec with sampled softmax"):
-                lines.append(f"- vs {name}: R@10 {100 * (best_ours['recall@10'] / r10 - 1):+.1f}%, "
+                notes.append(f"- vs {name}: R@10 {100 * (best_ours['recall@10'] / r10 - 1):+.1f}%, "
                              f"N@10 {100 * (best_ours['ndcg@10'] / n10 - 1):+.1f}%.")
     if intent:
         for name, r in intent["methods"].items():
@@ -636,7 +639,7 @@ def _beauty_section(result: dict, replay: dict | None = None, intent: dict | Non
                          f"{r['fit_seconds']} |")
             ex, expl, served = st.get("exclusive_counts", {}), st.get("explanations", {}), st.get(st.get("served_mode"))
             weights = st.get("merge_weights", {})
-            lines += ["", f"The intent row: `{intent.get('command')}` (commit `{intent.get('commit', '?')}`): the "
+            notes += ["", f"The intent row: `{intent.get('command')}` (commit `{intent.get('commit', '?')}`): the "
                       f"tiny intent model `{st.get('model')}` ({st.get('tags')} tags in {st.get('personas')} personas, "
                       f"trained on the train part in {st.get('train_seconds')} s), each user's list the served "
                       f"merge of their recent items, the behavioural and sequential fusion and the intent route at "
@@ -650,6 +653,19 @@ def _beauty_section(result: dict, replay: dict | None = None, intent: dict | Non
                       f"{expl.get('diversity_1_minus_rouge_l', 0):.3f} (served explanations: each passed the "
                       f"faithfulness gate, which passed {100 * (expl.get('faithful_share') or 0):.1f}% of those "
                       "written)." + (f" {intent['note']}" if intent.get("note") else "")]
+    if backbones:
+        sample = backbones.get("sample") or {}
+        where = (f"{sample['users']} sampled test users" if sample else "all test users") + (
+            "" if backbones.get("sequential_route", True) else ", sequential route off")
+        for name, r in backbones["methods"].items():
+            a = r["all"]
+            lines.append(f"| **{name}** ({r['stats'].get('base', 'tiny')} backbone; {where}) (ours) | "
+                         f"{a['recall@5']:.4f} | {a['ndcg@5']:.4f} | {a['recall@10']:.4f} | {a['ndcg@10']:.4f} | "
+                         f"this repo | {r['fit_seconds']} |")
+        notes += ["", "The backbone rows: `intent_row.py --bases` on a sample of the test users (not comparable with "
+                  "the full-set rows above; see \"Intent model backbones\" below for the sample, the setup and "
+                  "the comparison)."]
+    lines += notes
     sasrec = result["methods"].get("sasrec")
     if sasrec and sasrec.get("log"):
         log = sasrec["log"]
@@ -763,7 +779,7 @@ def render() -> Path:
         lines += ["", f"![{name}](eval-{name}.png)", ""]
     beauty, replay = _load("eval-beauty-loo.json"), _load("eval-beauty-loo-replay.json")
     if beauty:
-        lines += _beauty_section(beauty, replay, _load("eval-beauty-loo-intent.json"))
+        lines += _beauty_section(beauty, replay, _load("eval-beauty-loo-intent.json"), _load("intent-beauty-backbones.json"))
         lines += _sasrec_loss_section(_load("sasrec-loss-beauty.json"))
     for name in ("taobao", "rees46"):
         result = _load(f"intent-{name}.json")
