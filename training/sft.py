@@ -97,7 +97,8 @@ class SFTConfig:
     def model_key(self) -> dict:
         """The fields that decide the trained model, for cache keys: all but `chunk_tokens`, a
         memory cap under which a step's gradient is still the batch's (tests/unit/test_intent.py),
-        so a model trained before the cap existed, or under another cap, is the same model.
+        so a model trained before the cap existed, or under another cap, is the same model (up to
+        float rounding: the chunks' gradients are summed in another order).
 
         >>> SFTConfig(chunk_tokens=1536).model_key() == SFTConfig().model_key()
         True
