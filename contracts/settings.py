@@ -206,6 +206,13 @@ class WorkerSettings(BaseModel):
     recovery_seek_delay_s: float = Field(default=0.0, ge=0)
     """Tests only: sleep this long (seconds) inside the post-recovery seek, to widen the window
     in which faust 0.15.3 lost records (stream/fast_consumer.py SeekFirstRecovery)."""
+    recovery_stall_s: float = Field(default=15.0, gt=0)
+    """A changelog partition that a table recovery still needs records of and that delivered
+    none for this long (seconds) is fetched again from the offset the recovery has reached
+    (stream/fast_consumer.py SeekFirstRecovery); the worker otherwise waits in recovery forever."""
+    recovery_drop_changelog: bool = False
+    """Tests only: the worker's first recovery marks its active changelog partitions as read to
+    their end, so faust drops their records as already read (the stall `recovery_stall_s` ends)."""
     recent_items: int = Field(default=50, ge=1)
     """Recent interactions kept per user."""
     dedupe_window: int = Field(default=256, ge=1)

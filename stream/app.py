@@ -87,6 +87,8 @@ def build_app(settings: Settings) -> faust.App:
     app = FastApp(
         w.app_id,
         seek_delay_s=w.recovery_seek_delay_s,
+        recovery_stall_s=w.recovery_stall_s,
+        drop_changelog=w.recovery_drop_changelog,
         drain_timeout_s=w.drain_timeout_s,
         broker=f"kafka://{k.bootstrap}",
         broker_credentials=broker_credentials(k),

@@ -57,3 +57,29 @@ def test_restart_loses_nothing_and_recovers_state(scoped, worker_factory):
     # The shared item model counted every event once too (fenced by offset, not by the changelog).
     assert traffic.item_counts() == (traffic.views, traffic.purchases)
     assert third.alive(), third.log_tail()
+
+
+def test_a_recovery_that_receives_nothing_fetches_its_changelog_again(scoped, worker_factory):
+    """The second worker's first recovery drops its changelog records as already read
+    (`worker.recovery_drop_changelog`, the symptom of robinhood/faust#542): faust alone would
+    wait in recovery forever. SeekFirstRecovery fetches a partition that delivered nothing for
+    `recovery_stall_s` again, so the state is recovered and every event counted once."""
+    users = [u for group in users_by_partition(scoped.key_prefix, scoped.kafka.partitions, 5).values() for u in group]
+    traffic = Traffic(scoped)
+    traffic.send(users, 0, 2000)
+    first = worker_factory(scoped)
+    wait_for(traffic.users_counted, 120, "every event of the first worker to be counted", first.log_tail)
+    wait_committed_to_end(scoped, 60, first.log_tail)
+    first.stop()
+
+    stalled = scoped.model_copy(update={"worker": scoped.worker.model_copy(
+        update={"recovery_drop_changelog": True, "recovery_stall_s": 3.0})})
+    traffic.send(users, 2000, 2000)
+    second = worker_factory(stalled)
+    wait_for(traffic.users_counted, 120, "every event counted once after the stalled recovery",
+             lambda: f"{traffic.user_diff()}\n{second.log_tail()}")
+    log = second.log_path.read_text(errors="replace")
+    assert "changelog records dropped as read" in log, log[-4000:]  # the stall was made ...
+    assert "fetching again from offset" in log, log[-4000:]  # ... and ended by the refetch
+    assert traffic.user_counts() == traffic.users and sum(traffic.users.values()) == 4000
+    assert second.alive(), second.log_tail()
