@@ -211,8 +211,8 @@ class WorkerSettings(BaseModel):
     none for this long (seconds) is fetched again from the offset the recovery has reached
     (stream/fast_consumer.py SeekFirstRecovery); the worker otherwise waits in recovery forever."""
     recovery_drop_changelog: bool = False
-    """Tests only: the worker's first recovery marks its active changelog partitions as read to
-    their end, so faust drops their records as already read (the stall `recovery_stall_s` ends)."""
+    """Tests only: each recovery marks its active changelog partitions as read to their end, so
+    faust drops their records as already read (the stall `recovery_stall_s` ends)."""
     recent_items: int = Field(default=50, ge=1)
     """Recent interactions kept per user."""
     dedupe_window: int = Field(default=256, ge=1)

@@ -287,7 +287,7 @@ class FastDrainTransport(aiokafka_driver.Transport):
 class FastApp(faust.App):
     """faust.App using `FastDrainTransport` (and `BatchConductor`) for its kafka:// broker and
     `SeekFirstRecovery` for its tables; `seek_delay_s` widens the recovery seek and
-    `drop_changelog` stalls the first recovery (tests only); `recovery_stall_s`: see
+    `drop_changelog` stalls every recovery (tests only); `recovery_stall_s`: see
     `SeekFirstRecovery._refetch_stalled`.
 
     Workaround for a stop with events in flight. On SIGTERM faust 0.15.3 (`App._stop_consumer`)
@@ -394,8 +394,8 @@ class SeekFirstRecovery(Recovery):
     partition with records left that delivered nothing for `recovery_stall_s` is logged with
     what faust and aiokafka hold about its fetching (`fetch_state`), resumed and sought again to
     the offset the recovery has reached; records read twice set the same table values.
-    `drop_changelog` (tests only, `worker.recovery_drop_changelog`) makes the first recovery
-    drop its records as already read, the robinhood/faust#542 symptom, so
+    `drop_changelog` (tests only, `worker.recovery_drop_changelog`) makes each recovery drop
+    its active changelog records as already read, the robinhood/faust#542 symptom, so
     tests/integration/test_restart.py can check that a stall ends.
     """
 
@@ -404,15 +404,12 @@ class SeekFirstRecovery(Recovery):
     _reading: tuple[int, float] | None = None
     """(generation, when) the latest recovery sought its active changelog partitions: it reads
     from then."""
-    _dropped_once = False
-
     async def _seek_offsets(self, consumer: Any, tps: Any, offsets: Any, title: str) -> None:
         await super()._seek_offsets(consumer, tps, offsets, title)
         if title != "active":
             return
         self._reading = (self._generation_id, time.monotonic())
-        if getattr(self.app, "drop_changelog", False) and not self._dropped_once and tps:
-            self._dropped_once = True
+        if getattr(self.app, "drop_changelog", False) and tps:
             for tp in tps:  # read up to past the end: faust drops every record as already read
                 consumer._read_offset[tp] = self.active_highwaters[tp] + 1
             self.log.warning("tests only: changelog records dropped as read in %s",

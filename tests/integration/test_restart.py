@@ -60,7 +60,7 @@ def test_restart_loses_nothing_and_recovers_state(scoped, worker_factory):
 
 
 def test_a_recovery_that_receives_nothing_fetches_its_changelog_again(scoped, worker_factory):
-    """The second worker's first recovery drops its changelog records as already read
+    """The second worker's recoveries drop their changelog records as already read
     (`worker.recovery_drop_changelog`, the symptom of robinhood/faust#542): faust alone would
     wait in recovery forever. SeekFirstRecovery fetches a partition that delivered nothing for
     `recovery_stall_s` again, so the state is recovered and every event counted once."""
