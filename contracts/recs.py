@@ -56,7 +56,7 @@ class RecItem(BaseModel):
     item_id: str
     score: float
     route: str
-    """Which route proposed it: recent, covisit, popular or intent."""
+    """Which route proposed it: recent, covisit, popular, sequential or intent."""
     tag: PlainTag | None = None
     """The intent tag that retrieved it (intent route only)."""
     explanation: PlainExplanation

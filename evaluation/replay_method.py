@@ -14,7 +14,8 @@ consumes (the reasoner with its model loaded: one still loading would shed every
 waited past intent.max_wait_s meanwhile, so no intent result would be scored). It also waits for the
 refreshes a worker that fell behind still owes (`refreshes_pending`), and gives the workers the
 time left to the deadline to stop (stopping builds their last debounced refreshes). `stats`
-names the models that served (`sequential_model`, `intent_model`). `intent_model` overrides the intent model
+names the models that served (`sequential_model`, `intent_model`) and counts what the scored
+lists were made of (`served`: fallback reasons, and the routes of the top items and hits). `intent_model` overrides the intent model
 (`bench loop`'s trained candidate). `replay2` runs two workers on the group (static members),
 which must serve what one worker serves (the shared item model, features/item_model.py). With
 `feedback` the first half of the train events is replayed, the intent route drained, and the
@@ -32,7 +33,7 @@ from pathlib import Path
 
 
 from contracts.keys import RedisKeys
-from contracts.recs import FallbackReason
+from contracts.recs import FallbackReason, Recommendations
 from contracts.settings import Settings
 from contracts.topics import worker_topics
 from evaluation.intent_method import split_intent_model
@@ -46,6 +47,10 @@ from stream.metrics import intent_backlog
 from stream.producer import EventProducer, delete_topics, ensure_topics
 from stream.reader import RecommendationReader
 from training.sft import SFTConfig
+
+
+SERVED_K = 10
+"""The top of each scored list whose routes `stats["served"]` counts (the published cut-off)."""
 
 
 class ReplayMethod:
@@ -183,9 +188,23 @@ class ReplayMethod:
 
     def rank(self, case: UserCase, n: int) -> list[str]:
         recs = self.reader.get_recommendations(self.prefix + case.user_id)
+        self._count_served(case, recs)
         if recs is None or recs.fallback_reason is FallbackReason.unknown_user:
             return []
         return [item.item_id for item in recs.items]
+
+    def _count_served(self, case: UserCase, recs: Recommendations | None) -> None:
+        """What the scored lists were made of (`stats["served"]`): lists by fallback reason
+        ("none": every route ran), and per route the items of the top SERVED_K (the user's
+        bought items out, as the `all` list is scored) and the test hits among them."""
+        served = self.stats.setdefault("served", {"k": SERVED_K, "lists": {}, "items": {}, "hits": {}})
+        reason = "missing" if recs is None else (recs.fallback_reason.value if recs.fallback_reason else "none")
+        served["lists"][reason] = served["lists"].get(reason, 0) + 1
+        top = [item for item in (recs.items if recs else []) if item.item_id not in case.bought][:SERVED_K]
+        for item in top:
+            served["items"][item.route] = served["items"].get(item.route, 0) + 1
+            if item.item_id in case.targets:
+                served["hits"][item.route] = served["hits"].get(item.route, 0) + 1
 
     def close(self) -> None:
         """Remove this run's Redis keys (recommendations, metrics, the item model)."""

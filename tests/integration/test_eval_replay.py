@@ -19,6 +19,12 @@ def test_replay_method_scores_what_the_pipeline_serves(scoped, data_dir):
     replay = methods["replay"]
     assert replay["users"] == result["counts"]["users_evaluated"]
     assert replay["stats"]["events_valid"] == result["counts"]["train_events"]
+    # What the scored lists were made of: every user's list counted once, and the hits in the
+    # top 10 by route are at least the users with a hit there (hr@10 of the same `all` lists).
+    served = replay["stats"]["served"]
+    assert sum(served["lists"].values()) == replay["users"]
+    assert set(served["items"]) <= {"recent", "covisit", "popular", "sequential", "intent"}
+    assert sum(served["hits"].values()) >= round(replay["all"]["hr@10"] * replay["users"]) > 0
     # The served lists come from the same behavioural code the offline item-kNN uses; they differ
     # by trigger timing and the stream's popularity window, not by an order of magnitude.
     assert replay["all"]["recall@20"] > methods["popularity"]["all"]["recall@20"]
