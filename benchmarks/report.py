@@ -586,6 +586,19 @@ def _sasrec_loss_section(result: dict | None) -> list[str]:
             *rows, "", f"Kept: `{result['chosen']}` (SequentialConfig.loss).", ""]
 
 
+def _served_sentence(served: dict | None) -> str:
+    """What a replay's scored lists were made of (evaluation/replay_method.py `stats["served"]`).
+
+    >>> _served_sentence({"k": 10, "lists": {"none": 3}, "items": {"covisit": 20, "intent": 10}, "hits": {}})
+    ' Scored lists by fallback reason (`none`: every route ran): none 3; the routes of their top 10 items: covisit 20, intent 10; of the test hits there: none.'
+    """
+    if not served:
+        return ""
+    count = lambda d: ", ".join(f"{k} {v:,}" for k, v in sorted(d.items(), key=lambda kv: -kv[1])) or "none"  # noqa: E731
+    return (f" Scored lists by fallback reason (`none`: every route ran): {count(served['lists'])}; the routes of "
+            f"their top {served['k']} items: {count(served['items'])}; of the test hits there: {count(served['hits'])}.")
+
+
 def _beauty_section(result: dict, replay: dict | None = None, intent: dict | None = None,
                     backbones: dict | None = None) -> list[str]:
     """Our leave-one-out rows next to the published ones (same protocol: last item test, second
@@ -621,10 +634,13 @@ def _beauty_section(result: dict, replay: dict | None = None, intent: dict | Non
                   f"SASRec of the `sasrec` row, trained on the train part and served from ONNX + faiss; model "
                   f"`{stats.get('sequential_model')}`, merged into {stats.get('sequential_merged', 0):,} of "
                   f"{stats.get('refreshes', 0):,} refreshes). "
-                  + (f"The intent route served `{stats['intent_model']}`, trained on the train part."
+                  + (f"The intent route served `{stats['intent_model']}`, trained on the train part "
+                     f"({stats.get('intent_users', 0):,} users reasoned, {stats.get('intent_shed', 0):,} requests "
+                     f"shed past the wait limit, {stats.get('intent_requested', 0):,} requested)."
                      if stats.get("intent_model") else
                      "The intent route was off in this run (the replay method of that commit would have served the "
                      "cache's intent model, trained on another dataset; it now trains one on the split).")
+                  + _served_sentence(stats.get("served"))
                   + (f" {replay['note']}" if replay.get("note") else "")]
         best_ours = next(iter(replay["methods"].values()))["all"]
         for name, _, _, r10, n10, _ in PUBLISHED_BEAUTY:
