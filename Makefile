@@ -59,7 +59,7 @@ bench-beauty: setup
 	$(BIN)/intentstream eval --dataset beauty --split leave-one-out --methods intent_served --json --out benchmarks/results/eval-beauty-loo-intent.json > /dev/null
 	$(BIN)/python -m benchmarks.item_step --dataset beauty --split leave-one-out --out benchmarks/results/item-step-beauty.json > /dev/null
 	$(BIN)/python -m benchmarks.intent_row --dataset beauty --split leave-one-out --bases tiny,smollm2 --users 300 --seed 0 --no-sequential --out benchmarks/results/intent-beauty-backbones.json > /dev/null
-	INTENTSTREAM_INTENT__ENABLED=false $(BIN)/intentstream eval --dataset beauty --split leave-one-out --methods replay --json --out benchmarks/results/eval-beauty-loo-replay.json > /dev/null
+	$(BIN)/intentstream eval --dataset beauty --split leave-one-out --methods replay --json --out benchmarks/results/eval-beauty-loo-replay.json > /dev/null
 	$(BIN)/python -m benchmarks.sasrec_loss --dataset beauty --split leave-one-out --full-from benchmarks/results/eval-beauty-loo.json --out benchmarks/results/sasrec-loss-beauty.json > /dev/null
 	$(BIN)/python -m benchmarks.report
 
