@@ -15,8 +15,8 @@ waited past intent.max_wait_s meanwhile, so no intent result would be scored). I
 refreshes a worker that fell behind still owes (`refreshes_pending`), and gives the workers the
 time left to the deadline to stop (stopping builds their last debounced refreshes). `stats`
 names the models that served (`sequential_model`, `intent_model`) and counts what the scored
-lists were made of (`served`: fallback reasons, and the routes of the top items and hits). `intent_model` overrides the intent model
-(`bench loop`'s trained candidate). `replay2` runs two workers on the group (static members),
+lists were made of (`served`: fallback reasons, and the routes of the top items and hits).
+`intent_model` overrides the intent model (`bench loop`'s trained candidate). `replay2` runs two workers on the group (static members),
 which must serve what one worker serves (the shared item model, features/item_model.py). With
 `feedback` the first half of the train events is replayed, the intent route drained, and the
 second half replayed with simulated feedback (offline/replay.py `FeedbackSimulator`), which the

@@ -1,8 +1,9 @@
 """A Faust app whose Kafka consumer hands messages to streams without two tasks per message,
 that delivers a topic in batches without an Event per message (`BatchInbox`, below), whose table
-recovery seeks before it resumes (`SeekFirstRecovery`), which finishes the work it holds
-before it waits for acknowledgements at a stop (`FastApp`), and whose producer sends every
-queued changelog record before an offset is committed (`DrainingProducerBuffer`).
+recovery seeks before it resumes and fetches a changelog partition that delivers nothing again
+(`SeekFirstRecovery`), which finishes the work it holds before it waits for acknowledgements at
+a stop (`FastApp`), and whose producer sends every queued changelog record before an offset is
+committed (`DrainingProducerBuffer`).
 
 Workaround. faust-streaming's fetch loop (`Consumer._drain_messages`) delivers every message as
 `await self.wait_first(callback(message), self.suspend_flow.wait())`: two new tasks and an
@@ -404,6 +405,7 @@ class SeekFirstRecovery(Recovery):
     _reading: tuple[int, float] | None = None
     """(generation, when) the latest recovery sought its active changelog partitions: it reads
     from then."""
+
     async def _seek_offsets(self, consumer: Any, tps: Any, offsets: Any, title: str) -> None:
         await super()._seek_offsets(consumer, tps, offsets, title)
         if title != "active":
