@@ -400,8 +400,6 @@ class SeekFirstRecovery(Recovery):
     tests/integration/test_restart.py can check that a stall ends.
     """
 
-    changelog_refetched = 0
-    """How often a stalled changelog partition was sought again (`_refetch_stalled`)."""
     _reading: tuple[int, float] | None = None
     """(generation, when) the latest recovery sought its active changelog partitions: it reads
     from then."""
@@ -446,7 +444,6 @@ class SeekFirstRecovery(Recovery):
                 except Exception as exc:  # a rebalance meanwhile: the next recovery seeks anyway
                     self.log.warning("fetching %s:%d again failed: %r", tp.topic, tp.partition, exc)
                 sought[tp] = time.monotonic()
-                self.changelog_refetched += 1
 
     async def _seek_then_resume(self, consumer: Any) -> None:
         assignment = consumer.assignment()
