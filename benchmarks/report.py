@@ -402,6 +402,64 @@ def _intent_section(result: dict) -> list[str]:
     return lines
 
 
+def _violations(run: dict) -> str:
+    first, last = run["violation_rate_first_tenth"], run["violation_rate_last_tenth"]
+    return " / ".join(f"{first[k]:.2f} -> {last[k]:.2f}" for k in ("align", "div", "len"))
+
+
+def _rl_runs_by_stage(result: dict) -> list[str]:
+    """The RL table of a run with seeds and stage figures (benchmarks/rl.py), and what the
+    stages bound.
+
+    >>> stages = {"personas": 0.7, "experts": 0.65, "final": 0.6}
+    >>> seeds = [{"test": {**stages, "final": f}, "validation": {**stages, "final": 0.5}} for f in (0.62, 0.64)]
+    >>> run = {"reward": "crs", "rm_loss": "listwise", "plan_accuracy": "personas", "category_hr@30": 0.63,
+    ...        "violation_rate_first_tenth": {"align": 0.7, "div": 0, "len": 0}, "groups": 10,
+    ...        "violation_rate_last_tenth": {"align": 0.5, "div": 0, "len": 0}, "zero_advantage_groups": 9,
+    ...        "seconds_per_step": 1.0, "seeds": seeds}
+    >>> lines = _rl_runs_by_stage({"stages": {"sft": {"test": stages, "validation": {**stages, "final": 0.55}}},
+    ...                            "runs": {"grpo_crs": run}, "category_hr@30": {"sft": 0.6, "grpo_crs": 0.63}})
+    >>> print(lines[2]); print(lines[3])
+    | SFT | 0.6000 | | 0.5500 | | 0.70 / 0.65 / 0.60 | | | |
+    | grpo_crs (crs, listwise RM, plan R_acc over personas) | 0.6300 (0.6200-0.6400) | +5.0% | 0.5000 | -9.1% | 0.70 / 0.65 / 0.63 | 0.70 -> 0.50 / 0.00 -> 0.00 / 0.00 -> 0.00 | 9 / 10 | 1.0 |
+    >>> lines[-1]
+    "SFT's planner picks personas whose tags hold a test user's categories for 70.0% of the test users, its experts emit tags of them for 65.0%, the arbiter keeps them in its 30 for 60.0%. The experts and the arbiter keep at most what the personas hold: with the planner's personas as they are, category HR@30 can rise by at most +16.7% relative."
+    """
+    sft = result["stages"]["sft"]
+    base = result["category_hr@30"]["sft"]
+    base_val = sft.get("validation", {}).get("final")
+
+    def stages(hits: dict) -> str:
+        return f"{hits['personas']:.2f} / {hits['experts']:.2f} / {hits['final']:.2f}"
+
+    def mean_stages(run: dict, part: str) -> dict:
+        return {k: sum(s[part][k] for s in run["seeds"]) / len(run["seeds"]) for k in ("personas", "experts", "final")}
+
+    lines = ["| model | category HR@30 test (seeds' range) | vs SFT | validation | vs SFT | test: personas / experts / "
+             "arbiter's 30 | violations align/div/len, first -> last tenth | zero-advantage groups | s/step |",
+             "|---|---|---|---|---|---|---|---|---|",
+             f"| SFT | {base:.4f} | | {f'{base_val:.4f}' if base_val is not None else ''} | | {stages(sft['test'])} | | | |"]
+    for name, run in result["runs"].items():
+        finals = [s["test"]["final"] for s in run["seeds"]]
+        spread = f" ({min(finals):.4f}-{max(finals):.4f})" if len(finals) > 1 else ""
+        val, val_rel = "", ""
+        if base_val is not None:
+            v = mean_stages(run, "validation")["final"]
+            val, val_rel = f"{v:.4f}", f"{100 * (v - base_val) / base_val:+.1f}%" if base_val else ""
+        hr = run["category_hr@30"]
+        lines.append(f"| {name} ({run['reward']}, {run['rm_loss']} RM, plan R_acc over {run['plan_accuracy']}) | "
+                     f"{hr:.4f}{spread} | {100 * (hr - base) / base:+.1f}% | {val} | {val_rel} | "
+                     f"{stages(mean_stages(run, 'test'))} | {_violations(run)} | "
+                     f"{run['zero_advantage_groups']} / {run['groups']} | {run['seconds_per_step']:.1f} |")
+    test = sft["test"]
+    lines += ["", f"SFT's planner picks personas whose tags hold a test user's categories for {100 * test['personas']:.1f}% "
+              f"of the test users, its experts emit tags of them for {100 * test['experts']:.1f}%, the arbiter keeps "
+              f"them in its 30 for {100 * test['final']:.1f}%. The experts and the arbiter keep at most what the "
+              f"personas hold: with the planner's personas as they are, category HR@30 can rise by at most "
+              f"{100 * (test['personas'] - test['final']) / test['final']:+.1f}% relative."]
+    return lines
+
+
 def _rl_section(result: dict) -> list[str]:
     hr = result["category_hr@30"]
     rel = result["relative_to_sft"]
@@ -411,11 +469,22 @@ def _rl_section(result: dict) -> list[str]:
     title = (f"RL on data the SFT model did not see: {result['dataset']}" if fresh
              else f"Feedback loop and RL: {result['dataset']}")
     lines = [f"## {title}", ""]
+    validation = result.get("validation_share") or 0
     if fresh:
+        part = (f"the last {100 * fresh:.0f}% less the last {100 * validation:.0f}%" if validation
+                else f"the last {100 * fresh:.0f}%")
         lines += [f"The SFT model here was trained on the first {result['sft_train_events']:,} train events "
-                  f"(all but the last {100 * fresh:.0f}%); GRPO's episodes come from the last {100 * fresh:.0f}% (their "
+                  f"(all but the last {100 * fresh:.0f}%); GRPO's episodes come from {part} (their "
                   f"contexts include the earlier history), as feedback arrives after a model is deployed. Held-out "
                   f"users and targets as above.", ""]
+    if validation:
+        lines += [f"Validation users: the {result['validation_users']} users with train events on both sides of the "
+                  f"last {100 * validation:.0f}% of the train events (contexts from before that cut, targets the "
+                  f"categories after it; no model learned from those events): shaped like the test users, so an RL "
+                  f"setting can be chosen on them rather than on the test.", ""]
+    if result.get("seeds", 1) > 1:
+        lines += [f"Each run trained with {result['seeds']} seeds (GRPOConfig.seed 0-{result['seeds'] - 1}); its "
+                  f"figures are their mean, the test HR@30 of each seed in brackets as a range.", ""]
     lines += [
         f"Command: `{result['command']}` (commit `{result['commit']}`). Held-out users: the {result['held_out_users']} "
         f"test users of the global-time split (contexts from their train events, targets the categories of their "
@@ -423,16 +492,19 @@ def _rl_section(result: dict) -> list[str]:
         f"events). GRPO: {g['steps']} steps x {g['contexts_per_step']} contexts (a plan and an expert input each) x "
         f"G={g['group_size']}, lr {g['lr']}, clip {g['clip_eps']}, KL {g['kl_coef']}, gates align/div/len "
         f"{g['gates']['align']}/{g['gates']['div']}/{g['gates']['len']}.", "",
-        "| model | category HR@30 | vs SFT | violations align/div/len, first -> last tenth | zero-advantage groups | s/step |",
-        "|---|---|---|---|---|---|",
-        f"| SFT | {hr['sft']:.4f} | | | | |"]
-    for name, run in result["runs"].items():
-        first, last = run["violation_rate_first_tenth"], run["violation_rate_last_tenth"]
-        viol = " / ".join(f"{first[k]:.2f} -> {last[k]:.2f}" for k in ("align", "div", "len"))
-        plan = f", plan R_acc over {run['plan_accuracy']}" if "plan_accuracy" in run else ""
-        lines.append(f"| {name} ({run['reward']}, {run['rm_loss']} RM{plan}) | {run['category_hr@30']:.4f} | "
-                     f"{100 * rel[name]:+.1f}% | {viol} | {run['zero_advantage_groups']} / {run['groups']} | "
-                     f"{run['seconds_per_step']:.1f} |")
+    ]
+    if "stages" in result:
+        lines += _rl_runs_by_stage(result)
+    else:
+        lines += [
+            "| model | category HR@30 | vs SFT | violations align/div/len, first -> last tenth | zero-advantage groups | s/step |",
+            "|---|---|---|---|---|---|",
+            f"| SFT | {hr['sft']:.4f} | | | | |"]
+        for name, run in result["runs"].items():
+            plan = f", plan R_acc over {run['plan_accuracy']}" if "plan_accuracy" in run else ""
+            lines.append(f"| {name} ({run['reward']}, {run['rm_loss']} RM{plan}) | {run['category_hr@30']:.4f} | "
+                         f"{100 * rel[name]:+.1f}% | {_violations(run)} | {run['zero_advantage_groups']} / {run['groups']} | "
+                         f"{run['seconds_per_step']:.1f} |")
     lines += ["", f"Reward models distilled from {rm['judged_tags']:,} judged tags in {rm['groups']} groups "
               f"(judge grades B/A/S {rm['grades'].get('B', 0):.2f}/{rm['grades'].get('A', 0):.2f}/{rm['grades'].get('S', 0):.2f}): "
               + "; ".join(f"{loss}: pairwise agreement with the judge {rm[loss]['pairwise_agreement']:.3f}, Bad-vs-rest "

@@ -9,21 +9,27 @@ their contexts the train events, their targets the categories of their test even
    judge on held-out judged groups.
 3. GRPO from the SFT model on train episodes (context + categories of the next 5 events: what a
    feedback episode holds, training/trainer.py::episodes_from_log), four runs with the same
-   seed and steps: summed rewards (listwise RM), CRS (listwise RM), CRS (pointwise RM), and CRS
-   (listwise RM) with a plan's R_acc counted over the tags its experts emit (`RUNS`). With
-   `--fresh-share`, SFT sees only the earlier train events and GRPO's episodes come from the rest.
-4. Category HR@30 of the arbiter's tags on the held-out users for SFT and each run; per-step
-   violation rates (first vs last tenth of the steps), zero-advantage groups, seconds per step
-   and contexts/s.
+   steps: summed rewards (listwise RM), CRS (listwise RM), CRS (pointwise RM), and CRS
+   (listwise RM) with a plan's R_acc counted over the tags its experts emit (`RUNS`), each
+   with `--seeds` seeds. With `--fresh-share`, SFT sees only the earlier train events and
+   GRPO's episodes come from the rest; with `--validation-share`, the last part of the train
+   events is kept from both and its users are validation users (`run_rl_benchmark`).
+4. Category HR@30 of the arbiter's tags on the held-out (and validation) users for SFT and each
+   run, with where a user's categories were lost: the share whose categories the planner's
+   personas hold, the experts' tags, the arbiter's 30 (offline/tags.py `StageHits`: each
+   stage keeps at most what the one before holds); per-step violation rates (first vs last
+   tenth of the steps), zero-advantage groups, seconds per step and contexts/s.
 """
 
 from __future__ import annotations
 
 import shutil
 import time
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
+import pandas as pd
 
 from benchmarks.ingest import commit, machine
 from contracts.settings import Settings
@@ -31,8 +37,8 @@ from evaluation.intent_method import split_intent_model
 from features.catalog import Catalog
 from offline import datasets
 from offline.splits import Split, make_split
-from offline.tags import category_hit_rate
-from reasoning.context import build_context
+from offline.tags import stage_hit_rates
+from reasoning.context import UserContext, build_context
 from training.data import episodes, user_histories
 from training.grpo import GRPOConfig, PlanAccuracy
 from training.judge import JudgeLog
@@ -46,20 +52,60 @@ RUNS = (("grpo_sum", "sum", "listwise", PlanAccuracy.PERSONAS), ("grpo_crs", "cr
 plan's accuracy counted over what its experts emit, the ablation of `PlanAccuracy`."""
 
 
-def _phase(history: list[dict], key: str, part: slice) -> float:
-    rows = history[part]
+def _mean(rows: list[dict], key: str) -> float:
     return float(np.mean([h[key] for h in rows])) if rows else 0.0
 
 
+class HeldOut(NamedTuple):
+    """Users whose category HR@30 a run is measured on: their contexts and wanted categories."""
+
+    contexts: list[UserContext]
+    wanted: list[set[str]]
+
+    def hits(self, engine) -> dict[str, float]:
+        return stage_hit_rates(engine, self.contexts, self.wanted)._asdict()
+
+
+def held_out(catalog: Catalog, before: pd.DataFrame, later: Mapping[str, Iterable[str]], max_items: int) -> HeldOut:
+    """Each user of `later` with a context from their `before` events and, as wanted categories,
+    those of their `later` items."""
+    histories = user_histories(before)
+    return HeldOut([build_context(u, list(reversed(histories.get(u, []))), catalog, max_items) for u in later],
+                   [{catalog.get(i).category for i in items if catalog.get(i).category} for items in later.values()])
+
+
+def validation_users(train: pd.DataFrame, cut_ts: int, min_history: int = 3) -> dict[str, set]:
+    """The items at or after `cut_ts` of each user with `min_history` train events before it.
+
+    >>> t = pd.DataFrame({"user_id": list("aaaabbbb"), "item_id": list("wxyzwxyz"), "ts": [1, 2, 3, 9, 1, 2, 3, 4]})
+    >>> validation_users(t, 5)
+    {'a': {'z'}}
+    """
+    early = train[train.ts < cut_ts].groupby("user_id").size()
+    late = train[train.ts >= cut_ts].groupby("user_id").item_id.agg(set)
+    return {u: late[u] for u in sorted(early[early >= min_history].index) if u in late.index}
+
+
 def run_rl_benchmark(settings: Settings, dataset: str, steps: int | None = None, progress=None,
-                     fresh_share: float = 0.0) -> dict[str, Any]:
+                     fresh_share: float = 0.0, validation_share: float = 0.0, seeds: int = 1) -> dict[str, Any]:
     """With `fresh_share` > 0 the SFT model sees only the train events before the last
     `fresh_share` of them (in time order), and GRPO's episodes come from that last part: RL on
-    feedback the SFT model never saw, as in the deployed loop (with 0, both use all train events)."""
+    feedback the SFT model never saw, as in the deployed loop (with 0, both use all train events).
+    With `validation_share` > 0 (less than `fresh_share`, which must be set) the last that share
+    of the train events is kept from GRPO too: the users with events on both sides of it are
+    validation users, their contexts from before it, their wanted categories those after it,
+    shaped like the test users and seen by no model, so an RL setting can be chosen there. Each
+    run trains `seeds` times (GRPOConfig.seed 0..seeds-1); its HR@30 is the mean."""
     say = progress or (lambda message: None)
+    if validation_share and not 0 < validation_share < fresh_share:
+        raise ValueError("validation_share must be in (0, fresh_share): the validation users' later events "
+                         "must come after everything the SFT model and GRPO learn from")
+    if seeds < 1:
+        raise ValueError("seeds must be >= 1")
     data = datasets.load(dataset, settings.data_dir)
     split = make_split(data.events, "global-time")
     catalog = Catalog.from_frames(data.items, data.events)
+    max_items = settings.intent.max_items
     fresh_from = None
     sft_split = split
     if fresh_share > 0:
@@ -69,12 +115,13 @@ def run_rl_benchmark(settings: Settings, dataset: str, steps: int | None = None,
                           {**split.protocol, "sft_before_ts": fresh_from})
     model_dir, _ = split_intent_model(settings, data, sft_split, SFTConfig(), progress=say, catalog=catalog)
     sft = engine_for(model_dir, settings.cache_dir, settings.intent)
-    histories = user_histories(split.train)
-    contexts = [build_context(c.user_id, list(reversed(histories.get(c.user_id, []))), catalog, settings.intent.max_items)
-                for c in split.cases]
-    wanted = [{catalog.get(t).category for t in c.targets if catalog.get(t).category} for c in split.cases]
-    train_eps = episodes(split.train, catalog, sft.model.vocab, settings.intent.max_items, 5, 12, seed=1,
-                         from_ts=fresh_from)
+    test = held_out(catalog, split.train, {c.user_id: c.targets for c in split.cases}, max_items)
+    rl_events, validation, validation_from = split.train, None, None
+    if validation_share > 0:  # by events, as the fresh part
+        validation_from = int(split.train.ts.quantile(1 - validation_share))
+        rl_events = split.train[split.train.ts < validation_from]
+        validation = held_out(catalog, rl_events, validation_users(split.train, validation_from), max_items)
+    train_eps = episodes(rl_events, catalog, sft.model.vocab, max_items, 5, 12, seed=1, from_ts=fresh_from)
     grpo = GRPOConfig() if steps is None else GRPOConfig(steps=steps)
     cfg = RLConfig(grpo=grpo)
     judge_log = JudgeLog()
@@ -84,43 +131,60 @@ def run_rl_benchmark(settings: Settings, dataset: str, steps: int | None = None,
     say(f"judge + reward models: {rm_stats}")
     result: dict[str, Any] = {
         "command": f"intentstream bench rl --dataset {dataset}" + (f" --steps {steps}" if steps else "")
-        + (f" --fresh-share {fresh_share}" if fresh_share else ""),
+        + (f" --fresh-share {fresh_share}" if fresh_share else "")
+        + (f" --validation-share {validation_share}" if validation_share else "")
+        + (f" --seeds {seeds}" if seeds > 1 else ""),
         "fresh_share": fresh_share, "sft_train_events": len(sft_split.train),
+        "validation_share": validation_share, "validation_from_ts": validation_from,
+        "validation_users": len(validation.contexts) if validation else 0,
+        "seeds": seeds,
         "machine": machine(), "commit": commit(), "dataset": dataset, "split": "global-time",
         "held_out_users": len(split.cases), "train_episodes": len(train_eps), "sft_model": sft.version,
         "grpo_config": grpo.as_dict(), "judge_config": cfg.judge.__dict__, "reward_models": rm_stats,
         "judge_dimension_scores": _dimension_counts(judge_log),
-        "category_hr@30": {"sft": category_hit_rate(sft, contexts, wanted)},
+        "category_hr@30": {"sft": test.hits(sft)["final"]},
+        "stages": {"sft": {"test": test.hits(sft), **({"validation": validation.hits(sft)} if validation else {})}},
     }
-    say(f"SFT HR@30 {result['category_hr@30']['sft']:.4f}")
+    say(f"SFT: {result['stages']['sft']}")
     runs = {}
     for name, reward, loss, plan_accuracy in RUNS:
-        run_cfg = RLConfig(grpo=GRPOConfig(**{**grpo.as_dict(), "reward": reward, "plan_accuracy": plan_accuracy}),
-                           rm_loss=loss)
-        suffix = f"-fresh{fresh_share}" if fresh_share else ""
-        out = settings.cache_dir / "bench" / f"rl-{dataset}-{name}{suffix}"
-        shutil.rmtree(out, ignore_errors=True)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        trained = run_grpo(model_dir, sft, rms[loss], judge, train_eps, out, run_cfg, f"bench-{name}", progress=say)
-        hr = category_hit_rate(engine_for(out, settings.cache_dir, settings.intent), contexts, wanted)
-        history = trained["history"]
-        tenth = max(1, len(history) // 10)
-        first, last = slice(0, tenth), slice(len(history) - tenth, len(history))
+        per_seed = []
+        for seed in range(seeds):
+            run_cfg = RLConfig(grpo=GRPOConfig(**{**grpo.as_dict(), "reward": reward, "plan_accuracy": plan_accuracy,
+                                                  "seed": seed}), rm_loss=loss)
+            suffix = (f"-fresh{fresh_share}" if fresh_share else "") + (f"-seed{seed}" if seed else "")
+            out = settings.cache_dir / "bench" / f"rl-{dataset}-{name}{suffix}"
+            shutil.rmtree(out, ignore_errors=True)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            trained = run_grpo(model_dir, sft, rms[loss], judge, train_eps, out, run_cfg, f"bench-{name}", progress=say)
+            engine = engine_for(out, settings.cache_dir, settings.intent)
+            per_seed.append({"seed": seed, "seconds": round(trained["seconds"], 1), "history": trained["history"],
+                             "test": test.hits(engine), **({"validation": validation.hits(engine)} if validation else {})})
+            say(f"{name} seed {seed}: {({k: v for k, v in per_seed[-1].items() if k != 'history'})}")
+        # Every seed's steps together; the first and last tenth of each seed's steps.
+        history = [h for run in per_seed for h in run["history"]]
+        tenth = max(1, len(per_seed[0]["history"]) // 10)
+        first = [h for run in per_seed for h in run["history"][:tenth]]
+        last = [h for run in per_seed for h in run["history"][-tenth:]]
         runs[name] = {
-            "reward": reward, "rm_loss": loss, "plan_accuracy": str(plan_accuracy), "category_hr@30": hr, "seconds": round(trained["seconds"], 1),
+            "reward": reward, "rm_loss": loss, "plan_accuracy": str(plan_accuracy),
+            "category_hr@30": float(np.mean([run["test"]["final"] for run in per_seed])),
+            "seconds": round(float(np.mean([run["seconds"] for run in per_seed])), 1),
             "seconds_per_step": float(np.mean([h["seconds"] for h in history])),
             "contexts_per_s": float(np.mean([h["contexts_per_s"] for h in history])),
             "samples_per_s": float(np.mean([h["samples_per_s"] for h in history])),
             "zero_advantage_groups": int(sum(h["zero_advantage_groups"] for h in history)),
             "groups": int(sum(h["groups"] for h in history)),
-            "violation_rate_first_tenth": {k: _phase(history, f"violation_{k}", first) for k in ("align", "div", "len")},
-            "violation_rate_last_tenth": {k: _phase(history, f"violation_{k}", last) for k in ("align", "div", "len")},
-            "acc_first_tenth": _phase(history, "acc", first), "acc_last_tenth": _phase(history, "acc", last),
-            "kl_last_tenth": _phase(history, "kl", last) if all("kl" in h for h in history[last]) else None,
-            "history": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in h.items()} for h in history],
+            "violation_rate_first_tenth": {k: _mean(first, f"violation_{k}") for k in ("align", "div", "len")},
+            "violation_rate_last_tenth": {k: _mean(last, f"violation_{k}") for k in ("align", "div", "len")},
+            "acc_first_tenth": _mean(first, "acc"), "acc_last_tenth": _mean(last, "acc"),
+            "kl_last_tenth": _mean(last, "kl") if all("kl" in h for h in last) else None,
+            "seeds": [{**{k: v for k, v in run.items() if k != "history"},
+                       "history": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in h.items()}
+                                   for h in run["history"]]} for run in per_seed],
         }
-        result["category_hr@30"][name] = hr
-        say(f"{name}: HR@30 {hr:.4f} ({runs[name]['seconds']} s)")
+        result["category_hr@30"][name] = runs[name]["category_hr@30"]
+        say(f"{name}: HR@30 {runs[name]['category_hr@30']:.4f}")
     base = result["category_hr@30"]["sft"]
     result["runs"] = runs
     result["relative_to_sft"] = {k: (v - base) / base if base else None for k, v in result["category_hr@30"].items()}

@@ -460,15 +460,19 @@ def bench_rl(
     steps: int = typer.Option(0, help="GRPO steps per run (0: GRPOConfig's default)."),
     fresh_share: float = typer.Option(0.0, help="SFT on the train events before the last this share of them (in "
                                                 "time order), GRPO on episodes from that last part (0: both on all)"),
+    validation_share: float = typer.Option(0.0, help="Keep the last this share of the train events from GRPO and "
+                                                     "measure on the users with events on both sides of it (0: none)"),
+    seeds: int = typer.Option(1, help="GRPO seeds per run (its HR@30 is their mean)"),
     out: Optional[Path] = typer.Option(None, help="Also write the JSON here"),
 ) -> None:
     """The RL ablation: category HR@30 after SFT, GRPO (summed rewards) and GRPO (CRS, listwise
-    and pointwise reward model; and with a plan's accuracy over what its experts emit),
-    violation rates, reward-model agreement, throughput."""
+    and pointwise reward model; and with a plan's accuracy over what its experts emit), where the
+    users' categories were lost (personas, experts, arbiter), violation rates, reward-model
+    agreement, throughput."""
     from benchmarks.rl import run_rl_benchmark
 
     _print_result(run_rl_benchmark(Settings(), dataset, steps or None, progress=lambda m: console.print(m),
-                                   fresh_share=fresh_share), out)
+                                   fresh_share=fresh_share, validation_share=validation_share, seeds=seeds), out)
 
 
 @bench_app.command("loop")

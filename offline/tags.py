@@ -6,6 +6,7 @@ categories of the arbiter's first `HR_AT` tags (planner -> experts -> arbiter)."
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -20,13 +21,39 @@ def category_hit(vocab: TagVocabulary, tags: Iterable[str], wanted: set[str]) ->
     return bool(set(wanted) & set(categories_of_tags(vocab, tags)[:HR_AT]))
 
 
+class StageHits(NamedTuple):
+    """Shares of users whose next-interaction categories each stage of the pipeline holds: what a
+    later stage can keep at most (the arbiter picks from the experts' tags, each expert from its
+    persona's tags)."""
+
+    personas: float
+    """Among the categories of every tag of the planner's personas."""
+    experts: float
+    """Among those of the tags the experts emitted."""
+    final: float
+    """Among those of the arbiter's first `HR_AT` tags: category HR@30."""
+
+
+def stage_hit_rates(engine, contexts: Sequence[UserContext], wanted: Sequence[set[str]],
+                    mode: str | None = None, batch_size: int = 32) -> StageHits:
+    """`StageHits` of the engine's planner -> experts -> arbiter on `contexts`."""
+    vocab = engine.model.vocab
+    persona_categories = {name: {vocab.category[t] for t in vocab.persona_tags(p)}
+                          for p, name in enumerate(vocab.personas)}
+    hits: list[tuple[bool, bool, bool]] = []
+    mode = mode or engine.config.mode
+    for start in range(0, len(contexts), batch_size):
+        personas, proposals, final, _ = propose(engine, contexts[start:start + batch_size], mode)
+        for names, lists, tags, want in zip(personas, proposals, final, wanted[start:start + batch_size]):
+            held = set().union(*(persona_categories[n] for n in names))
+            emitted = set(categories_of_tags(vocab, [t for expert in lists for t in expert]))
+            hits.append((bool(held & want), bool(emitted & want), category_hit(vocab, [t for t, _ in tags], want)))
+    if not hits:
+        return StageHits(0.0, 0.0, 0.0)
+    return StageHits(*(float(np.mean(stage)) for stage in zip(*hits)))
+
+
 def category_hit_rate(engine, contexts: Sequence[UserContext], wanted: Sequence[set[str]],
                       mode: str | None = None, batch_size: int = 32) -> float:
     """Share of users whose next-interaction categories the engine's final tags hit."""
-    hits = []
-    mode = mode or engine.config.mode
-    for start in range(0, len(contexts), batch_size):
-        _, _, final, _ = propose(engine, contexts[start:start + batch_size], mode)
-        for tags, want in zip(final, wanted[start:start + batch_size]):
-            hits.append(category_hit(engine.model.vocab, [t for t, _ in tags], want))
-    return float(np.mean(hits)) if hits else 0.0
+    return stage_hit_rates(engine, contexts, wanted, mode, batch_size).final

@@ -79,6 +79,35 @@ def test_pipeline_only_emits_vocabulary_tags_and_never_bought_items(engine) -> N
     assert stats.tokens > stats.context_tokens > 0
 
 
+def test_stage_hit_rates_say_which_stage_lost_a_users_categories(engine) -> None:
+    """bench rl's stage figures: a user's categories are held by the planner's personas, the
+    experts' tags and the arbiter's final tags, each a subset of the one before."""
+    from offline.tags import StageHits, category_hit_rate, stage_hit_rates
+    from reasoning.pipeline import propose
+
+    contexts = [build_context(u.user_id, u.recent, engine.catalog, engine.config.max_items) for u in _users(engine)]
+    personas, proposals, final, _ = propose(engine, contexts, engine.config.mode)
+    vocab = engine.model.vocab
+
+    def categories(tags) -> set[str]:
+        return {vocab.category[vocab.index[t]] for t in tags}
+
+    held = [set().union(*({vocab.category[t] for t in vocab.persona_tags(vocab.personas.index(n))} for n in names))
+            for names in personas]
+    emitted = [categories(t for expert in lists for t in expert) for lists in proposals]
+    kept = [categories(t for t, _ in tags) for tags in final]
+    assert all(k <= e <= h for k, e, h in zip(kept, emitted, held))
+    cases = [(kept, StageHits(1.0, 1.0, 1.0)), ([e - k for e, k in zip(emitted, kept)], StageHits(1.0, 1.0, 0.0)),
+             ([h - e for h, e in zip(held, emitted)], StageHits(1.0, 0.0, 0.0)),
+             ([set(vocab.category) - h for h in held], StageHits(0.0, 0.0, 0.0))]
+    for wanted, expected in cases:
+        users = [i for i, w in enumerate(wanted) if w]  # users with such categories
+        assert users, expected
+        picked, want = [contexts[i] for i in users], [wanted[i] for i in users]
+        assert stage_hit_rates(engine, picked, want) == expected
+        assert category_hit_rate(engine, picked, want) == expected.final
+
+
 def test_the_route_leaves_out_what_the_other_routes_show(engine) -> None:
     """intent.complement_top: the items of `shown` (what the merged lists show) never come back
     from the route, and the route still fills its k slots, with items it ranked lower before."""
