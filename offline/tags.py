@@ -44,7 +44,8 @@ def stage_hit_rates(engine, contexts: Sequence[UserContext], wanted: Sequence[se
     mode = mode or engine.config.mode
     for start in range(0, len(contexts), batch_size):
         personas, proposals, final, _ = propose(engine, contexts[start:start + batch_size], mode)
-        for names, lists, tags, want in zip(personas, proposals, final, wanted[start:start + batch_size]):
+        for names, lists, tags, wants in zip(personas, proposals, final, wanted[start:start + batch_size]):
+            want = set(wants)
             held = set().union(*(persona_categories[n] for n in names))
             emitted = set(categories_of_tags(vocab, [t for expert in lists for t in expert]))
             hits.append((bool(held & want), bool(emitted & want), category_hit(vocab, [t for t, _ in tags], want)))
