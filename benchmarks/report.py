@@ -435,20 +435,22 @@ def _rl_runs_by_stage(result: dict) -> list[str]:
     def mean_stages(run: dict, part: str) -> dict:
         return {k: sum(s[part][k] for s in run["seeds"]) / len(run["seeds"]) for k in ("personas", "experts", "final")}
 
-    lines = ["| model | category HR@30 test (seeds' range) | vs SFT | validation | vs SFT | test: personas / experts / "
-             "arbiter's 30 | violations align/div/len, first -> last tenth | zero-advantage groups | s/step |",
-             "|---|---|---|---|---|---|---|---|---|",
-             f"| SFT | {base:.4f} | | {f'{base_val:.4f}' if base_val is not None else ''} | | {stages(sft['test'])} | | | |"]
+    has_val = base_val is not None
+    lines = ["| model | category HR@30 test (seeds' range) | vs SFT | " + ("validation | vs SFT | " if has_val else "")
+             + "test: personas / experts / arbiter's 30 | violations align/div/len, first -> last tenth | "
+             "zero-advantage groups | s/step |",
+             "|---|---|---|" + ("---|---|" if has_val else "") + "---|---|---|---|",
+             f"| SFT | {base:.4f} | | " + (f"{base_val:.4f} | | " if has_val else "") + f"{stages(sft['test'])} | | | |"]
     for name, run in result["runs"].items():
         finals = [s["test"]["final"] for s in run["seeds"]]
         spread = f" ({min(finals):.4f}-{max(finals):.4f})" if len(finals) > 1 else ""
-        val, val_rel = "", ""
-        if base_val is not None:
+        val = ""
+        if has_val:
             v = mean_stages(run, "validation")["final"]
-            val, val_rel = f"{v:.4f}", f"{100 * (v - base_val) / base_val:+.1f}%" if base_val else ""
+            val = f"{v:.4f} | " + (f"{100 * (v - base_val) / base_val:+.1f}% | " if base_val else " | ")
         hr = run["category_hr@30"]
         lines.append(f"| {name} ({run['reward']}, {run['rm_loss']} RM, plan R_acc over {run['plan_accuracy']}) | "
-                     f"{hr:.4f}{spread} | {100 * (hr - base) / base:+.1f}% | {val} | {val_rel} | "
+                     f"{hr:.4f}{spread} | {100 * (hr - base) / base:+.1f}% | {val}"
                      f"{stages(mean_stages(run, 'test'))} | {_violations(run)} | "
                      f"{run['zero_advantage_groups']} / {run['groups']} | {run['seconds_per_step']:.1f} |")
     test = sft["test"]
