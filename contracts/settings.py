@@ -463,20 +463,6 @@ class IntentSettings(BaseModel):
         return (self.model_dir or cache_dir / "models" / "intent").expanduser()
 
 
-class SequentialTargets(StrEnum):
-    """Which next items the sequential model learns to predict, and its early stopping watches
-    (training/sequential.py)."""
-
-    ALL = "all"
-    """Every next item, repeats included; validation on the `all` list (minus what was bought).
-    The evaluation's `sasrec` baseline: SASRec as published."""
-    NEW = "new"
-    """Only next items the user had not interacted with before (a repeat's position adds no
-    loss); validation on the `new` list (minus everything the user interacted with, users with
-    a new item only). The served list re-shows seen items through its recent route; this trains
-    the sequential route for what it is fused for (its weight is fitted on the `new` list)."""
-
-
 class SequentialSettings(BaseModel):
     """The sequential route: a SASRec model over the user's recent items, served by the worker
     from ONNX with faiss (reasoning/sequential.py), merged with the behavioural route."""
@@ -491,12 +477,6 @@ class SequentialSettings(BaseModel):
     <cache_dir>/models/sequential."""
     threads: int = Field(default=1, ge=1)
     """Threads of the worker's onnxruntime encoder and faiss search."""
-    targets: SequentialTargets = SequentialTargets.NEW
-    """Which next items the served model learns (`intentstream train --sequential`, the demo, the
-    replay evaluation): `new` (first visits only: the recent route re-shows seen items) or `all`
-    (SASRec as published, the evaluation's `sasrec` baseline). `new` chosen on Taobao's per-user
-    holdout of its train events (NDCG@10 of the held-out new items, dropout 0.5: 0.0297 against
-    0.0240 learning every next item; README "The sequential route")."""
     registry_poll_s: float = Field(default=5.0, gt=0)
     """How often (at most, at a refresh) the worker checks the registry for a newly promoted or
     rolled-back sequential version, which it loads and serves from the next refresh on."""

@@ -27,9 +27,7 @@ from offline.methods import (
 )
 from offline.splits import Split, UserCase, make_split
 
-METHODS = ("popularity", "popularity_global", "recent_history", "itemknn", "sasrec", "sasrec_new", "replay", "oracle",
-           "random")
-"""`sasrec_new` is not a baseline: it is the served sequential route's model alone (evaluation/sasrec.py)."""
+METHODS = ("popularity", "popularity_global", "recent_history", "itemknn", "sasrec", "replay", "oracle", "random")
 OPTIONAL_METHODS = ("intent", "intent_served", "intent_smollm2", "replay2")
 """Not in the default run: `intent` trains the intent model on the tiny base (minutes) and also
 reasons with the full-text context and the multi-route baseline for their figures;
@@ -53,14 +51,10 @@ def build_method(name: str, settings=None, dataset: Dataset | None = None, progr
         return Oracle()
     if name == "random":
         return RandomItems()
-    if name in ("sasrec", "sasrec_new"):
-        from contracts.settings import SequentialTargets
+    if name == "sasrec":
         from evaluation.sasrec import SASRecMethod
-        from training.sequential import SequentialConfig
 
-        targets = SequentialTargets.NEW if name == "sasrec_new" else SequentialTargets.ALL
-        return SASRecMethod(SequentialConfig(targets=targets), progress=progress, name=name,
-                            cache_dir=settings.cache_dir if settings is not None else None)
+        return SASRecMethod(progress=progress, cache_dir=settings.cache_dir if settings is not None else None)
     if name in ("replay", "replay2"):
         from evaluation.replay_method import ReplayMethod
 

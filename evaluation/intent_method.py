@@ -100,12 +100,11 @@ class IntentMethod:
         self.sequential = None
         if self.settings.sequential.enabled:
             from reasoning.sequential import SequentialRoute
-            from training.sequential import cached_model, served_config
+            from training.sequential import cached_model
 
             self.sequential = SequentialRoute(cached_model(split.train, self.settings.cache_dir,
-                                                           split.validation or None,
-                                                           served_config(self.settings.sequential),
-                                                           label="intent", progress=self.progress))
+                                                           split.validation or None, label="intent",
+                                                           progress=self.progress))
         started = time.perf_counter()
         model_dir, fresh = (self.model_dir, False) if self.model_dir else split_intent_model(
             self.settings, self.dataset, split, self.sft, self.sequential, self.progress, catalog)

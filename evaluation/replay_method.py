@@ -82,10 +82,10 @@ class ReplayMethod:
                              "give it the dataset (or an intent_model, or turn the intent route off)")
         sequential_dir = None
         if s.sequential.enabled:  # the sequential route as deployed, trained on this split's train part
-            from training.sequential import cached_model, served_config
+            from training.sequential import cached_model
 
-            sequential_dir = cached_model(split.train, s.cache_dir, split.validation or None, served_config(s.sequential),
-                                          label="replay", progress=self.progress)
+            sequential_dir = cached_model(split.train, s.cache_dir, split.validation or None, label="replay",
+                                          progress=self.progress)
             s = s.model_copy(update={"sequential": s.sequential.model_copy(update={"model_dir": sequential_dir})})
             self.stats["sequential_model"] = sequential_dir.name
         if s.intent.enabled:

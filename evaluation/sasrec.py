@@ -2,10 +2,8 @@
 by the same code that trains it for serving (training/sequential.py `train_sequential`): causal
 self-attention, full softmax cross-entropy over the catalog, early stopping on a per-user holdout
 (the split's validation items under leave-one-out, else each train user's last train event).
-`sasrec` is SASRec as published (every next item a target); `sasrec_new` learns first visits
-only (contracts/settings.py `SequentialTargets`), the served route's default: it is the served
-sequential route's model alone (the replay method serves the same cached model). Ranking reads
-each user's whole history (`Split.inputs`) with the torch weights.
+The baseline and the served route are one model, so a figure of one is a figure of the other.
+Ranking reads each user's whole history (`Split.inputs`) with the torch weights.
 """
 
 from __future__ import annotations
@@ -22,10 +20,8 @@ from training.sequential import SequentialConfig, cached_model, load_trained, sc
 class SASRecMethod:
     name = "sasrec"
 
-    def __init__(self, cfg: SequentialConfig | None = None, progress=None, cache_dir: Path | None = None,
-                 name: str = "sasrec") -> None:
+    def __init__(self, cfg: SequentialConfig | None = None, progress=None, cache_dir: Path | None = None) -> None:
         self.cfg = cfg or SequentialConfig()
-        self.name = name
         self.progress = progress
         self.cache_dir = cache_dir
         """Where trained models are kept (keyed by events, validation and config; the replay

@@ -284,7 +284,7 @@ def _train_sequential(dataset: str, fmt: str, out: Optional[Path]) -> None:
     from contracts.errors import IntentstreamError
     from offline import datasets
     from reasoning.registry import ModelRegistry, RegistryError
-    from training.sequential import served_config, train_and_export, validation_list
+    from training.sequential import train_and_export
 
     settings = Settings()
     try:
@@ -292,14 +292,13 @@ def _train_sequential(dataset: str, fmt: str, out: Optional[Path]) -> None:
         registry = ModelRegistry.from_settings(settings, kind="sequential")
         version, target = registry.new_version(f"sasrec-{data.name}")
         target = registry.confined(out) if out else target  # it serves only its versions directory
-        meta = train_and_export(data.events, target, version, served_config(settings.sequential),
-                                progress=console.print)
+        meta = train_and_export(data.events, target, version, progress=console.print)
         entry = registry.promote(version, target, train_events=meta["train_events"],
                                  best_val=meta["best_val_ndcg@10"], merge_weight=meta["merge_weight"], weight_recent=meta["weight_recent"])
     except (IntentstreamError, RegistryError, ValueError) as exc:
         _fail(str(exc))
     console.print(f"[green]sequential model {entry['version']}[/green] at {target}: {meta['epochs']} epochs, "
-                  f"validation NDCG@10 {meta['best_val_ndcg@10']:.4f} ({validation_list(meta)} list), fusion weights recent {meta['weight_recent']} / "
+                  f"validation NDCG@10 {meta['best_val_ndcg@10']:.4f}, fusion weights recent {meta['weight_recent']} / "
                   f"sequential {meta['merge_weight']}; promoted")
 
 

@@ -106,22 +106,21 @@ def run_demo(settings: Settings, dataset: str, rate: float, console: Console) ->
 
     served = None
     if settings.sequential.enabled:
-        from training.sequential import cached_model, served_config, validation_list
-
         console.rule("sequential model")
         served = served_sequential_dir(demo, client)
         if served is not None:
             console.print(f"using the sequential model at {served}")
         else:  # trained on the events the demo replays, as the intent model is; cached after the first run
+            from training.sequential import SequentialConfig, cached_model
+
             console.print(f"no sequential model promoted: training SASRec on {data.name} for at most "
                           f"{DEMO_SEQUENTIAL_EPOCHS} epochs per dropout (minutes, once; `intentstream train "
                           "--sequential` trains to convergence)")
-            budget = served_config(settings.sequential, max_epochs=DEMO_SEQUENTIAL_EPOCHS)
+            budget = SequentialConfig(max_epochs=DEMO_SEQUENTIAL_EPOCHS)
             served = cached_model(data.events, settings.cache_dir, cfg=budget, label=data.name, progress=console.print)
             demo = demo.model_copy(update={"sequential": demo.sequential.model_copy(update={"model_dir": served})})
         meta = orjson.loads((served / "sequential.json").read_bytes())
-        console.print(f"sequential route {meta['version']}: validation NDCG@10 {meta['best_val_ndcg@10']:.4f} "
-                      f"({validation_list(meta)} list), fusion "
+        console.print(f"sequential route {meta['version']}: validation NDCG@10 {meta['best_val_ndcg@10']:.4f}, fusion "
                       f"weights recent {meta.get('weight_recent', 0.0)} / sequential {meta['merge_weight']} (fitted "
                       "on a per-user holdout of its training events)")
 

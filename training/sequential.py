@@ -9,12 +9,10 @@ fit of its merge weight, and its export for serving.
    model learns from the others). A time tail would hold few users under per-user splits and
    stop training at random.
 3. Each epoch: batches of similar length (`_length_batches`), cross-entropy at every position
-   whose item is a target (`cfg.targets`: every position, or only first visits,
-   `first_visits`; `cfg.loss`: a full softmax over the catalog, or a sampled softmax over the
-   target and `cfg.negatives` uniform negatives, `_sampled_softmax`), Adam; then NDCG@`val_k` of
-   the validation items, ranked from each user's history minus what they bought (the `all` list
-   of the evaluation), or, learning first visits, minus everything they interacted with, over
-   the users whose held-out item is new to them (the `new` list).
+   (`cfg.loss`: a full softmax over the catalog, or a sampled softmax over the target and
+   `cfg.negatives` uniform negatives, `_sampled_softmax`), Adam; then NDCG@`val_k` of the
+   validation items, ranked from each user's history minus what they bought (the `all` list of
+   the evaluation).
 4. After `patience` epochs without a better validation score, reload the best epoch's weights
    and divide the learning rate by 10 (a fresh Adam), `lr_drops` times; after the last drop,
    `patience` more such epochs stop training (as does `max_epochs`). The best epoch's weights
@@ -53,7 +51,6 @@ import numpy as np
 import pandas as pd
 
 from contracts.recs import rec_item
-from contracts.settings import SequentialSettings, SequentialTargets
 from offline.metrics import ndcg_at
 from offline.splits import Split, UserCase
 from reasoning.sequential import Fusion, SequentialShape, build_model, export, fuse, pad
@@ -101,34 +98,17 @@ class SequentialConfig:
     val_k: int = 10             # early stopping watches NDCG@val_k
     dropout_grid: tuple[float, ...] | None = (0.2, 0.5)  # trained each, the best on validation kept; None: shape.dropout
     loss: SequentialLoss = SequentialLoss.FULL
-    targets: SequentialTargets = SequentialTargets.ALL
     negatives: int = 256        # uniform negatives per position under the sampled softmax
     seed: int = 42
     threads: int = 2            # torch intra-op threads
 
     def __post_init__(self) -> None:
         self.loss = SequentialLoss(self.loss)
-        self.targets = SequentialTargets(self.targets)
         for name in ("batch_size", "max_epochs", "patience", "val_k", "negatives"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.lr_drops < 0:
             raise ValueError("lr_drops must be >= 0")
-
-
-def served_config(settings: SequentialSettings, **overrides) -> SequentialConfig:
-    """The config of a model the worker serves (the trainer, the demo, the replay and intent
-    evaluation methods): the defaults, learning `settings.targets`."""
-    return SequentialConfig(targets=settings.targets, **overrides)
-
-
-def validation_list(meta: dict) -> str:
-    """Which list a model directory's `best_val_ndcg@10` was measured on (older ones: `all`).
-
-    >>> validation_list({"config": {"targets": "new"}}), validation_list({"config": {}})
-    ('new', 'all')
-    """
-    return str(meta.get("config", {}).get("targets", SequentialTargets.ALL.value))
 
 
 @dataclass
@@ -211,12 +191,8 @@ def scores(model, index: dict[str, int], histories: Sequence[Sequence[str]], max
 
 
 def validation_ndcg(model, index: dict[str, int], items: np.ndarray, cases: Sequence[UserCase], k: int,
-                    maxlen: int, targets: SequentialTargets = SequentialTargets.ALL) -> float:
-    """Mean NDCG@k of the cases' targets, ranked from their history minus what they bought
-    (`targets` NEW: of the new targets of the cases that have one, minus everything seen)."""
-    new = targets is SequentialTargets.NEW
-    if new:
-        cases = [c for c in cases if c.new_targets]
+                    maxlen: int) -> float:
+    """Mean NDCG@k of the cases' targets, ranked from their history minus what they bought."""
     if not cases:
         return 0.0
     values = []
@@ -225,26 +201,11 @@ def validation_ndcg(model, index: dict[str, int], items: np.ndarray, cases: Sequ
         chunk = ordered[start:start + 256]
         logits = scores(model, index, [c.history for c in chunk], maxlen)
         for row, c in enumerate(chunk):
-            hidden = [index[i] for i in (c.seen if new else c.bought) if i in index]
-            logits[row, hidden] = -float("inf")
+            bought = [index[i] for i in c.bought if i in index]
+            logits[row, bought] = -float("inf")
         top = logits.topk(k, dim=1).indices.numpy()
-        values += [ndcg_at(items[row].tolist(), c.new_targets if new else c.targets, k) for row, c in zip(top, chunk)]
+        values += [ndcg_at(items[row].tolist(), c.targets, k) for row, c in zip(top, chunk)]
     return float(np.mean(values))
-
-
-def first_visits(sequence: Sequence[int]) -> list[bool]:
-    """Whether each item of a sequence is its first occurrence there (the positions a model
-    trained on `SequentialTargets.NEW` learns to predict).
-
-    >>> first_visits([3, 4, 3, 5, 4])
-    [True, True, False, True, False]
-    """
-    seen: set[int] = set()
-    out = []
-    for item in sequence:
-        out.append(item not in seen)
-        seen.add(item)
-    return out
 
 
 def train_sequential(train: pd.DataFrame, validation: Sequence[UserCase] | None = None,
@@ -281,8 +242,6 @@ def _train_one(train: pd.DataFrame, validation: Sequence[UserCase] | None, cfg: 
     if not sequences:
         raise ValueError("no user has two training events: nothing to learn a sequence from")
     lengths = np.fromiter((min(len(s), cfg.shape.maxlen + 1) for s in sequences), np.int64, len(sequences))
-    learns = ([[int(f) for f in first_visits(s)] for s in sequences] if cfg.targets is SequentialTargets.NEW
-              else None)  # per position: 1 where its item is a target the model learns
     model = build_model(len(item_ids), cfg.shape)
     lr, drops_left = cfg.lr, cfg.lr_drops
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
@@ -298,10 +257,6 @@ def _train_one(train: pd.DataFrame, validation: Sequence[UserCase] | None, cfg: 
             target = torch.from_numpy(pad([r[1:] for r in rows], cfg.shape.maxlen))
             h = model(seq)
             mask = target != 0
-            if learns is not None:
-                mask &= torch.from_numpy(pad([learns[i][1:] for i in batch], cfg.shape.maxlen)).bool()
-                if not mask.any():  # only repeats to predict in this batch
-                    continue
             if cfg.loss is SequentialLoss.FULL:
                 loss = F.cross_entropy(model.logits(h[mask]), target[mask])
             else:
@@ -311,7 +266,7 @@ def _train_one(train: pd.DataFrame, validation: Sequence[UserCase] | None, cfg: 
             optimiser.step()
             total += loss.item() * len(rows)
         model.eval()
-        score = validation_ndcg(model, index, items, val_cases, cfg.val_k, cfg.shape.maxlen, cfg.targets)
+        score = validation_ndcg(model, index, items, val_cases, cfg.val_k, cfg.shape.maxlen)
         history.append({"dropout": cfg.shape.dropout, "epoch": epoch + 1, "lr": lr, "loss": total / len(sequences),
                         f"val_ndcg@{cfg.val_k}": score, "seconds": time.perf_counter() - started})
         if progress:
@@ -412,10 +367,7 @@ def training_key(train: pd.DataFrame, validation: Sequence[UserCase] | None, cfg
     h.update(pd.util.hash_pandas_object(train[["user_id", "item_id", "type", "ts"]], index=False).values.tobytes())
     for case in validation or ():
         h.update(f"{case.user_id}\x1f{'|'.join(case.history)}\x1f{'|'.join(sorted(case.targets))}\x1e".encode())
-    config = asdict(cfg)
-    if cfg.targets is SequentialTargets.ALL:  # added later: at its default, the keys of older models hold
-        del config["targets"]
-    h.update(json.dumps(config, sort_keys=True, default=str).encode())
+    h.update(json.dumps(asdict(cfg), sort_keys=True, default=str).encode())
     h.update(b"format-1")
     return h.hexdigest()[:16]
 

@@ -11,7 +11,7 @@ import torch
 
 from reasoning.sequential import Fusion, SequentialRoute, SequentialShape, export, pad
 from training.sequential import (FUSION_RULE, RECENT_GRID, SEQUENTIAL_GRID, SequentialConfig, SequentialLoss,
-                                 SequentialTargets, fit_fusion, training_key, scores, train_and_export, train_sequential, validation_ndcg)
+                                 fit_fusion, scores, train_and_export, train_sequential, validation_ndcg)
 
 
 def cyclic_log(users: int = 120, length: int = 8, items: int = 30) -> pd.DataFrame:
@@ -34,25 +34,6 @@ def test_training_learns_the_next_item(loss):
     assert trained.best_val > 0.8  # NDCG@10 of the held-out next item: the +1 item is nearly always first
     logits = scores(trained.model, trained.index, [["i3", "i4", "i5"]], 10)
     assert trained.item_ids[int(logits.argmax()) - 1] == "i6"
-
-
-def stutter_log(users: int = 120, items: int = 30) -> pd.DataFrame:
-    """As `cyclic_log`, but each item is viewed twice in a row, and the last once: every other
-    next item is a repeat, and each user's last (held-out) item is new to them."""
-    log = cyclic_log(users, 5, items)
-    twice = pd.concat([log, log.assign(ts=log.ts + 1)]).sort_values(["user_id", "ts"], kind="stable")
-    return twice.groupby("user_id", sort=False).head(9)
-
-
-def test_first_visit_targets_learn_the_next_new_item_and_not_the_repeat():
-    history = [["i3", "i3", "i4", "i4", "i5"]]  # i5 seen once: next comes i5 again, then i6
-    every = train_sequential(stutter_log(), cfg=CFG)
-    new = train_sequential(stutter_log(), cfg=replace(CFG, targets=SequentialTargets.NEW))
-    top = lambda trained: trained.item_ids[int(scores(trained.model, trained.index, history, 10).argmax()) - 1]
-    assert top(every) == "i5" and top(new) == "i6"
-    assert new.best_val > 0.8  # the held-out new items, ranked minus everything seen
-    assert training_key(stutter_log(), None, CFG) != training_key(stutter_log(), None, replace(
-        CFG, targets=SequentialTargets.NEW))
 
 
 def test_a_stalled_run_drops_the_learning_rate_from_its_best_weights_then_stops():
