@@ -39,8 +39,9 @@ bench: setup
 	$(BIN)/python -m benchmarks.item_step --dataset taobao --out benchmarks/results/item-step-taobao.json > /dev/null
 	$(BIN)/python -m benchmarks.item_step --dataset rees46 --out benchmarks/results/item-step-rees46.json > /dev/null
 	$(BIN)/python -m benchmarks.sft_step --out benchmarks/results/sft-step.json > /dev/null
-	$(BIN)/intentstream bench rl --dataset rees46 --out benchmarks/results/rl-rees46.json > /dev/null
+	$(BIN)/intentstream bench rl --dataset rees46 --seeds 3 --out benchmarks/results/rl-rees46.json > /dev/null
 	$(BIN)/intentstream bench rl --dataset rees46 --fresh-share 0.3 --validation-share 0.15 --seeds 3 --out benchmarks/results/rl-rees46-fresh.json > /dev/null
+	$(BIN)/intentstream bench rl --dataset taobao --fresh-share 0.3 --validation-share 0.15 --seeds 3 --out benchmarks/results/rl-taobao-fresh.json > /dev/null
 	$(BIN)/intentstream bench loop --dataset rees46 --out benchmarks/results/loop-rees46.json > /dev/null
 	$(BIN)/intentstream bench reasoner --dataset rees46 --out benchmarks/results/reasoner-rees46.json > /dev/null
 	$(BIN)/intentstream bench chaos --out benchmarks/results/chaos.json > /dev/null
