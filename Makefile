@@ -32,8 +32,8 @@ test-unit: setup
 bench: setup
 	$(BIN)/intentstream up
 	$(BIN)/intentstream bench ingest --events 100000 --json --out benchmarks/results/ingest.json > /dev/null
-	$(BIN)/intentstream eval --dataset taobao --json --out benchmarks/results/eval-taobao.json > /dev/null
-	$(BIN)/intentstream eval --dataset rees46 --json --out benchmarks/results/eval-rees46.json > /dev/null
+	INTENTSTREAM_INTENT__ENABLED=false $(BIN)/intentstream eval --dataset taobao --json --out benchmarks/results/eval-taobao.json > /dev/null
+	INTENTSTREAM_INTENT__ENABLED=false $(BIN)/intentstream eval --dataset rees46 --json --out benchmarks/results/eval-rees46.json > /dev/null
 	$(BIN)/intentstream bench intent --dataset taobao --out benchmarks/results/intent-taobao.json > /dev/null
 	$(BIN)/intentstream bench intent --dataset rees46 --out benchmarks/results/intent-rees46.json > /dev/null
 	$(BIN)/python -m benchmarks.item_step --dataset taobao --out benchmarks/results/item-step-taobao.json > /dev/null
