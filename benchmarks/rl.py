@@ -10,8 +10,9 @@ their contexts the train events, their targets the categories of their test even
 3. GRPO from the SFT model on train episodes (context + categories of the next 5 events: what a
    feedback episode holds, training/trainer.py::episodes_from_log), four runs with the same
    steps: summed rewards (listwise RM), CRS (listwise RM), CRS (pointwise RM), and CRS
-   (listwise RM) with a plan's R_acc counted over the tags its experts emit (`RUNS`), each
-   with `--seeds` seeds. With `--fresh-share`, SFT sees only the earlier train events and
+   (listwise RM) with a plan's R_acc counted over the tags its experts emit (`RUNS`; `--runs`
+   keeps some of them), each with `--seeds` seeds, `--steps` and `--lr` (GRPOConfig's when
+   not given). With `--fresh-share`, SFT sees only the earlier train events and
    GRPO's episodes come from the rest; with `--validation-share`, the last part of the train
    events is kept from both and its users are validation users (`run_rl_benchmark`).
 4. Category HR@30 of the arbiter's tags on the held-out (and validation) users for SFT and each
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -87,7 +88,8 @@ def validation_users(train: pd.DataFrame, cut_ts: int, min_history: int = 3) -> 
 
 
 def run_rl_benchmark(settings: Settings, dataset: str, steps: int | None = None, progress=None,
-                     fresh_share: float = 0.0, validation_share: float = 0.0, seeds: int = 1) -> dict[str, Any]:
+                     fresh_share: float = 0.0, validation_share: float = 0.0, seeds: int = 1,
+                     lr: float | None = None, runs: Sequence[str] | None = None) -> dict[str, Any]:
     """With `fresh_share` > 0 the SFT model sees only the train events before the last
     `fresh_share` of them (in time order), and GRPO's episodes come from that last part: RL on
     feedback the SFT model never saw, as in the deployed loop (with 0, both use all train events).
@@ -95,8 +97,12 @@ def run_rl_benchmark(settings: Settings, dataset: str, steps: int | None = None,
     of the train events is kept from GRPO too: the users with events on both sides of it are
     validation users, their contexts from before it, their wanted categories those after it,
     shaped like the test users and seen by no model, so an RL setting can be chosen there. Each
-    run trains `seeds` times (GRPOConfig.seed 0..seeds-1); its HR@30 is the mean."""
+    run trains `seeds` times (GRPOConfig.seed 0..seeds-1); its HR@30 is the mean. `runs` names
+    the runs of `RUNS` to train (all when None); `steps` and `lr` override GRPOConfig's."""
     say = progress or (lambda message: None)
+    names = [name for name, *_ in RUNS]
+    if runs is not None and (not runs or set(runs) - set(names)):
+        raise ValueError(f"runs must be a non-empty subset of {names}, not {list(runs)}")
     if validation_share and not 0 < validation_share < fresh_share:
         raise ValueError("validation_share must be in (0, fresh_share): the validation users' later events "
                          "must come after everything the SFT model and GRPO learn from")
@@ -122,7 +128,7 @@ def run_rl_benchmark(settings: Settings, dataset: str, steps: int | None = None,
         rl_events = split.train[split.train.ts < validation_from]
         validation = held_out(catalog, rl_events, validation_users(split.train, validation_from), max_items)
     train_eps = episodes(rl_events, catalog, sft.model.vocab, max_items, 5, 12, seed=1, from_ts=fresh_from)
-    grpo = GRPOConfig() if steps is None else GRPOConfig(steps=steps)
+    grpo = GRPOConfig(**{k: v for k, v in (("steps", steps), ("lr", lr)) if v is not None})
     cfg = RLConfig(grpo=grpo)
     judge_log = JudgeLog()
     started = time.perf_counter()
@@ -131,6 +137,7 @@ def run_rl_benchmark(settings: Settings, dataset: str, steps: int | None = None,
     say(f"judge + reward models: {rm_stats}")
     result: dict[str, Any] = {
         "command": f"intentstream bench rl --dataset {dataset}" + (f" --steps {steps}" if steps else "")
+        + (f" --lr {lr:g}" if lr is not None else "") + (f" --runs {','.join(runs)}" if runs is not None else "")
         + (f" --fresh-share {fresh_share}" if fresh_share else "")
         + (f" --validation-share {validation_share}" if validation_share else "")
         + (f" --seeds {seeds}" if seeds > 1 else ""),
@@ -148,6 +155,8 @@ def run_rl_benchmark(settings: Settings, dataset: str, steps: int | None = None,
     say(f"SFT: {result['stages']['sft']}")
     runs = {}
     for name, reward, loss, plan_accuracy in RUNS:
+        if runs is not None and name not in runs:
+            continue
         per_seed = []
         for seed in range(seeds):
             run_cfg = RLConfig(grpo=GRPOConfig(**{**grpo.as_dict(), "reward": reward, "plan_accuracy": plan_accuracy,

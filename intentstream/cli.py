@@ -463,6 +463,9 @@ def bench_rl(
     validation_share: float = typer.Option(0.0, help="Keep the last this share of the train events from GRPO and "
                                                      "measure on the users with events on both sides of it (0: none)"),
     seeds: int = typer.Option(1, help="GRPO seeds per run (its HR@30 is their mean)"),
+    lr: float = typer.Option(0.0, help="GRPO learning rate (0: GRPOConfig's default)."),
+    runs: str = typer.Option("", help="Comma-separated runs to train, of grpo_sum, grpo_crs, grpo_crs_pointwise_rm, "
+                                      "grpo_crs_experts_acc (empty: all)."),
     out: Optional[Path] = typer.Option(None, help="Also write the JSON here"),
 ) -> None:
     """The RL ablation: category HR@30 after SFT, GRPO (summed rewards) and GRPO (CRS, listwise
@@ -472,7 +475,8 @@ def bench_rl(
     from benchmarks.rl import run_rl_benchmark
 
     _print_result(run_rl_benchmark(Settings(), dataset, steps or None, progress=lambda m: console.print(m),
-                                   fresh_share=fresh_share, validation_share=validation_share, seeds=seeds), out)
+                                   fresh_share=fresh_share, validation_share=validation_share, seeds=seeds,
+                                   lr=lr or None, runs=[r.strip() for r in runs.split(",")] if runs else None), out)
 
 
 @bench_app.command("loop")

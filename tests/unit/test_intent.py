@@ -108,6 +108,16 @@ def test_stage_hit_rates_say_which_stage_lost_a_users_categories(engine) -> None
         assert category_hit_rate(engine, picked, want) == expected.final
 
 
+def test_bench_rl_refuses_runs_it_does_not_have(tmp_path) -> None:
+    """`bench rl --runs` names runs of benchmarks/rl.py RUNS: a typo fails before any training."""
+    from benchmarks.rl import run_rl_benchmark
+    from contracts.settings import Settings
+
+    for runs in (["grpo_crs", "grpo_typo"], []):
+        with pytest.raises(ValueError, match="runs must be a non-empty subset"):
+            run_rl_benchmark(Settings(data_dir=tmp_path), "rees46", runs=runs)
+
+
 def test_the_route_leaves_out_what_the_other_routes_show(engine) -> None:
     """intent.complement_top: the items of `shown` (what the merged lists show) never come back
     from the route, and the route still fills its k slots, with items it ranked lower before."""
