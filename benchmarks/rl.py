@@ -12,7 +12,7 @@ their contexts the train events, their targets the categories of their test even
    steps: summed rewards (listwise RM), CRS (listwise RM), CRS (pointwise RM), and CRS
    (listwise RM) with a plan's R_acc counted over the tags its experts emit (`RUNS`; `--runs`
    keeps some of them), each with `--seeds` seeds, `--steps` and `--lr` (GRPOConfig's when
-   not given). With `--fresh-share`, SFT sees only the earlier train events and
+   not given; `--eval-every` also measures the validation users as the policy trains). With `--fresh-share`, SFT sees only the earlier train events and
    GRPO's episodes come from the rest; with `--validation-share`, the last part of the train
    events is kept from both and its users are validation users (`run_rl_benchmark`).
 4. Category HR@30 of the arbiter's tags on the held-out (and validation) users for SFT and each
@@ -89,7 +89,8 @@ def validation_users(train: pd.DataFrame, cut_ts: int, min_history: int = 3) -> 
 
 def run_rl_benchmark(settings: Settings, dataset: str, steps: int | None = None, progress=None,
                      fresh_share: float = 0.0, validation_share: float = 0.0, seeds: int = 1,
-                     lr: float | None = None, runs: Sequence[str] | None = None) -> dict[str, Any]:
+                     lr: float | None = None, runs: Sequence[str] | None = None,
+                     eval_every: int = 0) -> dict[str, Any]:
     """With `fresh_share` > 0 the SFT model sees only the train events before the last
     `fresh_share` of them (in time order), and GRPO's episodes come from that last part: RL on
     feedback the SFT model never saw, as in the deployed loop (with 0, both use all train events).
@@ -98,11 +99,15 @@ def run_rl_benchmark(settings: Settings, dataset: str, steps: int | None = None,
     validation users, their contexts from before it, their wanted categories those after it,
     shaped like the test users and seen by no model, so an RL setting can be chosen there. Each
     run trains `seeds` times (GRPOConfig.seed 0..seeds-1); its HR@30 is the mean. `runs` names
-    the runs of `RUNS` to train (all when None); `steps` and `lr` override GRPOConfig's."""
+    the runs of `RUNS` to train (all when None); `steps` and `lr` override GRPOConfig's. With
+    `eval_every` > 0 (and validation users) each seed's policy is measured on the validation users
+    every that many steps too (`curve`: how the validation figures move with the RL budget)."""
     say = progress or (lambda message: None)
     names = [name for name, *_ in RUNS]
     if runs is not None and (not runs or set(runs) - set(names)):
         raise ValueError(f"runs must be a non-empty subset of {names}, not {list(runs)}")
+    if eval_every and not validation_share:
+        raise ValueError("eval_every measures the validation users: set validation_share")
     if validation_share and not 0 < validation_share < fresh_share:
         raise ValueError("validation_share must be in (0, fresh_share): the validation users' later events "
                          "must come after everything the SFT model and GRPO learn from")
@@ -138,6 +143,7 @@ def run_rl_benchmark(settings: Settings, dataset: str, steps: int | None = None,
     result: dict[str, Any] = {
         "command": f"intentstream bench rl --dataset {dataset}" + (f" --steps {steps}" if steps else "")
         + (f" --lr {lr:g}" if lr is not None else "") + (f" --runs {','.join(runs)}" if runs is not None else "")
+        + (f" --eval-every {eval_every}" if eval_every else "")
         + (f" --fresh-share {fresh_share}" if fresh_share else "")
         + (f" --validation-share {validation_share}" if validation_share else "")
         + (f" --seeds {seeds}" if seeds > 1 else ""),
@@ -165,10 +171,19 @@ def run_rl_benchmark(settings: Settings, dataset: str, steps: int | None = None,
             out = settings.cache_dir / "bench" / f"rl-{dataset}-{name}{suffix}"
             shutil.rmtree(out, ignore_errors=True)
             out.parent.mkdir(parents=True, exist_ok=True)
-            trained = run_grpo(model_dir, sft, rms[loss], judge, train_eps, out, run_cfg, f"bench-{name}", progress=say)
+            curve: list[dict] = []
+
+            def measure(step: int, path) -> None:
+                curve.append({"step": step, **validation.hits(engine_for(path, settings.cache_dir, settings.intent))})
+                say(f"{name} seed {seed} step {step}: validation {curve[-1]}")
+
+            trained = run_grpo(model_dir, sft, rms[loss], judge, train_eps, out, run_cfg, f"bench-{name}", progress=say,
+                               checkpoint_every=eval_every, on_checkpoint=measure)
             engine = engine_for(out, settings.cache_dir, settings.intent)
             per_seed.append({"seed": seed, "seconds": round(trained["seconds"], 1), "history": trained["history"],
                              "test": test.hits(engine), **({"validation": validation.hits(engine)} if validation else {})})
+            if eval_every:
+                per_seed[-1]["curve"] = curve + [{"step": grpo.steps, **per_seed[-1]["validation"]}]
             say(f"{name} seed {seed}: {({k: v for k, v in per_seed[-1].items() if k != 'history'})}")
         # Every seed's steps together; the first and last tenth of each seed's steps.
         history = [h for run in per_seed for h in run["history"]]

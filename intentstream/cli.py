@@ -466,6 +466,8 @@ def bench_rl(
     lr: float = typer.Option(0.0, help="GRPO learning rate (0: GRPOConfig's default)."),
     runs: str = typer.Option("", help="Comma-separated runs to train, of grpo_sum, grpo_crs, grpo_crs_pointwise_rm, "
                                       "grpo_crs_experts_acc (empty: all)."),
+    eval_every: int = typer.Option(0, help="Also measure the validation users every this many GRPO steps "
+                                           "(0: at the end only; needs --validation-share)."),
     out: Optional[Path] = typer.Option(None, help="Also write the JSON here"),
 ) -> None:
     """The RL ablation: category HR@30 after SFT, GRPO (summed rewards) and GRPO (CRS, listwise
@@ -476,7 +478,8 @@ def bench_rl(
 
     _print_result(run_rl_benchmark(Settings(), dataset, steps or None, progress=lambda m: console.print(m),
                                    fresh_share=fresh_share, validation_share=validation_share, seeds=seeds,
-                                   lr=lr or None, runs=[r.strip() for r in runs.split(",")] if runs else None), out)
+                                   lr=lr or None, runs=[r.strip() for r in runs.split(",")] if runs else None,
+                                   eval_every=eval_every), out)
 
 
 @bench_app.command("loop")

@@ -381,7 +381,9 @@ class GRPOTrainer:
                 "samples": len(samples)}
 
     def train(self, episodes: Sequence[Episode], progress: Callable[[str], None] | None = None,
-              log_every: int = 10) -> list[dict]:
+              log_every: int = 10, after_step: Callable[[int], None] | None = None) -> list[dict]:
+        """`cfg.steps` GRPO steps on batches drawn from `episodes`; their stats. `after_step(n)`
+        runs after step n (e.g. a benchmark measuring the policy as it trains)."""
         if not episodes:
             raise ValueError("no episodes to train on")
         say = progress or log.info
@@ -390,6 +392,8 @@ class GRPOTrainer:
             batch = self.rng.sample(list(episodes), min(self.cfg.contexts_per_step, len(episodes)))
             stats = self.step(batch)
             history.append(stats)
+            if after_step is not None:
+                after_step(stats["step"])
             if stats["step"] % log_every == 0 or stats["step"] == self.cfg.steps:
                 window = history[-log_every:]
                 say("grpo step {step}: reward {r:.3f} acc {a:.3f} violations align/div/len {va:.2f}/{vd:.2f}/{vl:.2f} "

@@ -138,8 +138,12 @@ def align_fn(rm, judge: TagJudge):
 
 def run_grpo(serving_dir: Path, engine: IntentEngine, rm, judge: TagJudge, episodes: Sequence[Episode],
              out_dir: Path, cfg: RLConfig, version: str, progress: Callable[[str], None] | None = None,
-             extra_meta: dict | None = None) -> dict:
-    """GRPO from the serving model (a fresh copy: `engine` keeps serving), written to `out_dir`."""
+             extra_meta: dict | None = None, checkpoint_every: int = 0,
+             on_checkpoint: Callable[[int, Path], None] | None = None) -> dict:
+    """GRPO from the serving model (a fresh copy: `engine` keeps serving), written to `out_dir`.
+    With `checkpoint_every` > 0, every that many steps before the last the policy so far is
+    written to `out_dir` with a `-step{n}` suffix and `on_checkpoint(n, path)` called (a benchmark
+    measuring the policy as it trains; the checkpoint is removed after the call)."""
     import torch
 
     from reasoning.intent_model import IntentModel, set_torch_threads
@@ -149,9 +153,25 @@ def run_grpo(serving_dir: Path, engine: IntentEngine, rm, judge: TagJudge, episo
     model = IntentModel.load(serving_dir)
     trainer = GRPOTrainer(model, engine.atoms, engine.catalog, engine.tag_vectors, align_fn(rm, judge),
                           judge.history_tags, cfg.grpo)
+    aside = [0.0]  # seconds spent on checkpoints: not GRPO's time
+
+    def checkpoint(step: int) -> None:
+        if step % checkpoint_every or step == cfg.grpo.steps:
+            return
+        began = time.perf_counter()
+        path = out_dir.with_name(f"{out_dir.name}-step{step}")
+        shutil.rmtree(path, ignore_errors=True)
+        write_candidate(serving_dir, model, path)
+        try:
+            on_checkpoint(step, path)
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+            aside[0] += time.perf_counter() - began
+
     started = time.perf_counter()
-    history = trainer.train(episodes, progress)
-    seconds = time.perf_counter() - started
+    history = trainer.train(episodes, progress,
+                            after_step=checkpoint if checkpoint_every > 0 and on_checkpoint is not None else None)
+    seconds = time.perf_counter() - started - aside[0]
     model.meta.update({"version": version, "parent": engine.version,
                        "grpo": {"config": asdict(cfg.grpo), "rm_loss": cfg.rm_loss, "episodes": len(episodes),
                                 "seconds": round(seconds, 1), "history": history, **(extra_meta or {})}})

@@ -156,6 +156,35 @@ def test_a_grpo_step_scores_samples_like_the_decoder_and_counts_what_the_issue_a
     assert any(not torch.equal(a, b) for a, b in zip(before, model.lm.parameters()))
 
 
+def test_grpo_checkpoints_are_the_policy_so_far_and_are_removed(engine, tmp_path: Path) -> None:
+    """run_grpo's `checkpoint_every` (bench rl --eval-every): the policy after steps 2 and 4 of 5,
+    each a loadable model that differs from the SFT model, gone after its call; the run's end
+    writes the final model as before."""
+    from reasoning.intent_model import IntentModel
+    from training.grpo import GRPOConfig
+    from training.rl import RLConfig, run_grpo
+
+    class FlatRewardModel:  # every tag equally aligned: the accuracy reward alone drives the policy
+        def score(self, features: np.ndarray) -> np.ndarray:
+            return np.full(len(features), 0.9)
+
+    judge = TagJudge(engine.model.vocab, engine.tag_vectors, engine.catalog)
+    cfg = RLConfig(grpo=GRPOConfig(steps=5, contexts_per_step=2, group_size=2, inner_epochs=1, tags_per_persona=3,
+                                   personas=2, reward="sum", lr=1e-3))
+    sft = next(IntentModel.load(engine.model_dir).lm.parameters()).detach().clone()
+    seen: list[tuple[int, Path]] = []
+
+    def measure(step: int, path: Path) -> None:
+        seen.append((step, path))
+        assert not torch.equal(next(IntentModel.load(path).lm.parameters()), sft)
+
+    out = tmp_path / "candidate"
+    trained = run_grpo(engine.model_dir, engine, FlatRewardModel(), judge, _episodes(engine, 4), out, cfg, "t",
+                       checkpoint_every=2, on_checkpoint=measure)
+    assert [step for step, _ in seen] == [2, 4] and not any(path.exists() for _, path in seen)
+    assert len(trained["history"]) == 5 and IntentModel.load(out).meta["version"] == "t"
+
+
 def test_a_plans_accuracy_counts_what_its_experts_emit_not_every_category_its_personas_hold(engine) -> None:
     from reasoning.intent_model import IntentModel
     from training.grpo import GRPOConfig, GRPOTrainer, PlanAccuracy
