@@ -462,6 +462,34 @@ def _rl_runs_by_stage(result: dict) -> list[str]:
     return lines
 
 
+def _rl_curve(result: dict) -> list[str]:
+    """The validation figures as GRPO trained (`bench rl --eval-every`), each run's mean over its
+    seeds.
+
+    >>> seeds = [{"curve": [{"step": 40, "personas": 0.8, "experts": 0.7, "final": f},
+    ...                     {"step": 80, "personas": 0.8, "experts": 0.7, "final": f + 0.1}]} for f in (0.5, 0.6)]
+    >>> lines = _rl_curve({"runs": {"grpo_crs": {"seeds": seeds}}, "stages": {"sft": {"validation":
+    ...                    {"personas": 0.8, "experts": 0.7, "final": 0.5}}}})
+    >>> print("\\n".join(lines[2:]))
+    | grpo_crs | 0 | 0.80 / 0.70 / 0.5000 | |
+    | grpo_crs | 40 | 0.80 / 0.70 / 0.5500 | +10.0% |
+    | grpo_crs | 80 | 0.80 / 0.70 / 0.6500 | +30.0% |
+    """
+    sft = result["stages"]["sft"]["validation"]
+    lines = ["| run | GRPO steps | validation: personas / experts / arbiter's 30 (mean of seeds) | vs SFT |",
+             "|---|---|---|---|"]
+    for name, run in result["runs"].items():
+        curves = [seed["curve"] for seed in run["seeds"] if seed.get("curve")]
+        if not curves:
+            continue
+        lines.append(f"| {name} | 0 | {sft['personas']:.2f} / {sft['experts']:.2f} / {sft['final']:.4f} | |")
+        for points in zip(*curves):
+            mean = {k: sum(p[k] for p in points) / len(points) for k in ("personas", "experts", "final")}
+            lines.append(f"| {name} | {points[0]['step']} | {mean['personas']:.2f} / {mean['experts']:.2f} / "
+                         f"{mean['final']:.4f} | {100 * (mean['final'] - sft['final']) / sft['final']:+.1f}% |")
+    return lines
+
+
 def _rl_section(result: dict) -> list[str]:
     hr = result["category_hr@30"]
     rel = result["relative_to_sft"]
@@ -470,6 +498,9 @@ def _rl_section(result: dict) -> list[str]:
     fresh = result.get("fresh_share") or 0
     title = (f"RL on data the SFT model did not see: {result['dataset']}" if fresh
              else f"Feedback loop and RL: {result['dataset']}")
+    measured_as_trained = any(seed.get("curve") for run in result["runs"].values() for seed in run["seeds"])
+    if measured_as_trained:
+        title += f", {g['steps']} GRPO steps at lr {g['lr']:g}, measured as they train"
     lines = [f"## {title}", ""]
     validation = result.get("validation_share") or 0
     if fresh:
@@ -497,6 +528,10 @@ def _rl_section(result: dict) -> list[str]:
     ]
     if "stages" in result:
         lines += _rl_runs_by_stage(result)
+        curve = _rl_curve(result) if "validation" in result["stages"]["sft"] else []
+        if len(curve) > 2:
+            lines += ["", "Validation users as GRPO trained (`--eval-every`): the policy after each checkpoint's "
+                      "steps, the last row the end of the run.", "", *curve]
     else:
         lines += [
             "| model | category HR@30 | vs SFT | violations align/div/len, first -> last tenth | zero-advantage groups | s/step |",
@@ -514,6 +549,8 @@ def _rl_section(result: dict) -> list[str]:
                           if loss in rm) + " (held-out judged groups).", ""]
     if result.get("note"):
         lines += [result["note"], ""]
+    if measured_as_trained:  # the step timings below are the sections' before this one
+        return lines
     lines += ["s/step is wall time on the machine that ran the command. A GRPO update only reads the samples "
               "of groups with some advantage: under CRS most groups have none, so its steps are cheaper than "
               "the summed reward's (few zero-advantage groups, every sample trained on).", ""]
@@ -889,7 +926,7 @@ def render() -> Path:
     if sft_step:
         lines += _sft_step_section(sft_step)
     for name in ("rees46", "taobao"):
-        for variant in (f"rl-{name}.json", f"rl-{name}-fresh.json"):
+        for variant in (f"rl-{name}.json", f"rl-{name}-fresh.json", f"rl-{name}-fresh-budget.json"):
             result = _load(variant)
             if result:
                 lines += _rl_section(result)

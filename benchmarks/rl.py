@@ -53,6 +53,24 @@ RUNS = (("grpo_sum", "sum", "listwise", PlanAccuracy.PERSONAS), ("grpo_crs", "cr
 plan's accuracy counted over what its experts emit, the ablation of `PlanAccuracy`."""
 
 
+def selected_runs(names: Sequence[str] | None) -> list[tuple]:
+    """The entries of `RUNS` named (all when None), in `RUNS`' order; a name it lacks is an error.
+
+    >>> [name for name, *_ in selected_runs(["grpo_crs_experts_acc", "grpo_crs"])]
+    ['grpo_crs', 'grpo_crs_experts_acc']
+    >>> len(selected_runs(None)) == len(RUNS)
+    True
+    >>> selected_runs(["grpo_crs", "grpo_typo"])
+    Traceback (most recent call last):
+    ...
+    ValueError: runs must be a non-empty subset of ['grpo_sum', 'grpo_crs', 'grpo_crs_pointwise_rm', 'grpo_crs_experts_acc'], not ['grpo_crs', 'grpo_typo']
+    """
+    known = [name for name, *_ in RUNS]
+    if names is not None and (not names or set(names) - set(known)):
+        raise ValueError(f"runs must be a non-empty subset of {known}, not {list(names)}")
+    return [run for run in RUNS if names is None or run[0] in names]
+
+
 def _mean(rows: list[dict], key: str) -> float:
     return float(np.mean([h[key] for h in rows])) if rows else 0.0
 
@@ -103,9 +121,7 @@ def run_rl_benchmark(settings: Settings, dataset: str, steps: int | None = None,
     `eval_every` > 0 (and validation users) each seed's policy is measured on the validation users
     every that many steps too (`curve`: how the validation figures move with the RL budget)."""
     say = progress or (lambda message: None)
-    names = [name for name, *_ in RUNS]
-    if runs is not None and (not runs or set(runs) - set(names)):
-        raise ValueError(f"runs must be a non-empty subset of {names}, not {list(runs)}")
+    chosen = selected_runs(runs)
     if eval_every and not validation_share:
         raise ValueError("eval_every measures the validation users: set validation_share")
     if validation_share and not 0 < validation_share < fresh_share:
@@ -159,10 +175,8 @@ def run_rl_benchmark(settings: Settings, dataset: str, steps: int | None = None,
         "stages": {"sft": {"test": test.hits(sft), **({"validation": validation.hits(sft)} if validation else {})}},
     }
     say(f"SFT: {result['stages']['sft']}")
-    runs = {}
-    for name, reward, loss, plan_accuracy in RUNS:
-        if runs is not None and name not in runs:
-            continue
+    trained_runs = {}
+    for name, reward, loss, plan_accuracy in chosen:
         per_seed = []
         for seed in range(seeds):
             run_cfg = RLConfig(grpo=GRPOConfig(**{**grpo.as_dict(), "reward": reward, "plan_accuracy": plan_accuracy,
@@ -190,7 +204,7 @@ def run_rl_benchmark(settings: Settings, dataset: str, steps: int | None = None,
         tenth = max(1, len(per_seed[0]["history"]) // 10)
         first = [h for run in per_seed for h in run["history"][:tenth]]
         last = [h for run in per_seed for h in run["history"][-tenth:]]
-        runs[name] = {
+        trained_runs[name] = {
             "reward": reward, "rm_loss": loss, "plan_accuracy": str(plan_accuracy),
             "category_hr@30": float(np.mean([run["test"]["final"] for run in per_seed])),
             "seconds": round(float(np.mean([run["seconds"] for run in per_seed])), 1),
@@ -207,10 +221,10 @@ def run_rl_benchmark(settings: Settings, dataset: str, steps: int | None = None,
                        "history": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in h.items()}
                                    for h in run["history"]]} for run in per_seed],
         }
-        result["category_hr@30"][name] = runs[name]["category_hr@30"]
-        say(f"{name}: HR@30 {runs[name]['category_hr@30']:.4f}")
+        result["category_hr@30"][name] = trained_runs[name]["category_hr@30"]
+        say(f"{name}: HR@30 {trained_runs[name]['category_hr@30']:.4f}")
     base = result["category_hr@30"]["sft"]
-    result["runs"] = runs
+    result["runs"] = trained_runs
     result["relative_to_sft"] = {k: (v - base) / base if base else None for k, v in result["category_hr@30"].items()}
     return result
 

@@ -108,11 +108,14 @@ def test_stage_hit_rates_say_which_stage_lost_a_users_categories(engine) -> None
         assert category_hit_rate(engine, picked, want) == expected.final
 
 
-def test_bench_rl_refuses_runs_it_does_not_have(tmp_path) -> None:
-    """`bench rl --runs` names runs of benchmarks/rl.py RUNS: a typo fails before any training."""
-    from benchmarks.rl import run_rl_benchmark
+def test_bench_rl_trains_the_runs_named_and_refuses_others(tmp_path) -> None:
+    """`bench rl --runs` names runs of benchmarks/rl.py RUNS: those train, in RUNS' order (a
+    first version skipped them all), and a typo fails before any training."""
+    from benchmarks.rl import RUNS, run_rl_benchmark, selected_runs
     from contracts.settings import Settings
 
+    assert [run[0] for run in selected_runs(["grpo_crs_experts_acc", "grpo_crs"])] == ["grpo_crs", "grpo_crs_experts_acc"]
+    assert selected_runs(None) == list(RUNS)
     for runs in (["grpo_crs", "grpo_typo"], []):
         with pytest.raises(ValueError, match="runs must be a non-empty subset"):
             run_rl_benchmark(Settings(data_dir=tmp_path), "rees46", runs=runs)
