@@ -12,9 +12,10 @@ their contexts the train events, their targets the categories of their test even
    steps: summed rewards (listwise RM), CRS (listwise RM), CRS (pointwise RM), and CRS
    (listwise RM) with a plan's R_acc counted over the tags its experts emit (`RUNS`; `--runs`
    keeps some of them), each with `--seeds` seeds, `--steps` and `--lr` (GRPOConfig's when
-   not given; `--eval-every` also measures the validation users as the policy trains). With `--fresh-share`, SFT sees only the earlier train events and
-   GRPO's episodes come from the rest; with `--validation-share`, the last part of the train
-   events is kept from both and its users are validation users (`run_rl_benchmark`).
+   not given; `--eval-every` also measures the validation users as the policy trains). With
+   `--fresh-share`, SFT sees only the earlier train events and GRPO's episodes come from the
+   rest; with `--validation-share`, the last part of the train events is kept from both and
+   its users are validation users (`run_rl_benchmark`).
 4. Category HR@30 of the arbiter's tags on the held-out (and validation) users for SFT and each
    run, with where a user's categories were lost: the share whose categories the planner's
    personas hold, the experts' tags, the arbiter's 30 (offline/tags.py `StageHits`: each

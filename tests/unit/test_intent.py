@@ -114,7 +114,8 @@ def test_bench_rl_trains_the_runs_named_and_refuses_others(tmp_path) -> None:
     from benchmarks.rl import RUNS, run_rl_benchmark, selected_runs
     from contracts.settings import Settings
 
-    assert [run[0] for run in selected_runs(["grpo_crs_experts_acc", "grpo_crs"])] == ["grpo_crs", "grpo_crs_experts_acc"]
+    named = selected_runs(["grpo_crs_experts_acc", "grpo_crs"])
+    assert [run[0] for run in named] == ["grpo_crs", "grpo_crs_experts_acc"]
     assert selected_runs(None) == list(RUNS)
     for runs in (["grpo_crs", "grpo_typo"], []):
         with pytest.raises(ValueError, match="runs must be a non-empty subset"):
