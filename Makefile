@@ -42,6 +42,7 @@ bench: setup
 	$(BIN)/intentstream bench rl --dataset rees46 --seeds 3 --out benchmarks/results/rl-rees46.json > /dev/null
 	$(BIN)/intentstream bench rl --dataset rees46 --fresh-share 0.3 --validation-share 0.15 --seeds 3 --out benchmarks/results/rl-rees46-fresh.json > /dev/null
 	$(BIN)/intentstream bench rl --dataset taobao --fresh-share 0.3 --validation-share 0.15 --seeds 3 --out benchmarks/results/rl-taobao-fresh.json > /dev/null
+	$(BIN)/intentstream bench rl --dataset taobao --fresh-share 0.3 --validation-share 0.15 --seeds 3 --steps 240 --lr 1e-4 --runs grpo_crs --eval-every 40 --out benchmarks/results/rl-taobao-fresh-budget.json > /dev/null
 	$(BIN)/intentstream bench loop --dataset rees46 --out benchmarks/results/loop-rees46.json > /dev/null
 	$(BIN)/intentstream bench reasoner --dataset rees46 --out benchmarks/results/reasoner-rees46.json > /dev/null
 	$(BIN)/intentstream bench chaos --out benchmarks/results/chaos.json > /dev/null

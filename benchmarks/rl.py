@@ -85,6 +85,19 @@ class HeldOut(NamedTuple):
     def hits(self, engine) -> dict[str, float]:
         return stage_hit_rates(engine, self.contexts, self.wanted)._asdict()
 
+    def novel_share(self, catalog: Catalog) -> float:
+        """The share of users none of whose wanted categories is one of their context's items':
+        what a planner reading the context can only reach by guessing.
+
+        >>> from features.catalog import CatalogItem
+        >>> catalog = Catalog([CatalogItem("x", "shoes", "", ""), CatalogItem("y", "hats", "", "")], has_text=True)
+        >>> ctx = UserContext("u", (("x", "view"),), "", "")
+        >>> HeldOut([ctx, ctx], [{"shoes", "hats"}, {"hats"}]).novel_share(catalog)
+        0.5
+        """
+        seen = [{catalog.get(item).category for item, _ in c.items} for c in self.contexts]
+        return float(np.mean([not (want & had) for want, had in zip(self.wanted, seen)])) if seen else 0.0
+
 
 def held_out(catalog: Catalog, before: pd.DataFrame, later: Mapping[str, Iterable[str]], max_items: int) -> HeldOut:
     """Each user of `later` with a context from their `before` events and, as wanted categories,
@@ -174,6 +187,8 @@ def run_rl_benchmark(settings: Settings, dataset: str, steps: int | None = None,
         "judge_dimension_scores": _dimension_counts(judge_log),
         "category_hr@30": {"sft": test.hits(sft)["final"]},
         "stages": {"sft": {"test": test.hits(sft), **({"validation": validation.hits(sft)} if validation else {})}},
+        "context_novel": {"test": test.novel_share(catalog),
+                          **({"validation": validation.novel_share(catalog)} if validation else {})},
     }
     say(f"SFT: {result['stages']['sft']}")
     trained_runs = {}

@@ -122,6 +122,15 @@ def test_bench_rl_trains_the_runs_named_and_refuses_others(tmp_path) -> None:
             run_rl_benchmark(Settings(data_dir=tmp_path), "rees46", runs=runs)
 
 
+def test_bench_rl_counts_the_users_whose_categories_their_context_does_not_show() -> None:
+    from benchmarks.rl import HeldOut
+
+    catalog = Catalog([CatalogItem("x", "shoes", "", ""), CatalogItem("y", "hats", "", "")], has_text=True)
+    shoes = build_context("u", [["x", "view", 1_570_000_000_000]], catalog, 5)
+    held = HeldOut([shoes, shoes, shoes], [{"shoes", "hats"}, {"hats"}, {"shoes"}])
+    assert held.novel_share(catalog) == pytest.approx(1 / 3)
+
+
 def test_the_route_leaves_out_what_the_other_routes_show(engine) -> None:
     """intent.complement_top: the items of `shown` (what the merged lists show) never come back
     from the route, and the route still fills its k slots, with items it ranked lower before."""
