@@ -460,9 +460,10 @@ def _rl_runs_by_stage(result: dict) -> list[str]:
               f"personas hold: with the planner's personas as they are, category HR@30 can rise by at most "
               f"{100 * (test['personas'] - test['final']) / test['final']:+.1f}% relative."]
     if "context_novel" in result:
-        lines[-1] += (f" For {100 * result['context_novel']['test']:.1f}% of the test users none of their test "
-                      f"categories is one of their context items' categories: a planner reading the context reaches "
-                      f"those only by guessing.")
+        lines[-1] += (f" {100 * result['context_novel']['test']:.1f}% of the test users want categories none of "
+                      f"which is one of their context items' categories (a planner reading the context reaches them "
+                      f"only by guessing), {100 * result['uncategorised']['test']:.1f}% none with a category (no "
+                      f"stage can hit them).")
     return lines
 
 

@@ -86,17 +86,21 @@ class HeldOut(NamedTuple):
         return stage_hit_rates(engine, self.contexts, self.wanted)._asdict()
 
     def novel_share(self, catalog: Catalog) -> float:
-        """The share of users none of whose wanted categories is one of their context's items':
+        """The share of users who want some category, none of them one of their context's items':
         what a planner reading the context can only reach by guessing.
 
         >>> from features.catalog import CatalogItem
         >>> catalog = Catalog([CatalogItem("x", "shoes", "", ""), CatalogItem("y", "hats", "", "")], has_text=True)
         >>> ctx = UserContext("u", (("x", "view"),), "", "")
-        >>> HeldOut([ctx, ctx], [{"shoes", "hats"}, {"hats"}]).novel_share(catalog)
-        0.5
+        >>> HeldOut([ctx, ctx, ctx], [{"shoes", "hats"}, {"hats"}, set()]).novel_share(catalog)
+        0.3333333333333333
         """
         seen = [{catalog.get(item).category for item, _ in c.items} for c in self.contexts]
-        return float(np.mean([not (want & had) for want, had in zip(self.wanted, seen)])) if seen else 0.0
+        return float(np.mean([bool(want) and not (want & had) for want, had in zip(self.wanted, seen)])) if seen else 0.0
+
+    def uncategorised_share(self) -> float:
+        """The share of users none of whose wanted items has a category: no stage can hit them."""
+        return float(np.mean([not want for want in self.wanted])) if self.wanted else 0.0
 
 
 def held_out(catalog: Catalog, before: pd.DataFrame, later: Mapping[str, Iterable[str]], max_items: int) -> HeldOut:
@@ -189,6 +193,8 @@ def run_rl_benchmark(settings: Settings, dataset: str, steps: int | None = None,
         "stages": {"sft": {"test": test.hits(sft), **({"validation": validation.hits(sft)} if validation else {})}},
         "context_novel": {"test": test.novel_share(catalog),
                           **({"validation": validation.novel_share(catalog)} if validation else {})},
+        "uncategorised": {"test": test.uncategorised_share(),
+                          **({"validation": validation.uncategorised_share()} if validation else {})},
     }
     say(f"SFT: {result['stages']['sft']}")
     trained_runs = {}

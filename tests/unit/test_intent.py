@@ -127,8 +127,8 @@ def test_bench_rl_counts_the_users_whose_categories_their_context_does_not_show(
 
     catalog = Catalog([CatalogItem("x", "shoes", "", ""), CatalogItem("y", "hats", "", "")], has_text=True)
     shoes = build_context("u", [["x", "view", 1_570_000_000_000]], catalog, 5)
-    held = HeldOut([shoes, shoes, shoes], [{"shoes", "hats"}, {"hats"}, {"shoes"}])
-    assert held.novel_share(catalog) == pytest.approx(1 / 3)
+    held = HeldOut([shoes] * 4, [{"shoes", "hats"}, {"hats"}, {"shoes"}, set()])
+    assert held.novel_share(catalog) == 0.25 and held.uncategorised_share() == 0.25
 
 
 def test_the_route_leaves_out_what_the_other_routes_show(engine) -> None:
