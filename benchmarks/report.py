@@ -554,7 +554,7 @@ def _rl_section(result: dict) -> list[str]:
                           if loss in rm) + " (held-out judged groups).", ""]
     if result.get("note"):
         lines += [result["note"], ""]
-    if measured_as_trained:  # the step timings below are the sections' before this one
+    if measured_as_trained:  # the step timings that follow are in the sections before this one already
         return lines
     lines += ["s/step is wall time on the machine that ran the command. A GRPO update only reads the samples "
               "of groups with some advantage: under CRS most groups have none, so its steps are cheaper than "

@@ -164,7 +164,7 @@ def test_grpo_checkpoints_are_the_policy_so_far_and_are_removed(engine, tmp_path
     from training.grpo import GRPOConfig
     from training.rl import RLConfig, run_grpo
 
-    class FlatRewardModel:  # every tag equally aligned: the accuracy reward alone drives the policy
+    class FlatRewardModel:  # every tag equally aligned: the other rewards drive the policy
         def score(self, features: np.ndarray) -> np.ndarray:
             return np.full(len(features), 0.9)
 
