@@ -277,3 +277,31 @@ def merge_with_intent(behavioural: RecsPayload, recent: Sequence[Sequence], boug
     return {**behavioural, "items": items, "intents": result["intents"], "tags": result["tags"],
             "context_items": result["context_items"], "context_actions": result["context_actions"],
             "model_version": f"{behavioural['model_version']}+{result['version']}"}
+
+
+def remerge_intent(current: RecsPayload, previous_version: str | None, bought: set[str],
+                   result: Mapping, k: int) -> RecsPayload:
+    """`current`, a list of a newer state than `result`'s request (the worker refreshed the user
+    while the request waited, merging the intent result it held then, of `previous_version`, or
+    none), with its intent-route items replaced by `result`'s: its other items, state_version,
+    trigger and fallback_reason are kept, the model version's intent part becomes `result`'s.
+    An item that both a behavioural route and the old intent proposed carries the route that
+    contributed most to it (`merge`); labelled intent, it goes with the old result's items.
+
+    >>> current = {"items": [{"item_id": "x", "route": "covisit"}, {"item_id": "old", "route": "intent"}],
+    ...            "model_version": "behavioural-1+seq-2+m1", "state_version": 9, "fallback_reason": None}
+    >>> r = {"items": [{"item_id": "new", "route": "intent"}], "weights": (0.0, 1.0, 1.0), "version": "m2",
+    ...      "intents": [], "tags": ["t"], "context_items": ["x"], "context_actions": ["view"]}
+    >>> out = remerge_intent(current, "m1", set(), r, 10)
+    >>> [e["item_id"] for e in out["items"]], out["model_version"], out["state_version"]
+    (['x', 'new'], 'behavioural-1+seq-2+m2', 9)
+    >>> remerge_intent({**current, "model_version": "behavioural-1+seq-2"}, None, set(), r, 10)["model_version"]
+    'behavioural-1+seq-2+m2'
+    """
+    version = current["model_version"]
+    suffix = f"+{previous_version}"
+    if previous_version and version.endswith(suffix):
+        version = version[: -len(suffix)]
+    behavioural = {**current, "items": [e for e in current["items"] if e["route"] != "intent"],
+                   "model_version": version}
+    return merge_with_intent(behavioural, (), bought, result, k)

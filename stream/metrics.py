@@ -141,8 +141,11 @@ def intent_coverage(client: redis.Redis, keys: RedisKeys, users: Sequence[str], 
     list was built from. With the route on, every refreshed user is sent to reasoning at their
     first refresh, so these are the triggered users.
 
-    Returns users (with a list), covered, share, merged_stale (merged, but further behind) and
-    never (no intent result yet)."""
+    A list carries the result whose version its model_version ends with (`<behavioural>+<intent
+    version>`; the behavioural part may hold a `+` of its own: the sequential route's version).
+
+    Returns users (with a list), covered, share, merged_stale (merged, but further behind, or
+    carrying another version's result than the user's last) and never (no intent result yet)."""
     users = list(users)
     covered = stale = never = served = 0
     for start in range(0, len(users), 1000):
@@ -153,10 +156,12 @@ def intent_coverage(client: redis.Redis, keys: RedisKeys, users: Sequence[str], 
             if raw_recs is None:
                 continue
             served += 1
-            listed = orjson.loads(raw_recs)
-            if raw_result is None or "+" not in listed["model_version"]:
+            if raw_result is None:
                 never += 1
-            elif listed["state_version"] - orjson.loads(raw_result)["state_version"] <= max_behind:
+                continue
+            listed, result = orjson.loads(raw_recs), orjson.loads(raw_result)
+            carried = listed["model_version"].endswith(f"+{result['version']}")
+            if carried and listed["state_version"] - result["state_version"] <= max_behind:
                 covered += 1
             else:
                 stale += 1

@@ -23,7 +23,9 @@ partitions held when it looked, at most `intent.take_max` requests) and `handle`
    `intent.max_wait_s` (as in 4); run planner -> experts -> arbiter -> retrieval ->
    explanations for the rest in the LM child process; store each result at `intent:{user_id}`,
    merge it with the request's behavioural list and write `recs:{user_id}` only where Redis holds
-   no newer state_version; push the compressed contexts to Feast. A batch still running after
+   no newer state_version; where it does (the worker refreshed the user meanwhile, merging the
+   intent result it held then), replace that newer list's intent items with the new result's
+   (`merge_into_newer`, counted `intent_remerged`); push the compressed contexts to Feast. A batch still running after
    `intent.batch_timeout_s` (a hung backend) is abandoned: the child is killed and replaced, its
    users get `intent_timeout`; a batch that raises gives `intent_failed` (logged, counted
    `intent_errors`), unless what it raised is an outage (below).
@@ -81,7 +83,7 @@ from contracts.keys import RedisKeys
 from contracts.recs import FallbackReason, RecsPayload
 from contracts.settings import IntentSettings, Settings
 from features.redis_client import connect
-from reasoning.retrieval import merge_with_intent, recent_route
+from reasoning.retrieval import merge_with_intent, recent_route, remerge_intent
 from stream.failures import is_retryable, through_outage
 from stream.metrics import WorkerMetrics
 from stream.producer import EventProducer, ensure_topics
@@ -91,8 +93,10 @@ log = logging.getLogger(__name__)
 _TAKE_MORE_S = 2.0
 """How long a take polls for the requests that were waiting when it began (`ReasonerService._take`)."""
 
-# Set recs:{user} unless it holds a newer state_version (the behavioural write of a later state);
-# ARGV[3]: its expiry in seconds (0: none).
+# Set recs:{user} (KEYS[1]) unless it holds a newer state_version (the behavioural write of a
+# later state), and announce the write on the update stream (KEYS[2]). ARGV: the payload, its
+# state_version, its expiry in seconds (0: none), the stream's approximate maxlen, the user_id,
+# the announced trigger and generated_at. Returns 1 (written) or 0 (refused: nothing announced).
 _SET_IF_NOT_NEWER = """
 local cur = redis.call('GET', KEYS[1])
 if cur then
@@ -101,20 +105,48 @@ if cur then
 end
 if tonumber(ARGV[3]) > 0 then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
 else redis.call('SET', KEYS[1], ARGV[1]) end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'user_id', ARGV[5], 'state_version', ARGV[2],
+           'trigger', ARGV[6], 'generated_at', ARGV[7])
 return 1
 """
 
 
 def write_guarded(client: redis.Redis | redis.client.Pipeline, keys: RedisKeys, payloads: list[RecsPayload],
                   stream_maxlen: int, ttl_s: int | None) -> None:
-    """Queue each payload at recs:{user_id} (expiring after `ttl_s`, None: never) unless Redis
-    holds a newer state_version there, and announce it on the update stream (on `client`, a
-    pipeline the caller executes)."""
+    """Queue, per payload, one script (on `client`, a pipeline the caller executes) that sets
+    recs:{user_id} (expiring after `ttl_s`, None: never) unless Redis holds a newer state_version
+    there, and then announces it on the update stream. Each script replies 1 (written) or 0
+    (refused), in the payloads' order."""
     for p in payloads:
-        client.eval(_SET_IF_NOT_NEWER, 1, keys.recs(p["user_id"]), orjson.dumps(p), p["state_version"], ttl_s or 0)
-        client.xadd(keys.updates, {"user_id": p["user_id"], "state_version": p["state_version"],
-                                   "trigger": f"{p['trigger']}+intent", "generated_at": p["generated_at"]},
-                    maxlen=stream_maxlen, approximate=True)
+        client.eval(_SET_IF_NOT_NEWER, 2, keys.recs(p["user_id"]), keys.updates, orjson.dumps(p),
+                    p["state_version"], ttl_s or 0, stream_maxlen, p["user_id"], f"{p['trigger']}+intent",
+                    p["generated_at"])
+
+
+def merge_into_newer(client: redis.Redis, keys: RedisKeys, refused: list[tuple[dict, dict, str | None]], k: int,
+                     stream_maxlen: int, ttl_s: int | None) -> int:
+    """Bring intent results whose list write was refused into the served list anyway. Each of
+    `refused` is (request, stored result, the version of the result it replaced at intent:{user}).
+    Refused means the worker refreshed the user while the request waited and wrote a list of a
+    newer state, merged with the intent result it held then; without this step the new result
+    would reach the served list at the user's next refresh only, never if their session had
+    ended. Each such list gets its intent items replaced by the new result's
+    (reasoning/retrieval.py `remerge_intent`), written under the same guard at its own
+    state_version. A list the worker replaced once more meanwhile is left: that refresh read
+    intent:{user}, which holds the new result since before this step began (unless the worker
+    read it in the few ms before). Returns how many lists were rewritten."""
+    if not refused:
+        return 0
+    raws = client.mget([keys.recs(request["user_id"]) for request, _, _ in refused])
+    payloads = []
+    for (request, stored, previous), raw in zip(refused, raws):
+        if raw is None:  # expired or deleted meanwhile: the next refresh merges the stored result
+            continue
+        out = remerge_intent(orjson.loads(raw), previous, set(request["bought"]), stored, k)
+        payloads.append({**out, "generated_at": _utc_now()})
+    pipe = client.pipeline(transaction=False)
+    write_guarded(pipe, keys, payloads, stream_maxlen, ttl_s)
+    return sum(pipe.execute())
 
 
 def _utc_now() -> str:
@@ -275,14 +307,15 @@ def _reason_in_child(requests: list[dict]) -> dict:
     pipe = _child["client"].pipeline(transaction=False)
     written_ms = int(time.time() * 1000)
     weights = cfg.merge_weights(engine.model.meta)
-    merged, contexts = [], []
+    merged, contexts, stored_results = [], [], []
     for request, result in zip(requests, results):
         ctx = result.context
         stored = {"user_id": request["user_id"], "state_version": request["state_version"], "at_ms": written_ms,
                   "version": engine.version, "items": result.items, "intents": result.intents, "tags": result.tags,
                   "context_items": [i for i, _ in ctx.items], "context_actions": [a for _, a in ctx.items],
                   "weights": weights}
-        pipe.set(keys.intent(request["user_id"]), orjson.dumps(stored), ex=settings.retention.user_ttl_s)
+        stored_results.append(stored)
+        pipe.set(keys.intent(request["user_id"]), orjson.dumps(stored), ex=settings.retention.user_ttl_s, get=True)
         out = merge_with_intent(request["behavioural"], _unfused_recent(request), set(request["bought"]), stored, k)
         merged.append({**out, "fallback_reason": None, "generated_at": _utc_now()})
         contexts.append({
@@ -293,10 +326,16 @@ def _reason_in_child(requests: list[dict]) -> dict:
             "model_version": engine.version, "state_version": request["state_version"],
         })
     write_guarded(pipe, keys, merged, settings.recs.updates_stream_maxlen, settings.retention.user_ttl_s)
-    pipe.execute()
+    replies = pipe.execute()
+    previous, written = replies[:len(requests)], replies[len(requests):]
+    refused = [(request, result, orjson.loads(old).get("version") if old else None)
+               for request, result, old, ok in zip(requests, stored_results, previous, written) if not ok]
+    remerged = merge_into_newer(_child["client"], keys, refused, k, settings.recs.updates_stream_maxlen,
+                                settings.retention.user_ttl_s)
     _child["feast"].push_contexts(contexts)
     return {"users": len(requests), "seconds": time.perf_counter() - started, "tokens": stats.tokens,
             "context_tokens": stats.context_tokens, "version": engine.version,
+            "written": sum(written) + remerged, "remerged": remerged,
             "ranked_by_sequential": len(requests) if personal is not None else 0,
             "latency_ms": [written_ms - r["requested_ms"] for r in requests],
             "freshness_ms": [written_ms - r["last_produced_ms"] for r in requests if r["last_produced_ms"]]}
@@ -498,7 +537,7 @@ class ReasonerService:
         rate = stats["users"] / max(stats["seconds"], 1e-3)
         self.users_per_s = rate if self.users_per_s is None else 0.8 * self.users_per_s + 0.2 * rate
         m.exporter.users_per_s.set(self.users_per_s)
-        m.exporter.recs_written.inc(stats["users"])  # written by the child, guarded by state_version
+        m.exporter.recs_written.inc(stats["written"])  # by the child, guarded by state_version
         m.exporter.serving("intent", stats["version"])
         m.add("intent_users", stats["users"])
         m.add("intent_batches")
@@ -506,6 +545,7 @@ class ReasonerService:
         m.add("intent_tokens", stats["tokens"])
         m.add("intent_context_tokens", stats["context_tokens"])
         m.add("intent_ranked_by_sequential", stats["ranked_by_sequential"])  # tags' items ranked for the user
+        m.add("intent_remerged", stats["remerged"])  # merged into a newer list (`merge_into_newer`)
         m.sample("intent_latency_ms", stats["latency_ms"])
         m.sample("intent_freshness_ms", stats["freshness_ms"])
         self._flush_metrics()

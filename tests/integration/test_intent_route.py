@@ -26,7 +26,7 @@ from features.feast_store import FeastFeatures
 from offline import datasets
 from offline.replay import replay
 from stream.producer import EventProducer
-from stream.metrics import intent_backlog, read_metrics
+from stream.metrics import intent_backlog, intent_coverage, read_metrics
 from tests.integration.kafka_io import committed_and_end, read_topic, wait_for
 
 pytestmark = pytest.mark.integration
@@ -203,6 +203,51 @@ def test_reasoner_coalesces_per_user_sheds_stale_requests_and_dead_letters_inval
     assert reasoner.stop(timeout_s=30), reasoner.log_tail()
     committed, end = committed_and_end(settings, settings.kafka.intent_topic, settings.reasoner_group)
     assert all(committed.get(part, 0) == n for part, n in end.items()), (committed, end)
+
+
+def test_a_result_whose_user_was_refreshed_meanwhile_replaces_the_intent_items_of_the_newer_list(
+        scoped, reasoner_factory, tiny_intent_model: Path) -> None:
+    # The worker refreshed the user (state 9) while their request (state 5) waited, merging the
+    # intent result it held then ("m-old"): the new result must not overwrite that newer list,
+    # nor wait for a next refresh that may never come (the session ended).
+    settings = scoped.model_copy(update={"intent": scoped.intent.model_copy(
+        update={"enabled": True, "model_dir": tiny_intent_model, "batch_size": 8, "max_wait_s": 60.0})})
+    items = sorted(pd.read_parquet(tiny_intent_model / "catalog.parquet").item_id.astype(str))[:2]
+    version = json.loads((tiny_intent_model / "intent.json").read_text())["version"]
+    p = settings.key_prefix
+    user = f"{p}a"
+    client = redis.Redis(host=settings.redis.host, port=settings.redis.port, db=settings.redis.db)
+    keys = RedisKeys(p)
+    newer = {"user_id": user, "generated_at": "2026-12-01T00:00:00+00:00", "state_version": 9,
+             "trigger": "event_count", "model_version": "behavioural-1+m-old", "fallback_reason": None,
+             "intents": [{"persona": "old persona", "tags": ["old tag"]}], "tags": ["old tag"],
+             "items": [{"item_id": items[1], "score": 0.1, "route": "covisit", "tag": None, "explanation": "x"},
+                       {"item_id": "old-intent-item", "score": 0.05, "route": "intent", "tag": "old tag",
+                        "explanation": "y"}]}
+    client.set(keys.recs(user), orjson.dumps(newer))
+    client.set(keys.intent(user), orjson.dumps({"user_id": user, "state_version": 4, "version": "m-old"}))
+    with EventProducer.from_settings(settings, settings.kafka.intent_topic) as producer:
+        producer.send_raw(user.encode(), _request(user, 5, int(time.time() * 1000), items[0]))
+    reasoner = reasoner_factory(settings)
+    wait_for(lambda: int(client.hget(keys.metrics, "intent_handled") or 0) >= 1, 60, "the request",
+             reasoner.log_tail)
+    assert reasoner.metrics()["intent_remerged"] == 1
+    assert IntentResult.model_validate_json(client.get(keys.intent(user))).state_version == 5
+    served = Recommendations.model_validate_json(client.get(keys.recs(user)))
+    assert (served.state_version, served.trigger, served.model_version) == (9, "event_count", f"behavioural-1+{version}")
+    ids = [e.item_id for e in served.items]
+    assert items[1] in ids and "old-intent-item" not in ids
+    assert any(e.route == "intent" for e in served.items) and "old tag" not in served.tags
+    # One announcement, of the list written (state 9), none of the refused write (state 5).
+    announced = [(f[b"user_id"].decode(), int(f[b"state_version"])) for _, f in client.xrange(keys.updates)]
+    assert announced == [(user, 9)]
+    # The coverage figure reads the same: a list carries the result its model version ends with,
+    # not any `+` (here a sequential route's version, with no intent merged).
+    other = f"{p}b"
+    client.set(keys.recs(other), orjson.dumps({**newer, "user_id": other, "model_version": "behavioural-1+seq-2"}))
+    client.set(keys.intent(other), orjson.dumps({"user_id": other, "state_version": 8, "version": version}))
+    coverage = intent_coverage(client, keys, [user, other, f"{p}c"], max_behind=10)
+    assert (coverage["users"], coverage["covered"], coverage["merged_stale"], coverage["never"]) == (2, 1, 1, 0)
 
 
 def test_a_take_holds_every_request_that_was_waiting_and_counts_those_behind_it(scoped) -> None:
