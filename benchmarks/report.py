@@ -495,6 +495,66 @@ def _rl_curve(result: dict) -> list[str]:
     return lines
 
 
+def _replay_timing_row(name: str, result: dict) -> str:
+    """One row of the replay-timing table: a replay run's scores and when its lists were built.
+
+    >>> stats = {"refreshes": 10, "refreshes_overloaded": 4, "intent_remerged": 2,
+    ...          "served": {"items": {"recent": 5, "popular": 3}, "lists": {"none": 2}}}
+    >>> r = {"commit": "abc", "run": {"intent_route": "off", "worker": "default"},
+    ...      "methods": {"replay": {"all": {"recall@20": 0.3}, "new": {"recall@20": 0.08}, "stats": stats}}}
+    >>> _replay_timing_row("ontime-1", r)
+    '| ontime-1 | `abc` | off | default | 0.3000 | 0.0800 | 10 | 4 | 1.5 | 2 |'
+    """
+    replay = result["methods"]["replay"]
+    st = replay["stats"]
+    popular = st["served"]["items"].get("popular", 0) / max(1, sum(st["served"]["lists"].values()))
+    return (f"| {name} | `{result['commit']}` | {result['run']['intent_route']} | {result['run']['worker']} | "
+            f"{replay['all']['recall@20']:.4f} | {replay['new']['recall@20']:.4f} | {st.get('refreshes')} | "
+            f"{st.get('refreshes_overloaded', 0)} | {popular:.1f} | {st.get('intent_remerged', '')} |")
+
+
+def _replay_timing_section(paths: list[Path]) -> list[str]:
+    runs = {path.stem.removeprefix("replay-timing-rees46-"): json.loads(path.read_text()) for path in paths}
+    base = next((r for r in runs.values() if "itemknn" in r["methods"]), None)
+    mch = next(iter(runs.values()))["machine"]
+    lines = ["### When the served lists are built: REES46 replays on a worker that keeps up", "",
+             "`intentstream eval --dataset rees46 --methods replay` (global-time split, 283 test users; the "
+             "commands with their environment are in the JSONs `replay-timing-rees46-*.json`), one run at a "
+             "time on this machine. The replay scores what Redis holds for each user at the end of the train "
+             "period: the list built at the user's last refresh, with the shared item model (co-visitation, "
+             "popularity) as it stood then. A worker that falls behind during the replay (`refreshes_overloaded`: "
+             "built while behind, the full refresh deferred) builds its users' last lists after the replay, "
+             "with the whole train period in the item model; a worker that keeps up builds them mid-replay. "
+             "`atend` forces the first (INTENTSTREAM_WORKER__SHED_LAG_S=0.001). The REES46 replay figures of "
+             "the section below were made the first way by a slower machine falling behind (ad9f636: 2,347 "
+             "refreshes built while behind, every user's last list deferred; fccc37d's intent-on run recorded "
+             "no such count, and scores as the deferred runs do). `intent-*`: the route on with no shedding "
+             "(INTENTSTREAM_INTENT__MAX_WAIT_S=900: every requested user reasoned about), its model and weight "
+             f"(0.1) trained and fitted on the split's train part. Machine: {mch['cpus']} cores ({mch['cpu']}).", "",
+             "| run | commit | intent route | worker | R@20 all | R@20 new | refreshes | built while behind | "
+             "popular items in the top 10 per list | intent results merged into a newer list |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [_replay_timing_row(name, r) for name, r in sorted(runs.items())]
+    ontime = [r["methods"]["replay"] for name, r in runs.items() if name.startswith("ontime")]
+    if ontime and base:
+        knn = base["methods"]["itemknn"]
+        lo_hi = {w: (min(m[w]["recall@20"] for m in ontime), max(m[w]["recall@20"] for m in ontime))
+                 for w in ("all", "new")}
+        ahead = {w: sum(m[w]["recall@20"] > knn[w]["recall@20"] for m in ontime) for w in ("all", "new")}
+        lines += ["", f"On time ({len(ontime)} runs, intent route off): R@20 all {lo_hi['all'][0]:.3f}-"
+                  f"{lo_hi['all'][1]:.3f}, new {lo_hi['new'][0]:.3f}-{lo_hi['new'][1]:.3f}; ahead of item-kNN on "
+                  f"all in {ahead['all']} of {len(ontime)} runs, on new in {ahead['new']}. Each user's last list "
+                  "carries the item model of the moment of their last event, so which users' lists were built "
+                  "early changes the score from run to run; the deferred runs build every list from the same "
+                  "complete model and score alike."]
+    if base:
+        b = base["methods"]
+        lines += ["", "Baselines of the same split, in the `intent-after` run: " + ", ".join(
+            f"{name} {b[name]['all']['recall@20']:.4f} / {b[name]['new']['recall@20']:.4f}"
+            for name in ("recent_history", "itemknn", "sasrec") if name in b) + " (R@20 all / new)."]
+    return lines + [""]
+
+
 def _rl_section(result: dict) -> list[str]:
     hr = result["category_hr@30"]
     rel = result["relative_to_sft"]
@@ -896,6 +956,9 @@ def render() -> Path:
                              f"{m['new']['recall@20']:.4f} | {m['all']['ndcg@20']:.4f} | "
                              f"{m.get('stats', {}).get('refreshes')} | {m['fit_seconds']} |")
         lines.append("")
+    timing = sorted(RESULTS.glob("replay-timing-rees46-*.json"))
+    if timing:
+        lines += _replay_timing_section(timing)
     for result in evals:
         c = result["counts"]
         name = result["dataset"]
