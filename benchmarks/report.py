@@ -519,34 +519,38 @@ def _replay_timing_section(paths: list[Path]) -> list[str]:
     mch = next(iter(runs.values()))["machine"]
     lines = ["### When the served lists are built: REES46 replays on a worker that keeps up", "",
              "`intentstream eval --dataset rees46 --methods replay` (global-time split, 283 test users; the "
-             "commands with their environment are in the JSONs `replay-timing-rees46-*.json`), one run at a "
-             "time on this machine. The replay scores what Redis holds for each user at the end of the train "
-             "period: the list built at the user's last refresh, with the shared item model (co-visitation, "
-             "popularity) as it stood then. A worker that falls behind during the replay (`refreshes_overloaded`: "
-             "built while behind, the full refresh deferred) builds its users' last lists after the replay, "
-             "with the whole train period in the item model; a worker that keeps up builds them mid-replay. "
-             "`atend` forces the first (INTENTSTREAM_WORKER__SHED_LAG_S=0.001). The REES46 replay figures of "
-             "the section below were made the first way by a slower machine falling behind (ad9f636: 2,347 "
-             "refreshes built while behind, every user's last list deferred; fccc37d's intent-on run recorded "
-             "no such count, and scores as the deferred runs do). `intent-*`: the route on with no shedding "
-             "(INTENTSTREAM_INTENT__MAX_WAIT_S=900: every requested user reasoned about), its model and weight "
-             f"(0.1) trained and fitted on the split's train part. Machine: {mch['cpus']} cores ({mch['cpu']}).", "",
+             "commands with their environment and the code of each run are in the JSONs "
+             "`replay-timing-rees46-*.json`), one run at a time on this machine. The replay scores what Redis "
+             "holds for each user at the end of the train period: the list of the user's last refresh. A worker "
+             "that falls behind during the replay (`refreshes_overloaded`: built while behind, the full refresh "
+             "deferred) builds every user's last list after the replay from their whole state; one that keeps "
+             "up refreshes a user at a reason only (a purchase, a new dominant category, every 5 events), so "
+             "without the settle refresh (INTENTSTREAM_TRIGGER__SETTLE_S, added after these `ontime` runs) a "
+             "user's last 1 to 4 events never reached their list. `atend` forces the deferred way "
+             "(INTENTSTREAM_WORKER__SHED_LAG_S=0.001); `every1` refreshes at every event; `settled` is the "
+             "worker with the settle refresh (10 s). The REES46 replay figures of the section below were made "
+             "the deferred way by a slower machine falling behind (ad9f636: 2,347 refreshes built while behind; "
+             "fccc37d's intent-on run recorded no such count, and scores as the deferred runs do). `intent-*`: "
+             "the route on with no shedding (INTENTSTREAM_INTENT__MAX_WAIT_S=900: every requested user reasoned "
+             "about), its model and weight (0.1) trained and fitted on the split's train part. Machine: "
+             f"{mch['cpus']} cores ({mch['cpu']}).", "",
              "| run | commit | intent route | worker | R@20 all | R@20 new | refreshes | built while behind | "
              "popular items in the top 10 per list | intent results merged into a newer list |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [_replay_timing_row(name, r) for name, r in sorted(runs.items())]
-    ontime = [r["methods"]["replay"] for name, r in runs.items() if name.startswith("ontime")]
-    if ontime and base:
+    if base:
         knn = base["methods"]["itemknn"]
-        lo_hi = {w: (min(m[w]["recall@20"] for m in ontime), max(m[w]["recall@20"] for m in ontime))
-                 for w in ("all", "new")}
-        ahead = {w: sum(m[w]["recall@20"] > knn[w]["recall@20"] for m in ontime) for w in ("all", "new")}
-        lines += ["", f"On time ({len(ontime)} runs, intent route off): R@20 all {lo_hi['all'][0]:.3f}-"
-                  f"{lo_hi['all'][1]:.3f}, new {lo_hi['new'][0]:.3f}-{lo_hi['new'][1]:.3f}; ahead of item-kNN on "
-                  f"all in {ahead['all']} of {len(ontime)} runs, on new in {ahead['new']}. Each user's last list "
-                  "carries the item model of the moment of their last event, so which users' lists were built "
-                  "early changes the score from run to run; the deferred runs build every list from the same "
-                  "complete model and score alike."]
+        for prefix, what in (("ontime", "without the settle refresh"), ("settled-", "with the settle refresh")):
+            group = [r["methods"]["replay"] for name, r in runs.items()
+                     if name.startswith(prefix) and r["run"]["intent_route"] == "off"]
+            if not group:
+                continue
+            lo_hi = {w: (min(m[w]["recall@20"] for m in group), max(m[w]["recall@20"] for m in group))
+                     for w in ("all", "new")}
+            ahead = {w: sum(m[w]["recall@20"] > knn[w]["recall@20"] for m in group) for w in ("all", "new")}
+            lines += ["", f"On time {what} ({len(group)} runs, intent route off): R@20 all {lo_hi['all'][0]:.3f}-"
+                      f"{lo_hi['all'][1]:.3f}, new {lo_hi['new'][0]:.3f}-{lo_hi['new'][1]:.3f}; ahead of item-kNN "
+                      f"on all in {ahead['all']} of {len(group)} runs, on new in {ahead['new']}."]
     if base:
         b = base["methods"]
         lines += ["", "Baselines of the same split, in the `intent-after` run: " + ", ".join(

@@ -267,6 +267,10 @@ class TriggerSettings(BaseModel):
     """A new dominant category must beat the old one's affinity by this fraction."""
     min_interval_s: float = Field(default=1.0, ge=0)
     """Debounce: at most one refresh per user per this many seconds; later triggers wait."""
+    settle_s: float = Field(default=10.0, ge=0)
+    """A user whose latest events gave no reason to refresh (fewer than every_n_events since the
+    last refresh) is refreshed once none of theirs came for this many seconds (trigger
+    `settled`), so the list holds a session's last events; 0: never."""
 
 
 class RecsSettings(BaseModel):

@@ -99,6 +99,9 @@ class PendingRefresh(NamedTuple):
 
     at_ms: int
     partition: int
+    settle: bool = False
+    """Queued for trigger.settle_s (the user's latest events gave no reason to refresh): it runs
+    if the state changed since the last refresh, and each newer event of the user moves it on."""
 
 
 def now_ms() -> int:
@@ -196,7 +199,9 @@ class BatchProcessor:
            When the batch's oldest event waited longer than worker.shed_lag_s, the worker is
            behind and sheds (`_shed`): only first events and purchases are built now, by the
            behavioural routes alone (fallback_reason `overloaded`); every due refresh waits as a
-           debounced one for its full build until a batch is on time again.
+           debounced one for its full build until a batch is on time again. A user whose
+           state changed with no reason to refresh waits as a debounced one for
+           trigger.settle_s of quiet (`PendingRefresh.settle`, trigger `settled`).
         6. Write every touched user's state to the table (its changelog is the durable point).
         7. Send the dead letters, then hand the batch's tokens to the pusher. Only now can an
            event be acknowledged (after a push that started after this point finished), so a
@@ -250,9 +255,14 @@ class BatchProcessor:
         folded = now_ms()
 
         due, reasons = [], []
+        settle_ms = int(self.settings.trigger.settle_s * 1000)
         for state in touched.values():
             reason = refresh_reason(state, self.settings.trigger)
             if reason is None:
+                held = self.pending.get(state.user_id)
+                if settle_ms and state.state_version != state.refreshed_version and (held is None or held.settle):
+                    self.pending[state.user_id] = PendingRefresh(folded + settle_ms, partition_of[state.user_id],
+                                                                 settle=True)
                 continue
             ready_at = due_at_ms(state, self.settings.trigger)
             if ready_at <= folded:
@@ -385,7 +395,7 @@ class BatchProcessor:
         owned = self.owned()
         due, reasons, due_at = [], [], []
         for uid in ready:
-            at, partition = self.pending.pop(uid)
+            at, partition, settle = self.pending.pop(uid)
             if partition not in owned:  # revoked meanwhile: the new owner refreshes at the next event
                 self.metrics.add("refreshes_revoked")
                 continue
@@ -394,11 +404,15 @@ class BatchProcessor:
                 continue
             state = UserState.from_record(record)
             reason = refresh_reason(state, self.settings.trigger)
+            if reason is None and settle and state.state_version != state.refreshed_version:
+                reason = "settled"
             if reason is not None:
                 due.append(state)
                 reasons.append(reason)
                 due_at.append(max(at, state.last_produced_ms))
         results = self._recommend(due, reasons)
+        if "settled" in reasons:
+            self.metrics.add("refreshes_settled", reasons.count("settled"))
         for state in due:
             self.table[state.user_id.encode()] = state.to_record()
         pipe = self.client.pipeline(transaction=False)

@@ -4,7 +4,10 @@ refresh's intent have changed enough to reason about it again?
 A refresh has a *reason* (the first events of a user, a purchase, a new dominant category that
 beats the old one by a hysteresis margin, N events since the last refresh) and is *debounced*:
 at most one refresh per user per `min_interval_s`. A debounced reason is not forgotten: the
-worker keeps the user pending and refreshes them when the interval has passed.
+worker keeps the user pending and refreshes them when the interval has passed. Events that give
+no reason (fewer than N since the last refresh) are not forgotten either: once none of the
+user's came for `settle_s`, the worker refreshes them (trigger `settled`, stream/processor.py),
+so a session's last events reach the list.
 
 Reasoning (the intent route) is far dearer than a refresh, so a refresh goes to it only when the
 user's intent may have changed (`intent_due`); otherwise the user's last intent result is merged

@@ -2,7 +2,8 @@
 (the pusher in memory: tests/integration/memory_pusher.py) given batches whose events waited
 longer than worker.shed_lag_s folds and hands over every event, builds only first-event and
 purchase refreshes (fallback_reason `overloaded`), keeps every due refresh pending while it
-stays behind, and builds them in full once a batch is on time again."""
+stays behind, and builds them in full once a batch is on time again. And a user whose last
+events gave no reason to refresh is refreshed once they have been quiet for trigger.settle_s."""
 
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ from stream.processor import BatchProcessor, RawMessage
 from tests.integration.memory_pusher import Feed, MemoryPusher
 
 
-def _processor(scoped, shed_lag_s: float):
+def _processor(scoped, shed_lag_s: float, settle_s: float = 0.0):
     settings = scoped.model_copy(update={
         "worker": scoped.worker.model_copy(update={"shed_lag_s": shed_lag_s}),
-        "trigger": scoped.trigger.model_copy(update={"min_interval_s": 0.0, "every_n_events": 3}),
+        "trigger": scoped.trigger.model_copy(update={"min_interval_s": 0.0, "every_n_events": 3,
+                                                     "settle_s": settle_s}),
     })
     client = redis.Redis(host=scoped.redis.host, port=scoped.redis.port, db=scoped.redis.db)
 
@@ -98,3 +100,36 @@ def test_shedding_off_and_stopping_build_every_refresh(scoped):
     asyncio.run(proc.drain())
     assert not proc.pending
     assert all(Recommendations.model_validate_json(client.get(keys.recs(u))).state_version == 4 for u in users)
+
+
+def test_events_that_trigger_nothing_reach_the_list_once_the_user_is_quiet(scoped):
+    proc, _, client, keys = _processor(scoped, shed_lag_s=0.0, settle_s=0.8)
+    feed = Feed()
+    user, other = f"{scoped.key_prefix}quiet", f"{scoped.key_prefix}busy"
+
+    def served(u: str) -> Recommendations:
+        return Recommendations.model_validate_json(client.get(keys.recs(u)))
+
+    def run(events) -> None:
+        asyncio.run(proc.process(feed.batch(events, age_s=0), tokens=list(range(len(events)))))
+
+    run([(user, "i1", "view"), (other, "i1", "view")])  # first events: refreshed at once
+    run([(user, "i2", "view"), (other, "i2", "view")])  # 1 event since: no reason (every_n_events 3)
+    assert served(user).state_version == 1 and proc.pending[user].settle
+    time.sleep(0.5)
+    run([(other, "i3", "view")])                         # other's newer event moves its settle time on
+    time.sleep(0.5)
+    asyncio.run(proc.flush_pending())
+    assert served(user).state_version == 2 and served(user).trigger == "settled"
+    assert served(other).state_version == 1 and other in proc.pending
+    time.sleep(0.5)
+    asyncio.run(proc.flush_pending())
+    assert served(other).state_version == 3 and not proc.pending
+    assert read_metrics(client, keys)["refreshes_settled"] == 2
+    asyncio.run(proc.flush_pending())                     # nothing changed since: nothing more
+    assert read_metrics(client, keys)["refreshes_settled"] == 2
+
+    proc, _, client, keys = _processor(scoped, shed_lag_s=0.0, settle_s=0.0)  # off
+    run([(f"{scoped.key_prefix}off", "i1", "view")])
+    run([(f"{scoped.key_prefix}off", "i2", "view")])
+    assert not proc.pending
