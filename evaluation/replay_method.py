@@ -12,7 +12,8 @@ workers; with the intent route on, the intent model (evaluation/intent_method.py
 and the replay waits for the intent route to drain before scoring. It replays once every process
 consumes (the reasoner with its model loaded: one still loading would shed every request that
 waited past intent.max_wait_s meanwhile, so no intent result would be scored). It also waits for the
-refreshes a worker that fell behind still owes (`refreshes_pending`), and gives the workers the
+refreshes a worker that fell behind still owes (`refreshes_pending`) and those of users' last
+events (`refreshes_settling`), and gives the workers the
 time left to the deadline to stop (stopping builds their last debounced refreshes). `stats`
 names the models that served (`sequential_model`, `intent_model`) and counts what the scored
 lists were made of (`served`: fallback reasons, and the routes of the top items and hits).
@@ -134,12 +135,14 @@ class ReplayMethod:
                     simulator.producer.close()
                     self.stats["feedback_sent"] = simulator.impressions + simulator.actions
                 self._wait(workers, lambda: worker.processed() >= sent, deadline, "process the replay")
-                time.sleep(s.trigger.min_interval_s + 1.0)  # debounced refreshes come due
+                time.sleep(max(s.trigger.min_interval_s, s.trigger.settle_s) + 1.0)  # debounced refreshes come due
                 # A worker that fell behind served degraded lists and owes their full refreshes
-                # (stream/processor.py `_shed`): score what it serves once it has built them. The
-                # gauge is the last writer's with several workers: the stop below covers the rest.
-                self._wait(workers, lambda: self._metric("refreshes_pending") == 0, deadline,
-                           "build the refreshes it owes")
+                # (stream/processor.py `_shed`), and users' last events wait for trigger.settle_s:
+                # score what it serves once it has built them (before the intent route drains, as
+                # they may send requests). The gauges are the last writer's with several workers:
+                # the stop below covers the rest.
+                self._wait(workers, lambda: self._metric("refreshes_pending") == 0
+                           and self._metric("refreshes_settling") == 0, deadline, "build the refreshes it owes")
                 if self.wait_intent:
                     self._wait(workers, self._intent_idle, deadline, "drain the intent route")
             if self.feedback:

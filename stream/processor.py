@@ -299,7 +299,7 @@ class BatchProcessor:
         m.mark("last_batch_ms", now_ms())
         m.sample("batch_ms", [now_ms() - started])
         m.sample("event_age_ms", [age_ms])
-        m.level("refreshes_pending", len(self.pending))
+        self._report_pending()
         self._maybe_write_popular(pipe)
         m.queue(pipe)
         pipe.execute()
@@ -390,6 +390,14 @@ class BatchProcessor:
             self.metrics.level("users_resident", len(self.idle))
         return len(gone)
 
+    def _report_pending(self) -> None:
+        """Gauges: `refreshes_pending`, the refreshes owed (debounced with a reason, or shed), and
+        `refreshes_settling`, those waiting for trigger.settle_s of quiet (maybe owed: under a
+        steady load there are always some, so they are kept out of the first)."""
+        settling = sum(p.settle for p in self.pending.values())
+        self.metrics.level("refreshes_pending", len(self.pending) - settling)
+        self.metrics.level("refreshes_settling", settling)
+
     def _run_pending(self, ready: list[str]) -> None:
         """Build and write the debounced refreshes of `ready` (taken out of `pending`)."""
         owned = self.owned()
@@ -417,7 +425,7 @@ class BatchProcessor:
             self.table[state.user_id.encode()] = state.to_record()
         pipe = self.client.pipeline(transaction=False)
         self._write_recs(due, results, pipe, due_at)
-        self.metrics.level("refreshes_pending", len(self.pending))
+        self._report_pending()
         self.metrics.queue(pipe)
         pipe.execute()
 

@@ -21,6 +21,7 @@ disagree on what is counted. Names follow Prometheus conventions (base units, `_
 - `intentstream_trainer_runs_total{status}` and `intentstream_trainer_promotions_total`.
 - `intentstream_<mark>_timestamp_seconds`: marks (`first_batch_ms`, `worker_ready_ms`, ...).
 - `intentstream_refreshes_pending`: the worker's debounced refreshes waiting (shed ones included).
+- `intentstream_refreshes_settling`: its users waiting for trigger.settle_s of quiet.
 - `intentstream_users_resident`: users in the worker's table (idle ones are forgotten:
   retention.user_idle_s; counted `intentstream_users_expired_total`).
 - `process_*`: the process's resident memory, CPU seconds and open files.

@@ -116,6 +116,8 @@ def test_events_that_trigger_nothing_reach_the_list_once_the_user_is_quiet(scope
     run([(user, "i1", "view"), (other, "i1", "view")])  # first events: refreshed at once
     run([(user, "i2", "view"), (other, "i2", "view")])  # 1 event since: no reason (every_n_events 3)
     assert served(user).state_version == 1 and proc.pending[user].settle
+    gauges = read_metrics(client, keys)  # maybe owed: kept apart from the refreshes owed
+    assert (gauges["refreshes_pending"], gauges["refreshes_settling"]) == (0, 2)
     time.sleep(0.5)
     run([(other, "i3", "view")])                         # other's newer event moves its settle time on
     time.sleep(0.5)
